@@ -1,0 +1,45 @@
+# Quick start: `make run` (an agent on embedded dev defaults) and `make test`.
+# Both create .venv when it is missing; `make test` also installs the Debian
+# packages the tests drive (real clients such as dig and openssl).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TYPED_TREE := meshnode tests bench simulations
+
+.PHONY: run test lint typecheck pytest debs install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+run: install
+	$(BIN)/meshnode agent --dev
+
+debs:
+	bash scripts/install-debs.sh
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-test
+	$(BIN)/mypy $(TYPED_TREE)
+
+pytest: install-test debs
+	$(BIN)/pytest
+
+test: debs install-test lint typecheck pytest
+
+bench: install-test
+	bash scripts/install-debs.sh bench
+	$(BIN)/python bench/gossip_vs_serf.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

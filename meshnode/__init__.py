@@ -1,0 +1,1 @@
+"""meshnode: a service mesh with no servers."""
