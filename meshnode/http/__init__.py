@@ -1,0 +1,15 @@
+"""The agent's HTTP/1.1 server (trio + h11) and its router."""
+
+from .router import Handler, HttpError, Request, Response, Router
+from .server import HttpBindError, HttpLimits, serve_http
+
+__all__ = [
+    "Handler",
+    "HttpBindError",
+    "HttpError",
+    "HttpLimits",
+    "Request",
+    "Response",
+    "Router",
+    "serve_http",
+]

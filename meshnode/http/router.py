@@ -1,0 +1,195 @@
+"""Requests, responses and the method + path router of the HTTP API.
+
+No I/O here: the server (server.py) turns bytes into a `Request`, asks the
+`Router` for a `Response`, and turns that back into bytes. Handlers are plain
+``async def handler(request) -> Response``; they may await as long as they like
+(long polls, later blocking queries).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+__all__ = ["Handler", "HttpError", "Request", "Response", "Router"]
+
+
+class HttpError(Exception):
+    """Raised by a handler (or the router) to answer `status` with a one-line message."""
+
+    def __init__(self, status: int, message: str, *, headers: Iterable[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = tuple(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed request; header names are lower case, repeated headers joined by ', '."""
+
+    method: str
+    path: str  # as sent (still percent-encoded), without the query string
+    query: Mapping[str, list[str]]  # parse_qs(keep_blank_values=True): `?passing` -> [""]
+    headers: Mapping[str, str]
+    body: bytes = b""
+    params: Mapping[str, str] = field(default_factory=dict)  # from `{name}` segments
+    remote: str = ""  # the client's "host:port", for logs
+
+    @classmethod
+    def from_target(
+        cls,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes = b"",
+        remote: str = "",
+    ) -> Request:
+        """Build a request from a raw request-target such as ``/v1/x?a=1&b``."""
+        raw_path, _, raw_query = target.partition("?")
+        joined: dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            joined[key] = f"{joined[key]}, {value}" if key in joined else value
+        return cls(
+            method=method.upper(),
+            path=raw_path,
+            query=parse_qs(raw_query, keep_blank_values=True),
+            headers=joined,
+            body=body,
+            remote=remote,
+        )
+
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        """The first value of query parameter `name` ("" for a bare `?name`)."""
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def has_query(self, name: str) -> bool:
+        """True for `?name`, `?name=` and `?name=x` alike (Consul's flag style)."""
+        return name in self.query
+
+    def json_body(self) -> Any:
+        """The body decoded as JSON; `HttpError(400)` when it is not."""
+        if not self.body.strip():
+            raise HttpError(400, "request body is empty, expected JSON")
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a handler returns: status, body bytes and headers (Content-Type included)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(
+        cls, data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
+    ) -> Response:
+        """`data` as compact JSON (Consul's default content type)."""
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return cls(status=status, body=body, headers=tuple(headers))
+
+    @classmethod
+    def empty(cls, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        """No body, as Consul answers join, leave and keyring writes."""
+        return cls(status=status, headers=tuple(headers))
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        """A one-line JSON error: ``{"error": "..."}``."""
+        one_line = " ".join(message.split())
+        return cls.json({"error": one_line}, status=status, headers=headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    segments: tuple[str, ...]  # literal segments, or "{name}" placeholders
+    handlers: dict[str, Handler]
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, part in zip(self.segments, parts, strict=True):
+            found = _PARAM.match(pattern)
+            if found:
+                if not part:
+                    return None
+                params[found.group(1)] = unquote(part)
+            elif pattern != part:
+                return None
+        return params
+
+
+def _split(path: str) -> list[str]:
+    return path.strip("/").split("/") if path.strip("/") else []
+
+
+class Router:
+    """Maps (method, path pattern) to handlers; 404 for unknown paths, 405 for methods.
+
+    Patterns are literal segments and ``{name}`` placeholders that match one
+    non-empty segment, e.g. ``/v1/agent/force-leave/{node}``; the percent-decoded
+    value lands in ``request.params["node"]``. Routes are tried in the order added.
+    """
+
+    def __init__(self) -> None:
+        self._routes: list[_Route] = []
+
+    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
+        """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`."""
+        names = [methods] if isinstance(methods, str) else list(methods)
+        segments = tuple(_split(pattern))
+        route = next((r for r in self._routes if r.segments == segments), None)
+        if route is None:
+            route = _Route(segments, {})
+            self._routes.append(route)
+        for method in names:
+            if method.upper() in route.handlers:
+                raise ValueError(f"{method.upper()} {pattern} is already routed")
+            route.handlers[method.upper()] = handler
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler and path parameters for a request; raises `HttpError` 404/405."""
+        parts = _split(path)
+        allowed: set[str] = set()
+        for route in self._routes:
+            params = route.match(parts)
+            if params is None:
+                continue
+            handler = route.handlers.get(method.upper())
+            if handler is not None:
+                return handler, params
+            allowed.update(route.handlers)
+        if allowed:
+            allow = ", ".join(sorted(allowed))
+            raise HttpError(
+                405,
+                f"method {method} not allowed on {path} (allowed: {allow})",
+                headers=[("Allow", allow)],
+            )
+        raise HttpError(404, f"no such endpoint: {path}")
+
+    async def dispatch(self, request: Request) -> Response:
+        """Route `request`; `HttpError` from routing or the handler becomes its response."""
+        try:
+            handler, params = self.resolve(request.method, request.path)
+            return await handler(replace(request, params=params))
+        except HttpError as exc:
+            return Response.error(exc.status, exc.message, headers=exc.headers)

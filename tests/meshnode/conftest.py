@@ -1,0 +1,60 @@
+"""Fixtures for the agent-shell tests: a fake agent and its HTTP API on a real socket."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+
+import pytest
+import trio
+
+from meshnode.api import STATUS_FAILED, MemberView, build_router
+from meshnode.api.testing import FakeAgent
+from meshnode.http import serve_http
+
+
+@pytest.fixture
+def fake_agent() -> FakeAgent:
+    return FakeAgent(
+        name="web1",
+        member_list=[
+            MemberView("web1", "127.0.0.1", 7946, {"role": "web"}),
+            MemberView("db1", "127.0.0.2", 7946, {"role": "db", "zone": "a"}),
+            MemberView("old1", "127.0.0.3", 7947, {}, status=STATUS_FAILED, state="failed"),
+        ],
+        keys=["pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="],
+        primary="pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=",
+    )
+
+
+@pytest.fixture
+async def api_port(nursery: trio.Nursery, fake_agent: FakeAgent) -> AsyncIterator[int]:
+    """The fake agent's API served in the test's own trio run; the bound port."""
+    port: int = await nursery.start(
+        partial(serve_http, build_router(fake_agent), host="127.0.0.1", port=0)
+    )
+    yield port
+
+
+@pytest.fixture
+def threaded_api_port(fake_agent: FakeAgent) -> Iterator[int]:
+    """The fake agent's API in a trio run on another thread, for synchronous tests (CLI)."""
+    ready: queue.Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                partial(serve_http, build_router(fake_agent), host="127.0.0.1", port=0)
+            )
+            ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    port, token, scope = ready.get(timeout=10)
+    try:
+        yield port
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=10)
