@@ -1,0 +1,43 @@
+"""`meshnode agent`: build an `AgentConfig` from flags and files, then run the agent."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import load_config
+from ..logs import LEVELS, setup_logging
+from .app import cli
+
+
+@cli.command()
+@click.option("--node", metavar="NAME", help="Node name [default: the host name].")
+@click.option(
+    "--bind", metavar="IP[:PORT]", help="Gossip address (UDP+TCP) [default: 0.0.0.0:7946]."
+)
+@click.option("--advertise", metavar="IP[:PORT]", help="Address given to peers [default: bind].")
+@click.option("--http-addr", metavar="IP:PORT", help="HTTP API address [default: 127.0.0.1:8500].")
+@click.option("--data-dir", metavar="DIR", help="Where state is kept (required unless --dev).")
+@click.option("--join", multiple=True, metavar="ADDR", help="Join ADDR at start (repeatable).")
+@click.option(
+    "--retry-join", multiple=True, metavar="ADDR", help="Join ADDR, retrying until it answers."
+)
+@click.option("--retry-interval", metavar="DURATION", help="Wait between retries [default: 30s].")
+@click.option("--encrypt", metavar="KEY", help="Gossip key from `meshnode keygen`.")
+@click.option("--config-file", multiple=True, metavar="FILE", help="JSON config file (repeatable).")
+@click.option("--datacenter", metavar="NAME", help="Datacenter name [default: dc1].")
+@click.option("--dev", is_flag=True, default=None, help="Loopback, throwaway state, no key.")
+@click.option(
+    "--log-level",
+    type=click.Choice([*LEVELS, "warn", "trace"], case_sensitive=False),
+    help="Log verbosity [default: info].",
+)
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Node metadata (repeatable).")
+def agent(config_file: tuple[str, ...], **flags: object) -> int:
+    """Run an agent in the foreground until it leaves (SIGTERM/SIGINT: graceful leave)."""
+    config = load_config(flags, config_file)
+    setup_logging(config.log_level)
+    try:
+        from ..agent import run_agent
+    except ImportError as exc:
+        raise click.ClickException(f"the agent cannot start: {exc}") from None
+    return run_agent(config)

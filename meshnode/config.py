@@ -1,0 +1,404 @@
+"""The agent's configuration: `AgentConfig` and `load_config` (files + CLI flags).
+
+Config files are JSON with Consul's snake_case names; later files override
+earlier ones, and CLI flags override files (lists such as ``start_join`` are
+concatenated, ``node_meta`` maps merged, as Consul does). Every problem is a
+`ConfigError` whose message is one line naming the file or flag and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .addr import AddressError, format_host_port, parse_host_port, parse_ip
+from .keys import KeyFormatError, decode_key
+from .logs import LEVELS, level_number
+
+__all__ = [
+    "DEFAULT_GOSSIP_PORT",
+    "DEFAULT_HTTP_PORT",
+    "AgentConfig",
+    "ConfigError",
+    "default_node_name",
+    "load_config",
+    "validate_node_name",
+]
+
+# memberlist's and serf's default port: familiar, and free of Consul's 8301
+# so that both can run side by side (the benchmark does).
+DEFAULT_GOSSIP_PORT = 7946
+# Consul's HTTP port, so Consul tooling finds a local agent without flags.
+DEFAULT_HTTP_PORT = 8500
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_META_VALUE_MAX_CHARS = 512  # Consul's node_meta value limit
+_META_MAX_PAIRS = 64  # Consul's node_meta pair limit
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message is one line for the user."""
+
+
+def validate_node_name(name: str) -> str:
+    """`name` if it is 1-128 letters, digits, '-', '_' or '.'; `ValueError` otherwise."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid node name (1-128 letters, digits, '-', '_', '.')"
+        )
+    return name
+
+
+def default_node_name() -> str:
+    """The host name, made into a valid node name (Consul's default)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:128].strip("-.")
+    return cleaned or "meshnode"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    # Named after the host by default: unique on most networks with no setup.
+    node_name: str = field(default_factory=default_node_name)
+    # Gossip (UDP + TCP) on every interface, memberlist's port, so peers on
+    # any network of this host can reach it; --dev narrows it to loopback.
+    bind: tuple[str, int] = ("0.0.0.0", DEFAULT_GOSSIP_PORT)
+    # The address peers should use, when the bind address is not one (NAT,
+    # 0.0.0.0). None: the agent picks from the bind address.
+    advertise: tuple[str, int] | None = None
+    # The HTTP API is on loopback by default: it can make the node leave and
+    # rotate keys, so exposing it is a deliberate choice.
+    http: tuple[str, int] = ("127.0.0.1", DEFAULT_HTTP_PORT)
+    # Node id, keyring and known peers live here (SQLite). None only with
+    # dev=True: the agent then uses a temporary directory it deletes at exit.
+    data_dir: Path | None = None
+    # Peers to join at start (the agent fails to start if none answers).
+    join: tuple[str, ...] = ()
+    # Peers to join at start, retried until one answers (Consul's retry_join).
+    retry_join: tuple[str, ...] = ()
+    # Consul's retry_interval: often enough to form a cluster quickly after a
+    # mass restart, rarely enough to be invisible in the logs of a lone node.
+    retry_join_interval_s: float = 30.0
+    # Base64 32-byte gossip key (AES-256-GCM). None is only allowed with dev,
+    # or when the data dir already holds a keyring (a restart).
+    encrypt_key: str | None = None
+    # Development mode: loopback, temporary data dir, plain-text gossip allowed.
+    dev: bool = False
+    # "debug" | "info" | "warning" | "error"; info shows joins, failures and leaves.
+    log_level: str = "info"
+    # Node metadata gossiped with membership (Consul's node_meta).
+    tags: dict[str, str] = field(default_factory=dict)
+    # Consul's default datacenter name; meshnode has one gossip pool per dc.
+    datacenter: str = "dc1"
+
+
+def _parse_duration_s(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
+        seconds = sum(
+            float(num) * _DURATION_UNITS_S[unit] for num, unit in _DURATION.findall(value)
+        )
+    else:
+        raise ValueError(f'{value!r} is not a duration such as "30s", "1m" or "500ms"')
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be a positive duration")
+    return seconds
+
+
+def _parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _check_meta(meta: Mapping[str, str]) -> None:
+    if len(meta) > _META_MAX_PAIRS:
+        raise ValueError(f"at most {_META_MAX_PAIRS} tags are allowed, got {len(meta)}")
+    for key, value in meta.items():
+        if not _META_KEY.match(key):
+            raise ValueError(f"tag key {key!r} must be 1-128 letters, digits, '-' or '_'")
+        if len(value) > _META_VALUE_MAX_CHARS:
+            raise ValueError(f"tag {key!r} is longer than {_META_VALUE_MAX_CHARS} characters")
+
+
+class _Builder:
+    """Accumulates settings from files, then flags; `build` validates the whole."""
+
+    def __init__(self) -> None:
+        self.node_name: str | None = None
+        self.bind_host: str | None = None
+        self.bind_port: int | None = None
+        self.advertise_host: str | None = None
+        self.advertise_port: int | None = None
+        self.http_host: str | None = None
+        self.http_port: int | None = None
+        self.data_dir: Path | None = None
+        self.join: list[str] = []
+        self.retry_join: list[str] = []
+        self.retry_join_interval_s: float | None = None
+        self.encrypt_key: str | None = None
+        self.dev = False
+        self.log_level: str | None = None
+        self.tags: dict[str, str] = {}
+        self.datacenter: str | None = None
+
+
+# -- value checkers shared by files and flags; each raises ValueError with a reason --
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_type_name(value)}")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer port, not {_type_name(value)}")
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} is out of range (0-65535)")
+    return value
+
+
+def _str_list(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of strings, not {_type_name(value)}")
+    return list(value)
+
+
+def _join_addr(value: str) -> str:
+    host, port = parse_host_port(value, default_port=DEFAULT_GOSSIP_PORT, require_ip=False)
+    return format_host_port(host, port)
+
+
+def _log_level(value: str) -> str:
+    number = level_number(value)
+    return next(name for name, n in LEVELS.items() if n == number)
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else f"a {type(value).__name__}"
+    )
+
+
+def _object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object, not {_type_name(value)}")
+    return value
+
+
+# -- config files ------------------------------------------------------------
+
+
+def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], str]) -> None:
+    """Apply one top-level key of a config file; errors name `where(field)`."""
+
+    def fail(name: str, reason: object) -> ConfigError:
+        return ConfigError(f"{where(name)}: {reason}")
+
+    try:
+        if key == "node_name":
+            b.node_name = validate_node_name(_str(value))
+        elif key == "bind_addr":
+            b.bind_host = parse_ip(_str(value))
+        elif key == "advertise_addr":
+            b.advertise_host = parse_ip(_str(value))
+        elif key == "data_dir":
+            b.data_dir = Path(_str(value))
+        elif key == "start_join":
+            b.join += [_join_addr(v) for v in _str_list(value)]
+        elif key == "retry_join":
+            b.retry_join += [_join_addr(v) for v in _str_list(value)]
+        elif key == "retry_interval":
+            b.retry_join_interval_s = _parse_duration_s(value)
+        elif key == "encrypt":
+            decode_key(_str(value))
+            b.encrypt_key = _str(value).strip()
+        elif key == "datacenter":
+            b.datacenter = _datacenter(_str(value))
+        elif key == "log_level":
+            b.log_level = _log_level(_str(value))
+        elif key == "node_meta":
+            meta = {k: _str(v) for k, v in _object(value).items()}
+            _check_meta({**b.tags, **meta})
+            b.tags.update(meta)
+        elif key in ("addresses", "ports"):
+            _apply_nested(b, key, _object(value), fail)
+        else:
+            raise fail(key, "unknown field")
+    except (ValueError, AddressError, KeyFormatError) as exc:
+        raise fail(key, exc) from None
+
+
+def _apply_nested(
+    b: _Builder, key: str, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    for sub, value in obj.items():
+        name = f"{key}.{sub}"
+        try:
+            if key == "addresses" and sub == "http":
+                b.http_host = parse_ip(_str(value))
+            elif key == "ports" and sub == "serf_lan":
+                b.bind_port = _port(value)
+            elif key == "ports" and sub == "http":
+                b.http_port = _port(value)
+            else:
+                raise fail(name, "unknown field")
+        except (ValueError, AddressError) as exc:
+            raise fail(name, exc) from None
+
+
+def _datacenter(value: str) -> str:
+    if not _DATACENTER.match(value):
+        raise ValueError(f"{value!r} must be 1-64 letters, digits, '-' or '_'")
+    return value.lower()
+
+
+def _read_file(b: _Builder, path: Path) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"config file {path}: cannot read: {reason}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must hold a JSON object, not {_type_name(data)}")
+    for key, value in data.items():
+        _apply_file_key(b, key, value, lambda name: f"config file {path}: field {name!r}")
+
+
+# -- CLI flags ---------------------------------------------------------------
+
+
+def _apply_flags(b: _Builder, flags: Mapping[str, Any]) -> None:
+    """Apply CLI values (None or empty means "not given"); errors name the flag."""
+    for name, value in flags.items():
+        if value is None or value == () or value == []:
+            continue
+        flag = "--" + name.replace("_", "-")
+        try:
+            _apply_flag(b, name, value)
+        except (ValueError, AddressError, KeyFormatError) as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+
+
+def _apply_flag(b: _Builder, name: str, value: Any) -> None:
+    if name == "node":
+        b.node_name = validate_node_name(value)
+    elif name == "bind":
+        b.bind_host, port = parse_host_port(value, default_port=-1)
+        if port >= 0:
+            b.bind_port = port
+    elif name == "advertise":
+        b.advertise_host, port = parse_host_port(value, default_port=-1)
+        b.advertise_port = port if port >= 0 else None
+    elif name == "http_addr":
+        b.http_host, b.http_port = parse_host_port(value, default_port=DEFAULT_HTTP_PORT)
+    elif name == "data_dir":
+        b.data_dir = Path(value)
+    elif name == "join":
+        b.join += [_join_addr(v) for v in value]
+    elif name == "retry_join":
+        b.retry_join += [_join_addr(v) for v in value]
+    elif name == "retry_interval":
+        b.retry_join_interval_s = _parse_duration_s(value)
+    elif name == "encrypt":
+        decode_key(value)
+        b.encrypt_key = value.strip()
+    elif name == "dev":
+        b.dev = bool(value)
+    elif name == "log_level":
+        b.log_level = _log_level(value)
+    elif name == "datacenter":
+        b.datacenter = _datacenter(value)
+    elif name == "tag":
+        tags = dict(_parse_tag(t) for t in value)
+        _check_meta({**b.tags, **tags})
+        b.tags.update(tags)
+    else:
+        raise ValueError(f"unknown setting {name!r}")
+
+
+def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentConfig:
+    bind_host = b.bind_host or ("127.0.0.1" if b.dev else "0.0.0.0")
+    bind_port = DEFAULT_GOSSIP_PORT if b.bind_port is None else b.bind_port
+    advertise: tuple[str, int] | None = None
+    if b.advertise_host is not None:
+        if b.advertise_host in ("0.0.0.0", "::"):
+            raise ConfigError("advertise address must be a routable IP, not 0.0.0.0 or ::")
+        advertise = (b.advertise_host, bind_port if b.advertise_port is None else b.advertise_port)
+    if not b.dev:
+        if b.data_dir is None:
+            raise ConfigError(
+                "a data directory is required: pass --data-dir DIR (or data_dir in a config"
+                " file), or --dev for a throwaway agent"
+            )
+        if b.encrypt_key is None and not has_stored_keyring(b.data_dir):
+            raise ConfigError(
+                "an encryption key is required (plain-text gossip is for --dev only):"
+                " pass --encrypt KEY, made with `meshnode keygen`"
+            )
+    optional: dict[str, Any] = {}
+    if b.retry_join_interval_s is not None:
+        optional["retry_join_interval_s"] = b.retry_join_interval_s
+    return AgentConfig(
+        node_name=b.node_name or default_node_name(),
+        bind=(bind_host, bind_port),
+        advertise=advertise,
+        http=(
+            b.http_host or "127.0.0.1",
+            DEFAULT_HTTP_PORT if b.http_port is None else b.http_port,
+        ),
+        data_dir=b.data_dir,
+        join=tuple(dict.fromkeys(b.join)),
+        retry_join=tuple(dict.fromkeys(b.retry_join)),
+        encrypt_key=b.encrypt_key,
+        dev=b.dev,
+        log_level=b.log_level or "info",
+        tags=dict(b.tags),
+        datacenter=b.datacenter or "dc1",
+        **optional,
+    )
+
+
+def load_config(
+    cli_overrides: Mapping[str, Any],
+    config_files: Sequence[str | Path] = (),
+    *,
+    has_stored_keyring: Callable[[Path], bool] | None = None,
+) -> AgentConfig:
+    """Merge `config_files` (in order), then `cli_overrides`, into a validated config.
+
+    `cli_overrides` uses the agent command's option names: node, bind, advertise,
+    http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
+    datacenter, tag (a list of "KEY=VALUE"); None or an empty list means not given.
+    `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
+    (default: look in the data dir's database).
+    """
+    if has_stored_keyring is None:
+        from .persist import has_stored_keyring as stored
+
+        has_stored_keyring = stored
+    b = _Builder()
+    for path in config_files:
+        _read_file(b, Path(path))
+    _apply_flags(b, cli_overrides)
+    return _build(b, has_stored_keyring=has_stored_keyring)

@@ -1,0 +1,229 @@
+"""The agent's durable state: SQLite (stdlib sqlite3) in ``<data_dir>/meshnode.db``.
+
+- WAL journal with ``synchronous=FULL``: a write that returned is on disk, even
+  if the process is killed -9 or the host loses power right after.
+- The schema lives in `_MIGRATIONS`, applied in order; ``schema_version`` says
+  how many have run, so an old data dir is upgraded in place at open.
+- Calls are synchronous and sub-millisecond (tiny rows); the agent calls them
+  directly from trio, without threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = [
+    "DB_FILENAME",
+    "KnownMember",
+    "Persistence",
+    "PersistenceError",
+    "StoredKeyring",
+    "has_stored_keyring",
+]
+
+DB_FILENAME = "meshnode.db"
+
+# One entry per schema version; never edit a released entry, append a new one.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: identity, keyring, known peers and a generic key/value table.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE keyring (
+        key BLOB PRIMARY KEY,
+        position INTEGER NOT NULL,
+        is_primary INTEGER NOT NULL CHECK (is_primary IN (0, 1))
+    );
+    CREATE TABLE members (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL
+    );
+    """,
+)
+
+_NODE_ID_KEY = "node_id"
+
+
+class PersistenceError(Exception):
+    """The database cannot be used (unreadable, newer schema, corrupt)."""
+
+
+class KnownMember(NamedTuple):
+    """A peer to rejoin after a restart."""
+
+    name: str
+    host: str
+    port: int
+
+
+class StoredKeyring(NamedTuple):
+    """The gossip keys in their install order, and the one used to encrypt."""
+
+    keys: tuple[bytes, ...]
+    primary: bytes
+
+
+class Persistence:
+    """One open database; use `Persistence.open(data_dir)` and `close()` when done."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Persistence:
+        """Open the database at `path`, creating its directory and schema if needed.
+
+        `path` is the database file (``data_dir / DB_FILENAME``); an existing
+        directory is taken as the data dir and its ``meshnode.db`` is opened.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / DB_FILENAME
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (`_transaction`).
+            db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise PersistenceError(f"cannot open {path}: {exc}") from None
+        store = cls(db, path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            store._migrate()
+        except sqlite3.Error as exc:
+            db.close()
+            raise PersistenceError(f"cannot use {path}: {exc}") from None
+        except PersistenceError:
+            db.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Persistence:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two agents pointed at the
+        # same data dir fail fast instead of interleaving.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > len(_MIGRATIONS):
+                raise PersistenceError(
+                    f"{self.path} has schema version {version}, newer than this meshnode"
+                    f" understands ({len(_MIGRATIONS)}); upgrade meshnode"
+                )
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if row is None:
+                db.execute("INSERT INTO schema_version VALUES (?)", (len(_MIGRATIONS),))
+            else:
+                db.execute("UPDATE schema_version SET version = ?", (len(_MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0])
+
+    # -- meta ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # -- identity --------------------------------------------------------
+
+    def node_id(self) -> str:
+        """This node's UUID: created on first call, the same forever after."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (_NODE_ID_KEY, str(uuid.uuid4())),
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (_NODE_ID_KEY,)).fetchone()
+        return str(row[0])
+
+    # -- keyring ---------------------------------------------------------
+
+    def save_keyring(self, keys: Iterable[bytes], primary: bytes) -> None:
+        """Replace the stored keyring; `primary` must be one of `keys`."""
+        ordered = list(dict.fromkeys(bytes(k) for k in keys))
+        if bytes(primary) not in ordered:
+            raise ValueError("the primary key must be one of the keys")
+        with self._transaction() as db:
+            db.execute("DELETE FROM keyring")
+            db.executemany(
+                "INSERT INTO keyring (key, position, is_primary) VALUES (?, ?, ?)",
+                [(k, i, int(k == primary)) for i, k in enumerate(ordered)],
+            )
+
+    def load_keyring(self) -> StoredKeyring | None:
+        """The stored keyring, or None when none was ever saved."""
+        rows = self._db.execute("SELECT key, is_primary FROM keyring ORDER BY position").fetchall()
+        if not rows:
+            return None
+        primary = next((bytes(k) for k, p in rows if p), None)
+        if primary is None:
+            raise PersistenceError(f"{self.path}: the stored keyring has no primary key")
+        return StoredKeyring(keys=tuple(bytes(k) for k, _ in rows), primary=primary)
+
+    # -- known members ---------------------------------------------------
+
+    def save_members(self, members: Iterable[tuple[str, str, int]]) -> None:
+        """Replace the set of known peers (name, host, port)."""
+        rows = {name: (name, host, int(port)) for name, host, port in members}
+        with self._transaction() as db:
+            db.execute("DELETE FROM members")
+            db.executemany("INSERT INTO members (name, host, port) VALUES (?, ?, ?)", rows.values())
+
+    def load_members(self) -> list[KnownMember]:
+        rows = self._db.execute("SELECT name, host, port FROM members ORDER BY name").fetchall()
+        return [KnownMember(str(n), str(h), int(p)) for n, h, p in rows]
+
+
+def has_stored_keyring(data_dir: Path) -> bool:
+    """True when `data_dir` holds a database with a keyring (read only, never creates)."""
+    path = Path(data_dir) / DB_FILENAME
+    if not path.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        return db.execute("SELECT 1 FROM keyring WHERE is_primary = 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()

@@ -1,0 +1,188 @@
+"""load_config: files, flags, --dev, and one-line errors that name the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshnode.config import AgentConfig, ConfigError, load_config
+from meshnode.keys import generate_key
+from meshnode.persist import Persistence
+
+KEY = generate_key()
+
+
+def no_keyring(path: Path) -> bool:
+    return False
+
+
+def load(flags: dict[str, Any], files: list[Path] | None = None) -> AgentConfig:
+    return load_config(flags, files or [], has_stored_keyring=no_keyring)
+
+
+def write(tmp_path: Path, data: Any, name: str = "agent.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_dev_defaults() -> None:
+    config = load({"dev": True})
+    assert config.dev
+    assert config.bind == ("127.0.0.1", 7946)
+    assert config.http == ("127.0.0.1", 8500)
+    assert config.data_dir is None
+    assert config.encrypt_key is None
+    assert config.node_name  # the host name
+    assert config.datacenter == "dc1"
+
+
+def test_full_config_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "node_name": "web-1",
+            "bind_addr": "10.0.0.5",
+            "advertise_addr": "192.0.2.5",
+            "addresses": {"http": "0.0.0.0"},
+            "ports": {"serf_lan": 8301, "http": 8600},
+            "data_dir": str(tmp_path / "data"),
+            "start_join": ["10.0.0.1", "[fd00::1]:8301", "node2.example.com"],
+            "retry_join": ["10.0.0.2:7000"],
+            "retry_interval": "1m30s",
+            "encrypt": KEY,
+            "datacenter": "Paris-1",
+            "log_level": "WARN",
+            "node_meta": {"role": "web"},
+        },
+    )
+    config = load({}, [path])
+    assert config == AgentConfig(
+        node_name="web-1",
+        bind=("10.0.0.5", 8301),
+        advertise=("192.0.2.5", 8301),
+        http=("0.0.0.0", 8600),
+        data_dir=tmp_path / "data",
+        join=("10.0.0.1:7946", "[fd00::1]:8301", "node2.example.com:7946"),
+        retry_join=("10.0.0.2:7000",),
+        retry_join_interval_s=90.0,
+        encrypt_key=KEY,
+        dev=False,
+        log_level="warning",
+        tags={"role": "web"},
+        datacenter="paris-1",
+    )
+
+
+def test_flags_override_files_and_lists_merge(tmp_path: Path) -> None:
+    first = write(tmp_path, {"node_name": "a", "start_join": ["10.0.0.1"]}, "1.json")
+    second = write(tmp_path, {"node_name": "b", "node_meta": {"x": "1"}}, "2.json")
+    config = load(
+        {
+            "node": "c",
+            "bind": "[::1]:9000",
+            "http_addr": "127.0.0.1:9500",
+            "join": ["10.0.0.2"],
+            "tag": ["y=2", "x=3"],
+            "dev": True,
+            "log_level": "debug",
+            "advertise": "192.0.2.1",
+        },
+        [first, second],
+    )
+    assert config.node_name == "c"
+    assert config.bind == ("::1", 9000)
+    assert config.advertise == ("192.0.2.1", 9000)
+    assert config.http == ("127.0.0.1", 9500)
+    assert config.join == ("10.0.0.1:7946", "10.0.0.2:7946")
+    assert config.tags == {"x": "3", "y": "2"}
+    assert config.log_level == "debug"
+
+
+def test_dev_respects_an_explicit_bind() -> None:
+    assert load({"dev": True, "bind": "0.0.0.0:7000"}).bind == ("0.0.0.0", 7000)
+    assert load({"dev": True, "bind": "127.0.0.2"}).bind == ("127.0.0.2", 7946)
+
+
+def test_without_dev_a_data_dir_and_a_key_are_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="a data directory is required"):
+        load({"encrypt": KEY})
+    with pytest.raises(ConfigError, match="an encryption key is required"):
+        load({"data_dir": str(tmp_path)})
+    config = load({"data_dir": str(tmp_path), "encrypt": KEY})
+    assert config.data_dir == tmp_path
+    assert config.bind == ("0.0.0.0", 7946)
+
+
+def test_a_stored_keyring_replaces_the_key_on_restart(tmp_path: Path) -> None:
+    with Persistence.open(tmp_path) as store:
+        store.save_keyring([b"k" * 32], b"k" * 32)
+    config = load_config({"data_dir": str(tmp_path)})
+    assert config.encrypt_key is None
+    with pytest.raises(ConfigError, match="an encryption key is required"):
+        load_config({"data_dir": str(tmp_path / "fresh")})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON: Expecting property name enclosed in double quotes"),
+        ("[1, 2]", "must hold a JSON object, not a list"),
+        ({"bogus": 1}, "field 'bogus': unknown field"),
+        ({"node_name": 5}, "field 'node_name': must be a string, not a int"),
+        ({"node_name": "bad name"}, "field 'node_name': 'bad name' is not a valid node name"),
+        ({"node_name": "x" * 129}, "is not a valid node name"),
+        ({"bind_addr": "10.0.0.300"}, "field 'bind_addr': '10.0.0.300' is not an IP address"),
+        ({"ports": {"serf_lan": "7946"}}, "field 'ports.serf_lan': must be an integer port"),
+        ({"ports": {"http": 70000}}, "field 'ports.http': port 70000 is out of range"),
+        ({"ports": {"dns": 8600}}, "field 'ports.dns': unknown field"),
+        ({"ports": 5}, "field 'ports': must be an object"),
+        ({"addresses": {"http": "localhost"}}, "field 'addresses.http': 'localhost' is not an IP"),
+        ({"start_join": "10.0.0.1"}, "field 'start_join': must be a list of strings"),
+        ({"retry_join": ["10.0.0.1:x"]}, "field 'retry_join': '10.0.0.1:x': port 'x' is not"),
+        ({"retry_interval": "soon"}, "field 'retry_interval': 'soon' is not a duration"),
+        ({"encrypt": "abc"}, "field 'encrypt': the key is not valid base64"),
+        ({"log_level": "loud"}, "field 'log_level': unknown log level 'loud'"),
+        ({"node_meta": {"a b": "x"}}, "tag key 'a b' must be"),
+        ({"datacenter": "dc 1"}, "field 'datacenter'"),
+        ({"data_dir": True}, "field 'data_dir': must be a string, not a boolean"),
+    ],
+)
+def test_bad_config_file_names_file_and_field(tmp_path: Path, content: Any, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError) as caught:
+        load({"dev": True}, [path])
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith(f"config file {path}: ")
+    assert message in text
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*nope\.json: no such file"):
+        load({"dev": True}, [tmp_path / "nope.json"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"bind": "1.2.3.4:99999"}, "--bind: '1.2.3.4:99999': port 99999 is out of range"),
+        ({"bind": "example.com:1"}, "--bind: 'example.com:1': 'example.com' is not an IP"),
+        ({"bind": "fe80::zz:7946"}, "--bind: 'fe80::zz:7946': put an IPv6 address in brackets"),
+        ({"http_addr": "[::1"}, "--http-addr: '[::1': missing ']'"),
+        ({"node": "no/slash"}, "--node: 'no/slash' is not a valid node name"),
+        ({"encrypt": "c2hvcnQ="}, "--encrypt: the key decodes to 5 bytes"),
+        ({"tag": ["novalue"]}, "--tag: 'novalue' is not KEY=VALUE"),
+        ({"join": ["host:"]}, "--join: 'host:': port '' is not a number"),
+        ({"advertise": "0.0.0.0"}, "advertise address must be a routable IP"),
+        ({"retry_interval": "0s"}, "--retry-interval: '0s' must be a positive duration"),
+    ],
+)
+def test_bad_flags_name_the_flag(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({"dev": True, **flags})
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
