@@ -277,3 +277,14 @@ async def test_head_has_no_body(port: int) -> None:
 async def test_port_in_use_is_a_bind_error(nursery: trio.Nursery, port: int, app: App) -> None:
     with pytest.raises(HttpBindError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
         await nursery.start(partial(serve_http, app.router, host="127.0.0.1", port=port))
+
+
+async def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    requests = [
+        b"GET /hello?name=a HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hello?name=b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ]
+    reply = await raw_exchange(port, b"".join(requests))
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert reply.index(b'{"hello":"a"}') < reply.index(b'{"hello":"b"}')
