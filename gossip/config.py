@@ -39,6 +39,11 @@ class GossipConfig:
     # window in which a lost announcement would hide the joiner (serf's
     # long join tail) without waiting for the periodic exchange.
     join_push_pull_delays_s: tuple[float, ...] = (0.5, 1.5, 3.0)
+    # Every so often a failed member is offered a push/pull: when a
+    # partition heals, this is what lets both sides find each other again
+    # (serf's reconnect). Faster than serf's 30 s so that a healed partition
+    # converges well within 30 s.
+    reconnect_interval_s: float = 10.0
     # Dead members are remembered long enough to refute stale alive rumours,
     # and to answer `members` with the failure, then reaped.
     dead_reap_s: float = 24 * 3600.0
@@ -47,6 +52,9 @@ class GossipConfig:
     gossip_to_dead_s: float = 30.0
     # Ethernet MTU minus IP/UDP headers and the encryption envelope.
     udp_mtu_bytes: int = 1400
+    # Room left in each packet for the AES-GCM envelope (version, nonce,
+    # tag); reserved even in plain-text dev mode so both pack alike.
+    envelope_overhead_bytes: int = 29
     # Metadata bigger than this would crowd out piggybacked updates.
     meta_max_bytes: int = 512
     # A push/pull stream bigger than this is refused (about 30k members).

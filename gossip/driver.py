@@ -1,0 +1,207 @@
+"""The trio driver: one loop around the sans-IO membership core.
+
+It waits for a packet, a push/pull stream or the core's next timer, feeds the
+core with the current time, then sends what the core returns. Remote errors
+(bad bytes, failed authentication, replays, refused connections) are logged,
+counted and dropped here; they never end the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from . import codec
+from .errors import RemoteProtocolError
+from .events import Event
+from .membership import Membership
+from .messages import Addr, PushPull
+from .transport import Transport
+from .wire import FrameReader, Wire
+
+log = logging.getLogger("meshnode.gossip")
+
+_READ_CHUNK_BYTES = 65536
+
+
+@dataclass
+class DriverCounters:
+    """Cumulative counters, exported by the agent as `meshnode.gossip.*` metrics."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + amount
+
+
+class GossipDriver:
+    def __init__(
+        self,
+        core: Membership,
+        wire: Wire,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        on_event: Callable[[Event], None] | None = None,
+        push_pull_timeout_s: float = 10.0,
+    ) -> None:
+        self.core = core
+        self.wire = wire
+        self.transport = transport
+        self.counters = DriverCounters()
+        self._clock = clock
+        self._on_event = on_event
+        # A stalled peer must not hold a push/pull (and its memory) forever.
+        self._push_pull_timeout_s = push_pull_timeout_s
+        self._wakeup = trio.Event()
+        self._left = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._max_frame_bytes = core.config.push_pull_max_bytes + 64
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.transport.serve_streams, self._serve_push_pull)
+            nursery.start_soon(self._recv_loop)
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+
+    async def _recv_loop(self) -> None:
+        while True:
+            data, src = await self.transport.recv_packet()
+            self.counters.add("udp.recv_bytes", len(data))
+            self.counters.add("udp.recv_packets")
+            now = self._clock()
+            try:
+                plain = self.wire.open(data, now)
+                self.core.receive_packet(plain, src, now)
+            except RemoteProtocolError as exc:
+                self._count_remote_error(exc, src, "udp")
+            self._flush()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            with trio.move_on_at(self.core.get_timer()):
+                await self._wakeup.wait()
+            self.core.handle_timer(self._clock())
+            self._flush()
+            # Only inputs from other tasks may wake us early; our own flush
+            # has just been accounted for by get_timer().
+            self._wakeup = trio.Event()
+
+    def _count_remote_error(self, exc: RemoteProtocolError, src: Addr, via: str) -> None:
+        kind = type(exc).__name__
+        self.counters.add(f"{via}.rejected.{kind}")
+        log.debug("dropped %s input from %s: %s: %s", via, src, kind, exc)
+
+    def _flush(self) -> None:
+        """Send what the core produced, start its push/pulls and hand out its events."""
+        for addr, plain in self.core.packets_to_send():
+            sealed = self.wire.seal(plain)
+            if self.transport.send_packet(sealed, addr):
+                self.counters.add("udp.sent_bytes", len(sealed))
+                self.counters.add("udp.sent_packets")
+            else:
+                self.counters.add("udp.send_dropped")
+        for addr, join in self.core.push_pulls_to_start():
+            if self._nursery is not None:
+                self._nursery.start_soon(self._push_pull, addr, join)
+        while (event := self.core.next_event()) is not None:
+            if self._on_event is not None:
+                self._on_event(event)
+        if self.core.leave_done:
+            self._left.set()
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ commands
+
+    async def join(self, addrs: list[Addr]) -> int:
+        """Push/pull with each seed concurrently; returns how many answered."""
+        self.core.join([], self._clock())
+        ok = 0
+
+        async def one(addr: Addr) -> None:
+            nonlocal ok
+            if await self._push_pull(addr, True):
+                ok += 1
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(one, addr)
+        self._flush()
+        return ok
+
+    async def leave(self, timeout_s: float) -> bool:
+        """Announce our leave and wait (bounded) until it has been gossiped."""
+        self.core.leave(self._clock())
+        self._flush()
+        with trio.move_on_after(timeout_s):
+            await self._left.wait()
+        return self.core.leave_done
+
+    def apply(self, fn: Callable[[float], None]) -> None:
+        """Run a core command at the current time and send what it produced."""
+        fn(self._clock())
+        self._flush()
+
+    # ------------------------------------------------------------------ push/pull
+
+    async def _push_pull(self, addr: Addr, join: bool) -> bool:
+        """One full-state exchange as the client."""
+        self.counters.add("push_pull.started")
+        try:
+            with trio.fail_after(self._push_pull_timeout_s):
+                stream = await self.transport.connect_stream(addr)
+                async with stream:
+                    await self._send_frame(
+                        stream, codec.encode_push_pull(self.core.local_state(join=join))
+                    )
+                    reply = await self._read_push_pull(stream)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.counters.add("push_pull.failed")
+            log.debug("push/pull with %s failed: %s", addr, exc or type(exc).__name__)
+            return False
+        except RemoteProtocolError as exc:
+            self.counters.add("push_pull.failed")
+            self._count_remote_error(exc, addr, "tcp")
+            return False
+        self.core.merge_remote_state(reply, self._clock())
+        self._flush()
+        return True
+
+    async def _serve_push_pull(self, stream: trio.abc.Stream, peer: Addr) -> None:
+        try:
+            with trio.fail_after(self._push_pull_timeout_s):
+                request = await self._read_push_pull(stream)
+                reply = self.core.receive_push_pull(request, self._clock())
+                self._flush()
+                await self._send_frame(stream, codec.encode_push_pull(reply))
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.counters.add("push_pull.serve_failed")
+            log.debug("serving push/pull to %s failed: %s", peer, exc or type(exc).__name__)
+        except RemoteProtocolError as exc:
+            self._count_remote_error(exc, peer, "tcp")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _send_frame(self, stream: trio.abc.Stream, payload: bytes) -> None:
+        framed = self.wire.frame(payload)
+        await stream.send_all(framed)
+        self.counters.add("tcp.sent_bytes", len(framed))
+
+    async def _read_push_pull(self, stream: trio.abc.Stream) -> PushPull:
+        reader = FrameReader(self.wire, max_frame_bytes=self._max_frame_bytes)
+        while True:
+            frame = reader.next_frame(self._clock())
+            if frame is not None:
+                return codec.decode_push_pull(frame, max_bytes=self._max_frame_bytes)
+            chunk = await stream.receive_some(_READ_CHUNK_BYTES)
+            if not chunk:
+                raise trio.BrokenResourceError("peer closed the stream mid-frame")
+            self.counters.add("tcp.recv_bytes", len(chunk))
+            reader.feed(chunk)

@@ -1,0 +1,654 @@
+"""SWIM membership with the Lifeguard refinements, as a sans-IO state machine.
+
+Rules that live here (memberlist's `state.go`):
+- probing: one member a probe interval, round-robin over a shuffled list;
+  ping, then ping-req through `indirect_checks` helpers after the probe
+  timeout, then suspicion at the end of the interval;
+- incarnation numbers order every claim about a member; only the member
+  itself raises its own incarnation, to refute suspicion or death;
+- suspicion becomes death after a Lifeguard timeout that shrinks with
+  independent confirmations; local health awareness stretches our own probing
+  when we miss acks and nacks;
+- every state change is broadcast through the transmit-limited queue and
+  piggybacked on every packet, plus a gossip round to random members;
+- push/pull full-state exchanges run on join, shortly after it, periodically,
+  and towards failed members (reconnect), which is what heals partitions;
+- dead and left members are remembered, then reaped.
+
+Inputs: `receive_packet(data, src, now)`, `receive_push_pull(msg, now)`,
+`merge_remote_state(msg, now)`, `handle_timer(now)` and the commands. Outputs:
+`packets_to_send()`, `push_pulls_to_start()`, `next_event()` and `get_timer()`.
+It never reads a clock, a socket or the global random generator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import assert_never
+
+from . import codec
+from .awareness import Awareness
+from .config import GossipConfig
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    Event,
+    Member,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberUpdated,
+    UserMessage,
+)
+from .formulas import (
+    push_pull_interval_s,
+    retransmit_limit,
+    suspicion_expected_confirmations,
+    suspicion_timeout_s,
+)
+from .messages import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    IndirectPing,
+    Nack,
+    NodeState,
+    PacketMessage,
+    Ping,
+    PushPull,
+    State,
+    Suspect,
+    User,
+)
+from .queue import BroadcastQueue
+from .suspicion import Suspicion
+
+_SEQ_MODULUS = 1 << 32
+# Bounded memory under churn: beyond this many queued updates the most-sent go.
+_MAX_QUEUED_BROADCASTS = 20_000
+# How often dead members are checked for reaping; reaping is not urgent.
+_REAP_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass(slots=True)
+class _MemberState:
+    name: str
+    addr: Addr
+    meta: bytes
+    incarnation: int
+    state: State
+    state_change_s: float
+
+    def snapshot(self) -> Member:
+        return Member(
+            self.name, self.addr, self.meta, self.incarnation, self.state, self.state_change_s
+        )
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    indirect_at_s: float
+    end_at_s: float
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    """An indirect ping we perform on behalf of `requester`."""
+
+    requester: Addr
+    requester_seq: int
+    deadline_s: float
+    want_nack: bool
+
+
+class Membership:
+    """One node's view of the cluster."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        addr: Addr,
+        meta: bytes = b"",
+        config: GossipConfig | None = None,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 0,
+    ) -> None:
+        self.config = config or GossipConfig()
+        if len(meta) > self.config.meta_max_bytes:
+            raise LocalProtocolError(
+                f"node metadata is {len(meta)} bytes, limit is {self.config.meta_max_bytes}"
+            )
+        self.name = name
+        self._rng = rng
+        self._self = _MemberState(name, addr, meta, incarnation, State.ALIVE, now)
+        self._members: dict[str, _MemberState] = {name: self._self}
+        self._queue = BroadcastQueue()
+        self._awareness = Awareness(self.config.awareness_max_multiplier)
+        self._suspicions: dict[str, Suspicion] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._seq = rng.randrange(_SEQ_MODULUS)
+        self._out: list[tuple[Addr, bytes]] = []
+        self._push_pulls: list[tuple[Addr, bool]] = []
+        self._events: deque[Event] = deque()
+        self._leaving = False
+        self._leave_done = False
+        self.user_state: bytes = b""
+        # Stagger the periodic timers so a cluster started at once does not
+        # fire in lockstep.
+        cfg = self.config
+        self._next_probe_s = now + rng.uniform(0.0, cfg.probe_interval_s)
+        self._next_gossip_s = now + rng.uniform(0.0, cfg.gossip_interval_s)
+        self._next_push_pull_s = now + rng.uniform(1.0, 2.0) * cfg.push_pull_interval_s
+        self._next_reconnect_s = now + rng.uniform(1.0, 2.0) * cfg.reconnect_interval_s
+        self._next_reap_s = now + _REAP_CHECK_INTERVAL_S
+        self._quick_push_pulls_s: list[float] = []
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def incarnation(self) -> int:
+        return self._self.incarnation
+
+    @property
+    def local_addr(self) -> Addr:
+        return self._self.addr
+
+    @property
+    def awareness_score(self) -> int:
+        return self._awareness.score
+
+    @property
+    def leave_done(self) -> bool:
+        """True once our leave notice has been gossiped as often as any update."""
+        return self._leave_done
+
+    def members(self) -> list[Member]:
+        return [m.snapshot() for m in self._members.values()]
+
+    def member(self, name: str) -> Member | None:
+        m = self._members.get(name)
+        return None if m is None else m.snapshot()
+
+    def num_alive(self) -> int:
+        """Members counted for the formulas: everyone not dead or left (memberlist's estimate)."""
+        return sum(1 for m in self._members.values() if m.state in (State.ALIVE, State.SUSPECT))
+
+    def pending_broadcasts(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ outputs
+
+    def packets_to_send(self) -> list[tuple[Addr, bytes]]:
+        """Plain (unsealed) packets to send, each under the MTU budget."""
+        out, self._out = self._out, []
+        return out
+
+    def push_pulls_to_start(self) -> list[tuple[Addr, bool]]:
+        """Full-state exchanges the driver should open over TCP: (peer, is_join)."""
+        out, self._push_pulls = self._push_pulls, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float:
+        """The next time `handle_timer` has work to do."""
+        if self._leaving:
+            return self._next_gossip_s
+        deadlines = [
+            self._next_probe_s,
+            self._next_gossip_s,
+            self._next_push_pull_s,
+            self._next_reconnect_s,
+            self._next_reap_s,
+        ]
+        if self._probe is not None:
+            if not self._probe.indirect_sent:
+                deadlines.append(self._probe.indirect_at_s)
+            deadlines.append(self._probe.end_at_s)
+        if self._quick_push_pulls_s:
+            deadlines.append(self._quick_push_pulls_s[0])
+        deadlines.extend(s.deadline() for s in self._suspicions.values())
+        deadlines.extend(r.deadline_s for r in self._relays.values())
+        return min(deadlines)
+
+    # ------------------------------------------------------------------ commands
+
+    def join(self, addrs: list[Addr], now: float) -> None:
+        """Ask the driver for a join push/pull with each seed, then a few quick ones."""
+        for addr in addrs:
+            self._push_pulls.append((addr, True))
+        self._quick_push_pulls_s = sorted(now + d for d in self.config.join_push_pull_delays_s)
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave; `leave_done` turns True when it has spread."""
+        if self._leaving:
+            return
+        self._leaving = True
+        self._set_state(self._self, State.LEFT, now)
+        msg = Dead(self._self.incarnation, self.name, self.name)
+        if self.num_alive() == 0:
+            self._leave_done = True
+            return
+
+        def done() -> None:
+            self._leave_done = True
+
+        self._broadcast(msg, key=self.name, on_done=done)
+        # Spread it now rather than at the next gossip tick.
+        self._gossip_round(now)
+
+    def force_leave(self, name: str, now: float) -> None:
+        """Declare another member left on its behalf (Consul's force-leave).
+
+        A member that is in fact alive hears of it and refutes, as in Consul.
+        """
+        m = self._members.get(name)
+        if m is None or name == self.name:
+            raise LocalProtocolError(f"no member named {name!r}")
+        if m.state == State.LEFT:
+            return
+        self._apply_dead(Dead(m.incarnation, name, name), now)
+
+    def update_meta(self, meta: bytes, now: float) -> None:
+        if len(meta) > self.config.meta_max_bytes:
+            raise LocalProtocolError(
+                f"node metadata is {len(meta)} bytes, limit is {self.config.meta_max_bytes}"
+            )
+        self._self.meta = meta
+        self._self.incarnation += 1
+        self._broadcast_self_alive()
+
+    def broadcast_user(self, payload: bytes, *, key: object | None = None) -> None:
+        """Gossip an application payload to every member (best effort, transmit-limited)."""
+        self._queue.push(codec.encode_message(User(payload)), key=("user", key) if key else None)
+
+    def send_user(self, addr: Addr, payload: bytes) -> None:
+        """Send an application payload to one node, with piggybacked updates."""
+        self._send(addr, [User(payload)])
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_packet(self, data: bytes, src: Addr, now: float) -> None:
+        """Feed one plain (already opened) UDP packet; raises RemoteProtocolError."""
+        messages = codec.decode_packet(data, max_bytes=65507)
+        for msg in messages:
+            self._dispatch(msg, src, now)
+
+    def receive_push_pull(self, msg: PushPull, now: float) -> PushPull:
+        """Serve a peer's full-state exchange: answer with ours, then merge theirs."""
+        reply = self.local_state(join=False)
+        self.merge_remote_state(msg, now)
+        return reply
+
+    def local_state(self, *, join: bool) -> PushPull:
+        nodes = tuple(
+            NodeState(m.name, m.addr, m.meta, m.incarnation, m.state)
+            for m in self._members.values()
+        )
+        return PushPull(join=join, nodes=nodes, user_state=self.user_state)
+
+    def merge_remote_state(self, msg: PushPull, now: float) -> None:
+        """Merge a peer's full state as if each entry had arrived by gossip.
+
+        A member the peer believes dead is only suspected here: our own probes
+        get the chance to disagree (memberlist's mergeState).
+        """
+        for ns in msg.nodes:
+            if ns.state in (State.ALIVE, State.LEAVING):
+                self._apply_alive(Alive(ns.incarnation, ns.node, ns.addr, ns.meta), now)
+            elif ns.state in (State.SUSPECT, State.DEAD):
+                self._apply_suspect(Suspect(ns.incarnation, ns.node, self.name), now)
+            elif ns.state == State.LEFT:
+                self._apply_dead(Dead(ns.incarnation, ns.node, ns.node), now)
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        if self._leaving:
+            # A leaving node only finishes spreading its leave notice.
+            if now >= self._next_gossip_s:
+                self._gossip_round(now)
+                self._next_gossip_s = now + cfg.gossip_interval_s
+            return
+        for seq in [s for s, r in self._relays.items() if r.deadline_s <= now]:
+            relay = self._relays.pop(seq)
+            if relay.want_nack:
+                self._send(relay.requester, [Nack(relay.requester_seq)])
+        probe = self._probe
+        if probe is not None and not probe.indirect_sent and now >= probe.indirect_at_s:
+            self._send_indirect_probes(probe)
+        if probe is not None and now >= probe.end_at_s:
+            self._finish_failed_probe(probe, now)
+        if now >= self._next_probe_s:
+            self._start_probe(now)
+        for name in [n for n, s in self._suspicions.items() if s.deadline() <= now]:
+            suspicion = self._suspicions.pop(name)
+            m = self._members.get(name)
+            if m is not None and m.state == State.SUSPECT:
+                self._apply_dead(Dead(suspicion.incarnation, name, self.name), now)
+        if now >= self._next_gossip_s:
+            self._gossip_round(now)
+            self._next_gossip_s = now + cfg.gossip_interval_s
+        if now >= self._next_push_pull_s:
+            peer = self._random_members(1, states=(State.ALIVE,))
+            if peer:
+                self._push_pulls.append((peer[0].addr, False))
+            interval_s = push_pull_interval_s(cfg.push_pull_interval_s, self.num_alive())
+            self._next_push_pull_s = now + interval_s
+        while self._quick_push_pulls_s and now >= self._quick_push_pulls_s[0]:
+            self._quick_push_pulls_s.pop(0)
+            peer = self._random_members(1, states=(State.ALIVE,))
+            if peer:
+                self._push_pulls.append((peer[0].addr, False))
+        if now >= self._next_reconnect_s:
+            failed = self._random_members(1, states=(State.DEAD,))
+            if failed:
+                self._push_pulls.append((failed[0].addr, False))
+            self._next_reconnect_s = now + cfg.reconnect_interval_s
+        if now >= self._next_reap_s:
+            self._reap(now)
+            self._next_reap_s = now + _REAP_CHECK_INTERVAL_S
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _dispatch(self, msg: PacketMessage, src: Addr, now: float) -> None:
+        if self._leaving and not isinstance(msg, Ping | Ack):
+            return
+        match msg:
+            case Ping():
+                if msg.target != self.name:
+                    self._count("ping_misdirected")
+                    raise RemoteProtocolError(
+                        f"ping for {msg.target!r} reached {self.name!r} from {src}"
+                    )
+                self._send(src, [Ack(msg.seq)])
+            case IndirectPing():
+                seq = self._next_seq()
+                self._relays[seq] = _Relay(
+                    requester=src,
+                    requester_seq=msg.seq,
+                    deadline_s=now + self.config.probe_timeout_s,
+                    want_nack=msg.want_nack,
+                )
+                self._send(msg.target_addr, [Ping(seq, msg.target, self.name, self._self.addr)])
+            case Ack():
+                relay = self._relays.pop(msg.seq, None)
+                if relay is not None:
+                    self._send(relay.requester, [Ack(relay.requester_seq)])
+                elif self._probe is not None and msg.seq == self._probe.seq:
+                    self._probe = None
+                    self._awareness.apply(-1)
+            case Nack():
+                if self._probe is not None and msg.seq == self._probe.seq:
+                    self._probe.nacks += 1
+            case Alive():
+                self._apply_alive(msg, now)
+            case Suspect():
+                self._apply_suspect(msg, now)
+            case Dead():
+                self._apply_dead(msg, now)
+            case User():
+                self._events.append(UserMessage(msg.payload, src))
+            case _:
+                assert_never(msg)
+
+    # ------------------------------------------------------------------ state rules
+
+    def _apply_alive(self, msg: Alive, now: float) -> None:
+        if len(msg.meta) > self.config.meta_max_bytes:
+            raise RemoteProtocolError(f"alive for {msg.node!r} carries oversized metadata")
+        if msg.node == self.name:
+            me = self._self
+            if self._leaving:
+                return
+            if msg.incarnation > me.incarnation or (
+                msg.incarnation == me.incarnation and (msg.addr, msg.meta) != (me.addr, me.meta)
+            ):
+                self._refute(msg.incarnation)
+            return
+        m = self._members.get(msg.node)
+        if m is None:
+            m = _MemberState(msg.node, msg.addr, msg.meta, msg.incarnation, State.ALIVE, now)
+            self._members[msg.node] = m
+            self._add_to_probe_order(msg.node)
+            self._broadcast(msg, key=msg.node)
+            self._events.append(MemberJoined(m.snapshot()))
+            return
+        if msg.incarnation <= m.incarnation:
+            return
+        was = m.state
+        changed = (m.addr, m.meta) != (msg.addr, msg.meta)
+        m.incarnation = msg.incarnation
+        m.addr = msg.addr
+        m.meta = msg.meta
+        self._suspicions.pop(msg.node, None)
+        self._set_state(m, State.ALIVE, now)
+        self._broadcast(msg, key=msg.node)
+        if was in (State.DEAD, State.LEFT):
+            self._add_to_probe_order(msg.node)
+            self._events.append(MemberJoined(m.snapshot()))
+        elif changed or was == State.SUSPECT:
+            self._events.append(MemberUpdated(m.snapshot()))
+
+    def _apply_suspect(self, msg: Suspect, now: float) -> None:
+        if msg.node == self.name:
+            if not self._leaving and msg.incarnation >= self._self.incarnation:
+                # Lifeguard: being suspected hints that our own health is poor.
+                self._awareness.apply(1)
+                self._refute(msg.incarnation)
+            return
+        m = self._members.get(msg.node)
+        if m is None or msg.incarnation < m.incarnation:
+            return
+        if m.state == State.SUSPECT:
+            suspicion = self._suspicions.get(msg.node)
+            if suspicion is not None and suspicion.confirm(msg.sender):
+                self._broadcast(msg, key=msg.node)
+            return
+        if m.state != State.ALIVE:
+            return
+        m.incarnation = msg.incarnation
+        self._set_state(m, State.SUSPECT, now)
+        n = self.num_alive()
+        cfg = self.config
+        min_s = suspicion_timeout_s(cfg.suspicion_mult, n, cfg.probe_interval_s)
+        self._suspicions[msg.node] = Suspicion(
+            first_accuser=msg.sender,
+            k=suspicion_expected_confirmations(cfg.suspicion_mult, n),
+            min_s=min_s,
+            max_s=cfg.suspicion_max_timeout_mult * min_s,
+            now=now,
+            incarnation=msg.incarnation,
+        )
+        self._broadcast(msg, key=msg.node)
+
+    def _apply_dead(self, msg: Dead, now: float) -> None:
+        if msg.node == self.name:
+            if not self._leaving and msg.incarnation >= self._self.incarnation:
+                self._refute(msg.incarnation)
+            return
+        m = self._members.get(msg.node)
+        if m is None or msg.incarnation < m.incarnation:
+            return
+        if m.state in (State.DEAD, State.LEFT):
+            # A leave notice still upgrades a failure to left (force-leave).
+            if m.state == State.DEAD and msg.sender == msg.node:
+                self._set_state(m, State.LEFT, now)
+                self._broadcast(msg, key=msg.node)
+                self._events.append(MemberLeft(m.snapshot()))
+            return
+        m.incarnation = msg.incarnation
+        self._suspicions.pop(msg.node, None)
+        left = msg.sender == msg.node
+        self._set_state(m, State.LEFT if left else State.DEAD, now)
+        self._broadcast(msg, key=msg.node)
+        self._events.append(MemberLeft(m.snapshot()) if left else MemberFailed(m.snapshot()))
+
+    def _refute(self, accused_incarnation: int) -> None:
+        self._self.incarnation = max(self._self.incarnation, accused_incarnation) + 1
+        self._count("refutations")
+        self._broadcast_self_alive()
+
+    def _broadcast_self_alive(self) -> None:
+        me = self._self
+        self._broadcast(Alive(me.incarnation, me.name, me.addr, me.meta), key=me.name)
+
+    def _set_state(self, m: _MemberState, state: State, now: float) -> None:
+        if m.state != state:
+            m.state = state
+            m.state_change_s = now
+
+    def _reap(self, now: float) -> None:
+        cutoff = now - self.config.dead_reap_s
+        for name in [
+            n
+            for n, m in self._members.items()
+            if m.state in (State.DEAD, State.LEFT) and m.state_change_s <= cutoff and n != self.name
+        ]:
+            del self._members[name]
+            self._events.append(MemberReaped(name))
+
+    # ------------------------------------------------------------------ probing
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % _SEQ_MODULUS
+        return self._seq
+
+    def _add_to_probe_order(self, name: str) -> None:
+        # Insert at a random place so a new member is probed within one round.
+        self._probe_order.insert(self._rng.randint(0, len(self._probe_order)), name)
+
+    def _next_probe_target(self) -> _MemberState | None:
+        for _ in range(len(self._probe_order) + 1):
+            if self._probe_index >= len(self._probe_order):
+                self._probe_order = [
+                    n
+                    for n, m in self._members.items()
+                    if n != self.name and m.state in (State.ALIVE, State.SUSPECT)
+                ]
+                self._rng.shuffle(self._probe_order)
+                self._probe_index = 0
+                if not self._probe_order:
+                    return None
+            name = self._probe_order[self._probe_index]
+            self._probe_index += 1
+            m = self._members.get(name)
+            if m is not None and m.state in (State.ALIVE, State.SUSPECT):
+                return m
+        return None
+
+    def _start_probe(self, now: float) -> None:
+        cfg = self.config
+        interval_s = self._awareness.scale(cfg.probe_interval_s)
+        self._next_probe_s = now + interval_s
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self._probe = _Probe(
+            target=target.name,
+            seq=seq,
+            indirect_at_s=now + self._awareness.scale(cfg.probe_timeout_s),
+            end_at_s=now + interval_s,
+        )
+        self._send(target.addr, [Ping(seq, target.name, self.name, self._self.addr)])
+
+    def _send_indirect_probes(self, probe: _Probe) -> None:
+        probe.indirect_sent = True
+        target = self._members.get(probe.target)
+        if target is None:
+            return
+        helpers = self._random_members(
+            self.config.indirect_checks, states=(State.ALIVE,), exclude=probe.target
+        )
+        for helper in helpers:
+            msg = IndirectPing(
+                probe.seq, target.name, target.addr, self.name, self._self.addr, want_nack=True
+            )
+            self._send(helper.addr, [msg])
+        probe.expected_nacks = len(helpers)
+
+    def _finish_failed_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        if probe.expected_nacks > 0:
+            self._awareness.apply(probe.expected_nacks - probe.nacks)
+        else:
+            self._awareness.apply(1)
+        m = self._members.get(probe.target)
+        if m is not None and m.state == State.ALIVE:
+            self._count("probe_failures")
+            self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
+
+    def _random_members(
+        self, k: int, *, states: tuple[State, ...], exclude: str | None = None
+    ) -> list[_MemberState]:
+        candidates = [
+            m
+            for n, m in self._members.items()
+            if n != self.name and n != exclude and m.state in states
+        ]
+        if len(candidates) <= k:
+            self._rng.shuffle(candidates)
+            return candidates
+        return self._rng.sample(candidates, k)
+
+    # ------------------------------------------------------------------ sending
+
+    def _broadcast(
+        self, msg: PacketMessage, *, key: str, on_done: Callable[[], None] | None = None
+    ) -> None:
+        self._queue.push(codec.encode_message(msg), key=key, on_done=on_done)
+        if len(self._queue) > _MAX_QUEUED_BROADCASTS:
+            self._queue.prune(_MAX_QUEUED_BROADCASTS)
+
+    def _budget_bytes(self) -> int:
+        return self.config.udp_mtu_bytes - self.config.envelope_overhead_bytes
+
+    def _send(self, addr: Addr, messages: list[PacketMessage]) -> None:
+        """Send `messages` to `addr`, filling the rest of the packet with updates."""
+        encoded = [codec.encode_message(m) for m in messages]
+        used = sum(len(e) for e in encoded) + codec.packet_overhead_bytes(len(encoded) + 64)
+        limit = retransmit_limit(self.config.retransmit_mult, max(self.num_alive(), 1))
+        encoded += self._queue.pop_batch(self._budget_bytes() - used, 0, limit)
+        self._out.append((addr, codec.encode_packet(encoded)))
+
+    def _gossip_round(self, now: float) -> None:
+        if not len(self._queue):
+            return
+        states = (State.ALIVE, State.SUSPECT)
+        targets = self._random_members(self.config.gossip_nodes, states=states)
+        # Members that just died still hear gossip for a while, so they can
+        # learn of it and refute (memberlist's GossipToTheDeadTime).
+        recent_dead_s = now - self.config.gossip_to_dead_s
+        dead = [
+            m
+            for m in self._members.values()
+            if m.state == State.DEAD and m.state_change_s > recent_dead_s
+        ]
+        if dead and len(targets) < self.config.gossip_nodes:
+            targets.append(self._rng.choice(dead))
+        limit = retransmit_limit(self.config.retransmit_mult, max(self.num_alive(), 1))
+        overhead = codec.packet_overhead_bytes(64)
+        for target in targets:
+            batch = self._queue.pop_batch(self._budget_bytes() - overhead, 0, limit)
+            if not batch:
+                return
+            self._out.append((target.addr, codec.encode_packet(batch)))
