@@ -5,7 +5,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-TYPED_TREE := meshnode tests bench simulations
 
 .PHONY: run test lint typecheck pytest debs install install-test bench clean
 
@@ -29,8 +28,11 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# bench/ scripts import their sibling helpers as top-level modules, so they
+# are checked without the package-base mapping the rest of the tree uses.
 typecheck: install-test
-	$(BIN)/mypy $(TYPED_TREE)
+	$(BIN)/mypy meshnode tests
+	$(BIN)/mypy --no-explicit-package-bases bench
 
 pytest: install-test debs
 	$(BIN)/pytest

@@ -25,6 +25,9 @@ from .wire import FrameReader, Wire
 log = logging.getLogger("meshnode.gossip")
 
 _READ_CHUNK_BYTES = 65536
+# Rejected input is logged at most once per kind and source in this interval.
+_LOG_EVERY_S = 10.0
+_LOG_SOURCES_MAX = 10_000
 
 
 @dataclass
@@ -58,6 +61,7 @@ class GossipDriver:
         self._push_pull_timeout_s = push_pull_timeout_s
         self._wakeup = trio.Event()
         self._left = trio.Event()
+        self._last_logged: dict[tuple[str, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._max_frame_bytes = core.config.push_pull_max_bytes + 64
 
@@ -95,9 +99,20 @@ class GossipDriver:
             self._wakeup = trio.Event()
 
     def _count_remote_error(self, exc: RemoteProtocolError, src: Addr, via: str) -> None:
+        """Count every rejection; log the first of a kind per source each interval.
+
+        An operator must see "wrong key from 10.0.0.9" once, but a flood of
+        garbage must not become a flood of log lines.
+        """
         kind = type(exc).__name__
         self.counters.add(f"{via}.rejected.{kind}")
-        log.debug("dropped %s input from %s: %s: %s", via, src, kind, exc)
+        now = self._clock()
+        key = (kind, src.host)
+        if now - self._last_logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            if len(self._last_logged) > _LOG_SOURCES_MAX:
+                self._last_logged.clear()
+            self._last_logged[key] = now
+            log.warning("rejected %s input from %s: %s: %s", via, src, kind, exc)
 
     def _flush(self) -> None:
         """Send what the core produced, start its push/pulls and hand out its events."""

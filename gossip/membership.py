@@ -593,7 +593,9 @@ class Membership:
         else:
             self._awareness.apply(1)
         m = self._members.get(probe.target)
-        if m is not None and m.state == State.ALIVE:
+        if m is not None and m.state in (State.ALIVE, State.SUSPECT):
+            # Already suspect: our failed probe is an independent confirmation,
+            # which is what shortens the Lifeguard timer.
             self._count("probe_failures")
             self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
 

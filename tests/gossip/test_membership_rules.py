@@ -198,3 +198,25 @@ def test_push_pull_merge_treats_remote_dead_as_suspect() -> None:
     a.merge_remote_state(b.local_state(join=False), 0.0)
     assert state_of(a, "c") == State.SUSPECT
     assert state_of(a, "b") == State.ALIVE
+
+
+def test_own_failed_probe_of_a_suspect_confirms_and_shortens_the_timer() -> None:
+    m = make()
+    for i, name in enumerate("bcdef"):
+        feed(m, Alive(1, name, Addr("127.0.0.1", 7100 + i), b""))
+    feed(m, Suspect(1, "b", "c"))
+    # Six members: k = 2; with no confirmation the timer is the maximum (24 s).
+    assert m.get_timer() <= 24.0
+    feed(m, Suspect(1, "b", "d"))  # first confirmation
+    # Our own probe of b fails: that is the second, independent confirmation.
+    now = 0.0
+    while m.member("b") is not None and m.member("b").state == State.SUSPECT:  # type: ignore[union-attr]
+        now = m.get_timer()
+        m.handle_timer(now)
+        for addr, batch in sent(m):
+            # everyone answers except b
+            for x in batch:
+                if isinstance(x, Ping) and x.target != "b":
+                    feed(m, Ack(x.seq), src=addr, now=now)
+        assert now < 11.0, "suspicion was not shortened by our own failed probe"
+    assert state_of(m, "b") == State.DEAD
