@@ -51,7 +51,14 @@ def _family(host: str) -> socket.AddressFamily:
 class UdpTcpTransport:
     """Real sockets: UDP and TCP bound to the same address and port."""
 
-    def __init__(self, bind: Addr, *, advertise: Addr | None = None) -> None:
+    def __init__(
+        self, bind: Addr, *, advertise: Addr | None = None, max_streams: int = 128
+    ) -> None:
+        # Push/pulls are rare (one per node per 30 s, plus joins); 128 at once
+        # is a join storm of 128 nodes, far beyond normal and far below the
+        # file-descriptor limit.
+        self._max_streams = max_streams
+        self.streams_refused = 0
         self._udp = socket.socket(_family(bind.host), socket.SOCK_DGRAM)
         try:
             self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -122,10 +129,22 @@ class UdpTcpTransport:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listener = trio.SocketListener(self._tcp)
+        slots = trio.Semaphore(self._max_streams)
 
         async def handle(stream: trio.SocketStream) -> None:
-            host, port = stream.socket.getpeername()[:2]
-            await handler(stream, Addr(host, port))
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                # Full: shed the newcomer at once rather than let half-open
+                # connections pile up file descriptors until the agent dies.
+                self.streams_refused += 1
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                host, port = stream.socket.getpeername()[:2]
+                await handler(stream, Addr(host, port))
+            finally:
+                slots.release()
 
         async with trio.open_nursery() as nursery:
             task_status.started()
