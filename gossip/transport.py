@@ -93,17 +93,12 @@ class UdpTcpTransport:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            # Unreachable or unroutable peers are the network's business.
-            if exc.errno in (
-                errno.ENETUNREACH,
-                errno.EHOSTUNREACH,
-                errno.ECONNREFUSED,
-                errno.EINVAL,
-                errno.EAFNOSUPPORT,
-                errno.EPERM,
-            ):
-                return False
-            raise
+            # An unreachable, unroutable or wrong-family destination (a peer
+            # may advertise anything) is the network's business, not a crash.
+            # Only a closed socket is our own bug.
+            if exc.errno == errno.EBADF:
+                raise
+            return False
         return True
 
     async def recv_packet(self) -> tuple[bytes, Addr]:
