@@ -29,6 +29,10 @@ def test_five_agents_join_fail_leave_and_rejoin(cluster: Cluster) -> None:
     took_s = wait_for(lambda: all_see(survivors, victim.name, "failed"), 10.0, "kill detected")
     print(f"failure detected by every survivor in {took_s:.1f} s")
 
+    # force-leave turns the failure into a departure everywhere (Consul's semantics).
+    survivors[0].cli("force-leave", victim.name)
+    wait_for(lambda: all_see(survivors, victim.name, "left"), 5.0, "force-leave seen as left")
+
     out = leaver.cli("leave")
     assert "leave" in out.stdout.lower()
     assert leaver.proc is not None and leaver.proc.wait(10) == 0
