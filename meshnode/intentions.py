@@ -1,0 +1,160 @@
+"""Intentions: Consul's allow/deny rules between services, decided locally.
+
+Rules that live here (Consul's semantics, DESIGN.md "Intentions"):
+- a source or destination is a service name or `*`, and `*` is only ever the
+  whole name (`db*` is rejected, not treated as a prefix);
+- precedence: exact->exact 9, `*`->exact 8, exact->`*` 6, `*`->`*` 5; the
+  highest precedence that matches decides, and deny wins a tie;
+- with no match the default policy decides: allow, since a `* -> *` deny,
+  the way to make the default deny, always matches.
+
+The decision is a pure function of an immutable index, so every connection
+is decided from the local replica with at most four dictionary look-ups,
+whatever the number of intentions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+WILDCARD = "*"
+Action = Literal["allow", "deny"]
+
+# DNS-label-like names so that every service is also reachable as
+# <name>.service.mesh; dots are allowed as Consul allows them.
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+
+PRECEDENCE_EXACT_EXACT = 9
+PRECEDENCE_WILDCARD_EXACT = 8
+PRECEDENCE_EXACT_WILDCARD = 6
+PRECEDENCE_WILDCARD_WILDCARD = 5
+
+
+class IntentionError(ValueError):
+    """An intention a user asked for is invalid; the message is one line."""
+
+
+def validate_name(name: str, role: str) -> str:
+    """Accept a service name or the whole-name wildcard; reject anything else clearly."""
+    if name == WILDCARD:
+        return name
+    if WILDCARD in name:
+        raise IntentionError(
+            f"invalid {role} {name!r}: the wildcard '*' must be the whole name, "
+            "prefix or suffix matching is not supported"
+        )
+    if not _NAME.match(name):
+        raise IntentionError(
+            f"invalid {role} {name!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 63 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+def precedence(source: str, destination: str) -> int:
+    if destination == WILDCARD:
+        return PRECEDENCE_WILDCARD_WILDCARD if source == WILDCARD else PRECEDENCE_EXACT_WILDCARD
+    return PRECEDENCE_WILDCARD_EXACT if source == WILDCARD else PRECEDENCE_EXACT_EXACT
+
+
+@dataclass(frozen=True, slots=True)
+class Intention:
+    source: str
+    destination: str
+    action: Action
+    description: str = ""
+
+    @property
+    def precedence(self) -> int:
+        return precedence(self.source, self.destination)
+
+    def __str__(self) -> str:
+        return f"{self.source} => {self.destination} ({self.action})"
+
+
+def make_intention(source: str, destination: str, action: str, description: str = "") -> Intention:
+    """Validate user input into an Intention."""
+    if action not in ("allow", "deny"):
+        raise IntentionError(f"invalid action {action!r}: use 'allow' or 'deny'")
+    return Intention(
+        validate_name(source, "source"),
+        validate_name(destination, "destination"),
+        action,  # type: ignore[arg-type]
+        description,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    matched: Intention | None
+
+    @property
+    def reason(self) -> str:
+        """What a user sees in `/v1/agent/connect/authorize`: the rule and its precedence."""
+        if self.matched is None:
+            return "no intention matched; the default policy allows"
+        verb = "allowed" if self.allowed else "denied"
+        return f"{verb} by intention {self.matched} with precedence {self.matched.precedence}"
+
+
+_DEFAULT_ALLOW = Decision(True, None)
+
+
+class IntentionIndex:
+    """An immutable snapshot of the intentions, keyed for constant-time decisions."""
+
+    __slots__ = ("_by_destination", "_by_pair", "_by_source")
+
+    def __init__(self, intentions: Iterable[Intention] = ()) -> None:
+        self._by_pair: dict[tuple[str, str], Intention] = {}
+        for ixn in intentions:
+            key = (ixn.source, ixn.destination)
+            old = self._by_pair.get(key)
+            # One intention per pair; if two ever collide, deny wins the tie.
+            if old is None or ixn.action == "deny":
+                self._by_pair[key] = ixn
+        self._by_destination: dict[str, list[Intention]] = {}
+        self._by_source: dict[str, list[Intention]] = {}
+        for ixn in self._by_pair.values():
+            self._by_destination.setdefault(ixn.destination, []).append(ixn)
+            self._by_source.setdefault(ixn.source, []).append(ixn)
+
+    def __len__(self) -> int:
+        return len(self._by_pair)
+
+    def get(self, source: str, destination: str) -> Intention | None:
+        return self._by_pair.get((source, destination))
+
+    def all(self) -> list[Intention]:
+        """Every intention, in Consul's list order: precedence, then names."""
+        return sorted(self._by_pair.values(), key=_evaluation_order)
+
+    def decide(self, source: str, destination: str) -> Decision:
+        """May `source` connect to `destination`? At most four look-ups, best precedence first."""
+        pair = self._by_pair
+        for key in (
+            (source, destination),
+            (WILDCARD, destination),
+            (source, WILDCARD),
+            (WILDCARD, WILDCARD),
+        ):
+            ixn = pair.get(key)
+            if ixn is not None:
+                return Decision(ixn.action == "allow", ixn)
+        return _DEFAULT_ALLOW
+
+    def match(self, by: Literal["source", "destination"], name: str) -> list[Intention]:
+        """Intentions that apply to `name`, in the order they are evaluated."""
+        index = self._by_source if by == "source" else self._by_destination
+        found = list(index.get(name, ()))
+        if name != WILDCARD:
+            found += index.get(WILDCARD, ())
+        return sorted(found, key=_evaluation_order)
+
+
+def _evaluation_order(ixn: Intention) -> tuple[int, str, str]:
+    return (-ixn.precedence, ixn.source, ixn.destination)
