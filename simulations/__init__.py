@@ -1,0 +1,22 @@
+"""Deterministic discrete-event simulation of the real gossip core, for thousands of nodes.
+
+Run `python -m simulations SCENARIO --nodes N --seed S` from the repository
+root; see simulations/README.md. No trio here: one heap and virtual time.
+"""
+
+from .network import Network, NetworkConfig, Partition
+from .report import Curve
+from .scenarios import SCENARIOS, Params, Result
+from .sim import SimNode, Simulator
+
+__all__ = [
+    "SCENARIOS",
+    "Curve",
+    "Network",
+    "NetworkConfig",
+    "Params",
+    "Partition",
+    "Result",
+    "SimNode",
+    "Simulator",
+]

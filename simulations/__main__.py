@@ -1,0 +1,7 @@
+"""`python -m simulations SCENARIO --nodes N --seed S ...` (from the repository root)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,465 @@
+"""The scenarios: each builds a cluster, applies one fault, and checks one outcome.
+
+Every scenario starts with the same join storm (node 0 boots, every other
+node joins it at a random time in the first `join_window_s`), waits until every
+node has a full view, lets gossip settle, then runs its own phase. An outcome
+that is not reached is reported in `failures`; the CLI turns that into a
+non-zero exit and the seed to reproduce it.
+
+Until the replicated store exists (issue 3), `convergence` measures a user
+broadcast (`Membership.broadcast_user`, which an intention update will ride
+on) and `partition` checks membership only; see simulations/README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+from meshnode.gossip.config import GossipConfig
+from meshnode.gossip.events import Event, MemberFailed, MemberJoined, UserMessage
+from meshnode.gossip.formulas import suspicion_timeout_s
+
+from .network import NetworkConfig, Partition
+from .report import Curve, coverage_line, distribution_line
+from .sim import Counters, SimNode, Simulator
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    nodes: int
+    seed: int
+    loss: float = 0.0
+    duplicate: float = 0.0
+    # Virtual seconds the scenario's own phase may take (the join before it
+    # has its own bound); None picks the scenario's default.
+    duration_s: float | None = None
+    encrypt: bool = False
+    delay_ms_median: float = 0.5
+    delay_ms_max: float = 50.0
+    join_window_s: float = 1.0
+    # Quiet time between a converged join and the fault, so the fault is
+    # measured on its own rather than on top of the join's gossip.
+    settle_s: float = 2.0
+    # failure: crashed nodes; false-positives: paused nodes. None: N/100, at least 1.
+    faulty: int | None = None
+    pause_s: float = 3.0
+    pause_drops: bool = False
+    lifeguard: bool = True
+
+    def network(self) -> NetworkConfig:
+        return NetworkConfig(
+            loss=self.loss,
+            duplicate=self.duplicate,
+            delay_ms_median=self.delay_ms_median,
+            delay_ms_max=self.delay_ms_max,
+        )
+
+    def gossip(self) -> GossipConfig:
+        if self.lifeguard:
+            return GossipConfig()
+        # Lifeguard off: no local-health slowdown, and suspicion is a fixed
+        # timeout that confirmations cannot shorten.
+        return GossipConfig(awareness_max_multiplier=1, suspicion_max_timeout_mult=1)
+
+    def n_faulty(self) -> int:
+        return self.faulty if self.faulty is not None else max(1, self.nodes // 100)
+
+
+@dataclass(slots=True)
+class Result:
+    scenario: str
+    params: Params
+    failures: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    trace_sha256: str = ""
+    virtual_s: float = 0.0
+    counters: Counters = field(default_factory=Counters)
+    # Numbers the tests and the README table read.
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# ---------------------------------------------------------------------- shared steps
+
+
+def _new_sim(p: Params) -> Simulator:
+    return Simulator(
+        n_nodes=p.nodes,
+        seed=p.seed,
+        network=p.network(),
+        gossip=p.gossip(),
+        encrypt=p.encrypt,
+        pause_drops=p.pause_drops,
+    )
+
+
+def join_deadline_s(p: Params) -> float:
+    """Generous bound for a join storm: quick push/pulls plus gossip rounds, scaled by loss."""
+    return p.join_window_s + 30.0 + 60.0 * p.loss * 10
+
+
+def _join_storm(sim: Simulator, p: Params) -> None:
+    sim.at(0.0, lambda: sim.start_node(0))
+    for i in range(1, p.nodes):
+        sim.at(sim.rng.uniform(0.0, p.join_window_s), partial(sim.start_node, i, join=[0]))
+
+
+def _join_curve(sim: Simulator, start_s: float = 0.0) -> Curve:
+    curve = Curve("full view", sim.n_nodes)
+    for node in sim.nodes:
+        if node.full_view_at_s is not None:
+            curve.add(node.full_view_at_s - start_s)
+    return curve
+
+
+def _converge(sim: Simulator, p: Params, result: Result) -> bool:
+    """Run the join storm until every node has a full view; record its curve."""
+    _join_storm(sim, p)
+    sim.on_full_view = sim.stop
+    sim.run(join_deadline_s(p))
+    sim.on_full_view = None
+    curve = _join_curve(sim)
+    result.curves.append(curve)
+    result.lines.append("join " + coverage_line(curve))
+    if sim.full_view_nodes < p.nodes:
+        result.failures.append(
+            f"join did not converge: {sim.full_view_nodes}/{p.nodes} nodes had a full view "
+            f"after {sim.now_s:.1f}s"
+        )
+        return False
+    result.figures["join_100_s"] = curve.time_to(1.0) or 0.0
+    sim.run(sim.now_s + p.settle_s)
+    return True
+
+
+def _all_up(sim: Simulator) -> bool:
+    return all(n.core is not None and n.up_count == sim.n_nodes for n in sim.nodes)
+
+
+def _poll(
+    sim: Simulator, every_s: float, done: Callable[[], bool], on_done: Callable[[], None]
+) -> None:
+    """Check `done` every `every_s` virtual seconds (cheap next to the gossip itself)."""
+
+    def check() -> None:
+        if done():
+            on_done()
+        else:
+            sim.at(sim.now_s + every_s, check)
+
+    sim.at(sim.now_s + every_s, check)
+
+
+def _finish(sim: Simulator, result: Result) -> Result:
+    c = sim.counters
+    result.trace_sha256 = sim.trace_sha256()
+    result.virtual_s = sim.now_s
+    result.counters = c
+    n, t = sim.n_nodes, max(sim.now_s, 1e-9)
+    result.figures["packets_per_node_s"] = c.packets_sent / n / t
+    result.figures["bytes_per_node_s"] = c.bytes_sent / n / t
+    result.lines.append(
+        f"traffic: {c.packets_sent / n / t:.1f} packets/node/s, "
+        f"{c.bytes_sent / n / t:.0f} UDP bytes/node/s, "
+        f"{c.push_pull_bytes / n / t:.0f} push/pull bytes/node/s "
+        f"({c.push_pulls_started} push/pulls, {c.push_pulls_failed} failed); "
+        f"{c.packets_dropped} packets dropped, {c.packets_rejected} rejected"
+    )
+    return result
+
+
+# ---------------------------------------------------------------------- scenarios
+
+
+def run_join(p: Params) -> Result:
+    """Join storm, then the cluster runs for the rest of `duration_s` (default 30 s)."""
+    result = Result("join", p)
+    sim = _new_sim(p)
+    _join_storm(sim, p)
+    sim.run(p.duration_s if p.duration_s is not None else 30.0)
+    curve = _join_curve(sim)
+    result.curves.append(curve)
+    result.lines.append("join " + coverage_line(curve))
+    if curve.covered < p.nodes:
+        result.failures.append(f"only {curve.covered}/{p.nodes} nodes reached a full view")
+    elif not _all_up(sim):
+        bad = sum(1 for n in sim.nodes if n.up_count != p.nodes)
+        result.failures.append(f"{bad} nodes lost their full view by the end")
+    result.figures["join_100_s"] = curve.time_to(1.0) or -1.0
+    return _finish(sim, result)
+
+
+def run_convergence(p: Params) -> Result:
+    """After the join, one node broadcasts; time until all N have it (measures gossip)."""
+    result = Result("convergence", p)
+    sim = _new_sim(p)
+    if not _converge(sim, p, result):
+        return _finish(sim, result)
+    payload = b"intention web->db allow v1"
+    origin = sim.rng.randrange(p.nodes)
+    start_s = sim.now_s
+    curve = Curve("broadcast received", p.nodes)
+    received: set[int] = set()
+
+    def hook(s: Simulator, node: SimNode, event: Event) -> None:
+        if (
+            isinstance(event, UserMessage)
+            and event.payload == payload
+            and node.index not in received
+        ):
+            received.add(node.index)
+            curve.add(s.now_s - start_s)
+            if len(received) == p.nodes:
+                s.stop()
+
+    sim.hooks.append(hook)
+
+    def send() -> None:
+        received.add(origin)
+        curve.add(0.0)
+        sim.nodes[origin].user_seen[payload] = sim.now_s
+        sim.command(origin, lambda core: core.broadcast_user(payload, key=payload))
+
+    sim.at(start_s, send)
+    sim.run(start_s + (p.duration_s if p.duration_s is not None else 60.0))
+    result.curves.append(curve)
+    result.lines.append(f"broadcast from n{origin:05d}: " + coverage_line(curve))
+    result.lines.append(
+        "note: measures a Membership.broadcast_user gossip broadcast, re-broadcast once by "
+        "each receiver; the replicated store does not exist yet"
+    )
+    if curve.covered < p.nodes:
+        result.failures.append(f"broadcast reached only {curve.covered}/{p.nodes} nodes")
+    for m, key in ((0.5, "bcast_50_s"), (0.99, "bcast_99_s"), (1.0, "bcast_100_s")):
+        result.figures[key] = curve.time_to(m) or -1.0
+    return _finish(sim, result)
+
+
+def run_failure(p: Params) -> Result:
+    """Crash k nodes; every survivor must detect each; then reboot them, and they must refute."""
+    result = Result("failure", p)
+    sim = _new_sim(p)
+    if not _converge(sim, p, result):
+        return _finish(sim, result)
+    k = min(p.n_faulty(), p.nodes - 2)
+    crashed = sorted(sim.rng.sample(range(1, p.nodes), k))
+    crashed_names = {sim.nodes[i].name for i in crashed}
+    crash_s = sim.now_s
+    pairs = Curve("crash detected", (p.nodes - k) * k)
+    per_survivor: dict[int, int] = {}
+    survivor_done: list[float] = []
+    detected: set[tuple[int, str]] = set()
+    false_positives: list[tuple[int, str]] = []
+
+    def hook(s: Simulator, node: SimNode, event: Event) -> None:
+        if not isinstance(event, MemberFailed):
+            return
+        name = event.member.name
+        if name not in crashed_names or s.nodes[s.index_of[name]].core is not None:
+            false_positives.append((node.index, name))
+            return
+        if (node.index, name) in detected:
+            return
+        detected.add((node.index, name))
+        pairs.add(s.now_s - crash_s)
+        per_survivor[node.index] = per_survivor.get(node.index, 0) + 1
+        if per_survivor[node.index] == k:
+            survivor_done.append(s.now_s - crash_s)
+        if len(detected) == pairs.total:
+            s.stop()
+
+    sim.hooks.append(hook)
+    for i in crashed:
+        sim.crash(i)
+    limit_s = p.duration_s if p.duration_s is not None else 90.0
+    sim.run(crash_s + limit_s)
+    result.curves.append(pairs)
+    result.lines.append(f"crashed {k}: " + ", ".join(sim.nodes[i].name for i in crashed[:10]))
+    result.lines.append("detection " + coverage_line(pairs))
+    result.lines.append(distribution_line("detection time per (survivor, crash)", pairs.times_s))
+    result.lines.append(distribution_line("time until a survivor saw all crashes", survivor_done))
+    if pairs.covered < pairs.total:
+        result.failures.append(
+            f"only {pairs.covered}/{pairs.total} (survivor, crash) pairs detected in {limit_s}s"
+        )
+        result.lines.append(f"false positives: {len(false_positives)}")
+        return _finish(sim, result)
+    result.figures["detect_p50_s"] = pairs.time_to(0.5) or -1.0
+    result.figures["detect_100_s"] = pairs.time_to(1.0) or -1.0
+
+    # Reboot: incarnation 0 again, which must refute the cluster's record of its death.
+    reboot_s = sim.now_s
+    rejoined = Curve("reboot seen alive", (p.nodes - 1) * k)
+    seen_alive: set[tuple[int, str]] = set()
+
+    def alive_hook(s: Simulator, node: SimNode, event: Event) -> None:
+        if not isinstance(event, MemberJoined) or event.member.name not in crashed_names:
+            return
+        if (node.index, event.member.name) not in seen_alive:
+            seen_alive.add((node.index, event.member.name))
+            rejoined.add(s.now_s - reboot_s)
+
+    sim.hooks.append(alive_hook)
+    survivors = [i for i in range(p.nodes) if i not in set(crashed)]
+    for i in crashed:
+        sim.start_node(i, join=[survivors[sim.rng.randrange(len(survivors))]])
+    _poll(sim, 0.5, lambda: _all_up(sim), sim.stop)
+    sim.run(reboot_s + limit_s)
+    result.curves.append(rejoined)
+    result.lines.append("reboot " + coverage_line(rejoined))
+    result.lines.append(f"false positives: {len(false_positives)}")
+    if not _all_up(sim):
+        bad = sum(1 for n in sim.nodes if n.up_count != p.nodes)
+        result.failures.append(f"after reboot, {bad} nodes still miss a live member")
+    if false_positives:
+        result.failures.append(f"{len(false_positives)} live members were declared dead")
+    return _finish(sim, result)
+
+
+def _false_positive_run(p: Params) -> tuple[Result, list[tuple[int, str]], list[int]]:
+    result = Result("false-positives", p)
+    sim = _new_sim(p)
+    wrongly_dead: list[tuple[int, str]] = []
+
+    def hook(s: Simulator, node: SimNode, event: Event) -> None:
+        if isinstance(event, MemberFailed):
+            wrongly_dead.append((node.index, event.member.name))
+
+    sim.hooks.append(hook)
+    if not _converge(sim, p, result):
+        return _finish(sim, result), wrongly_dead, []
+    start_s = sim.now_s
+    window_s = p.duration_s if p.duration_s is not None else 60.0
+    paused = sorted(sim.rng.sample(range(p.nodes), min(p.n_faulty(), p.nodes)))
+    for i in paused:
+        at_s = start_s + sim.rng.uniform(0.0, max(window_s - p.pause_s, 0.0))
+        sim.at(at_s, partial(sim.pause, i, p.pause_s))
+    sim.run(start_s + window_s)
+    # Whoever was declared dead must come back: no one is really down.
+    _poll(sim, 0.5, lambda: _all_up(sim), sim.stop)
+    sim.run(sim.now_s + 60.0)
+    if not _all_up(sim):
+        result.failures.append("some live member was still seen dead 60s after the last pause")
+    return _finish(sim, result), wrongly_dead, paused
+
+
+def run_false_positives(p: Params) -> Result:
+    """Loss and paused nodes, Lifeguard on then off, one seed: count live members declared dead."""
+    on, fp_on, paused = _false_positive_run(replace(p, lifeguard=True))
+    off, fp_off, _ = _false_positive_run(replace(p, lifeguard=False))
+    result = Result("false-positives", p)
+    result.curves = on.curves
+    names_paused = {f"n{i:05d}" for i in paused}
+    for label, run, fps in (("lifeguard on", on, fp_on), ("lifeguard off", off, fp_off)):
+        subjects = {name for _, name in fps}
+        of_paused = sum(1 for _, name in fps if name in names_paused)
+        result.lines.extend(f"[{label}] {line}" for line in run.lines)
+        result.lines.append(
+            f"[{label}] false positives: {len(fps)} (observer, member) declarations about "
+            f"{len(subjects)} members; {of_paused} about the {len(paused)} paused nodes"
+        )
+        result.failures.extend(f"[{label}] {f}" for f in run.failures if "did not converge" in f)
+        result.figures[f"fp_{label.split()[1]}"] = float(len(fps))
+    if p.loss == 0.0 and fp_on:
+        result.failures.append(f"Lifeguard on: {len(fp_on)} false positives at 0% loss")
+    if len(fp_on) > len(fp_off):
+        result.failures.append(
+            f"Lifeguard on gave more false positives ({len(fp_on)}) than off ({len(fp_off)})"
+        )
+    result.trace_sha256 = on.trace_sha256 + off.trace_sha256
+    result.virtual_s = on.virtual_s + off.virtual_s
+    result.counters = on.counters
+    result.figures.update(
+        {k: v for k, v in on.figures.items() if k in ("packets_per_node_s", "bytes_per_node_s")}
+    )
+    return result
+
+
+def run_partition(p: Params) -> Result:
+    """Split in two halves, both sides must declare the other dead; heal, all alive everywhere."""
+    result = Result("partition", p)
+    sim = _new_sim(p)
+    if not _converge(sim, p, result):
+        return _finish(sim, result)
+    order = list(range(p.nodes))
+    sim.rng.shuffle(order)
+    half = p.nodes // 2
+    side_a, side_b = frozenset(order[:half]), frozenset(order[half:])
+    side_of = {sim.nodes[i].name: (0 if i in side_a else 1) for i in range(p.nodes)}
+    cfg = p.gossip()
+    # Bound on the split: an unconfirmed suspicion at its longest, plus a probe round.
+    minimum_s = suspicion_timeout_s(cfg.suspicion_mult, p.nodes, cfg.probe_interval_s)
+    split_limit_s = minimum_s * cfg.suspicion_max_timeout_mult + 10.0
+    split_s = sim.now_s
+    spec = Partition(split_s, split_s + split_limit_s, side_a, side_b)
+    sim.net.open_partition(spec)
+    detected = Curve("other side declared dead", 2 * len(side_a) * len(side_b))
+    seen: set[tuple[int, str]] = set()
+    wrongly_dead: list[tuple[int, str]] = []
+    healed_at: list[float] = []
+
+    def hook(s: Simulator, node: SimNode, event: Event) -> None:
+        if not isinstance(event, MemberFailed):
+            return
+        name = event.member.name
+        if healed_at or side_of[name] == side_of[node.name]:
+            wrongly_dead.append((node.index, name))
+        elif (node.index, name) not in seen:
+            seen.add((node.index, name))
+            detected.add(s.now_s - split_s)
+            if detected.covered == detected.total:
+                s.stop()
+
+    sim.hooks.append(hook)
+    sim.run(split_s + split_limit_s)
+    # Stay split a little longer, so the heal does not race the last failure notices.
+    sim.run(sim.now_s + p.settle_s)
+    result.curves.append(detected)
+    result.lines.append(f"split {len(side_a)}/{len(side_b)} for {sim.now_s - split_s:.1f}s")
+    result.lines.append("split " + coverage_line(detected))
+    if detected.covered < detected.total:
+        result.failures.append(
+            f"before the heal only {detected.covered}/{detected.total} cross-partition "
+            "pairs were declared dead"
+        )
+    sim.net.heal_partition(spec)
+    heal_s = sim.now_s
+    healed_at.append(heal_s)
+    healed = Curve("full view after heal", p.nodes)
+    healed_nodes: set[int] = set()
+
+    def check_healed() -> bool:
+        for node in sim.nodes:
+            if node.index not in healed_nodes and node.up_count == p.nodes:
+                healed_nodes.add(node.index)
+                healed.add(sim.now_s - heal_s)
+        return len(healed_nodes) == p.nodes
+
+    _poll(sim, 0.1, check_healed, sim.stop)
+    limit_s = p.duration_s if p.duration_s is not None else 120.0
+    sim.run(heal_s + limit_s)
+    result.curves.append(healed)
+    result.lines.append("heal " + coverage_line(healed))
+    result.lines.append(f"false positives (same side, or after heal): {len(wrongly_dead)}")
+    if healed.covered < p.nodes:
+        result.failures.append(
+            f"{p.nodes - healed.covered} nodes had no full view {limit_s:.0f}s after the heal"
+        )
+    result.figures["heal_100_s"] = healed.time_to(1.0) or -1.0
+    result.figures["split_100_s"] = detected.time_to(1.0) or -1.0
+    return _finish(sim, result)
+
+
+SCENARIOS: dict[str, Callable[[Params], Result]] = {
+    "join": run_join,
+    "convergence": run_convergence,
+    "failure": run_failure,
+    "false-positives": run_false_positives,
+    "partition": run_partition,
+}

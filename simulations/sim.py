@@ -1,0 +1,488 @@
+"""The discrete-event simulator: many real `Membership` cores, one heap, virtual time.
+
+Rules that live here:
+- one heap of `(time_s, seq, kind, payload)`; `seq` breaks ties in insertion
+  order, so two runs with one seed pop the same events in the same order;
+- one master seed derives every `random.Random`: each node's core, each
+  node's nonce source, the network's, and the restarts';
+- a node is woken only at its core's `get_timer()`: one pending wakeup per
+  node, and a generation counter voids stale ones (never a global tick);
+- bytes between nodes are the real encoded packets and push/pull frames,
+  sealed by the real `Wire` (AES-256-GCM with `encrypt=True`);
+- every delivered or dropped packet and every core event is folded into a
+  sha256 trace, which is the run's fingerprint;
+- the simulated application re-broadcasts a user payload the first time it
+  sees it, as serf's user events and the replicated store's updates do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnode.gossip import codec
+from meshnode.gossip.config import GossipConfig
+from meshnode.gossip.errors import RemoteProtocolError
+from meshnode.gossip.events import (
+    Event,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberUpdated,
+    UserMessage,
+)
+from meshnode.gossip.keyring import Keyring
+from meshnode.gossip.membership import Membership
+from meshnode.gossip.messages import Addr, State
+from meshnode.gossip.wire import FrameReader, Wire
+
+from .network import Network, NetworkConfig, Partition
+
+_WAKE = 0
+_PACKET = 1
+_PP_REQUEST = 2
+_PP_RESPONSE = 3
+_ACTION = 4
+
+# Trace record kinds.
+_T_DELIVER = 1
+_T_DROP = 2
+_T_REJECT = 3
+_T_EVENT = 4
+_T_PP = 5
+_EVENT_CODES: dict[type, int] = {
+    MemberJoined: 1,
+    MemberUpdated: 2,
+    MemberLeft: 3,
+    MemberFailed: 4,
+    MemberReaped: 5,
+    UserMessage: 6,
+}
+_INF = float("inf")
+_SIM_KEY = bytes(range(32))
+# A SIGSTOPped process's socket buffer holds about this many datagrams.
+_PAUSE_BACKLOG_MAX = 2_000
+
+
+@dataclass(slots=True)
+class SimNode:
+    """One simulated host: its core (None while down) and what the simulator tracks about it."""
+
+    index: int
+    name: str
+    addr: Addr
+    core: Membership | None = None
+    wire: Wire | None = None
+    life: int = 0  # bumped on every crash, so in-flight push/pulls of a past life are void
+    gen: int = 0  # wakeup generation
+    wake_at_s: float = _INF
+    paused: bool = False
+    backlog: list[tuple[int, int, Any]] = field(default_factory=list)
+    # The node's view, kept from its events (members() is O(N) per call).
+    known: int = 0  # members other than itself ever joined and not reaped
+    down: dict[str, State] = field(default_factory=dict)
+    user_seen: dict[bytes, float] = field(default_factory=dict)
+    full_view_at_s: float | None = None
+
+    @property
+    def up_count(self) -> int:
+        """Members this node believes alive or suspect, itself included."""
+        return 1 + self.known - len(self.down)
+
+
+@dataclass(slots=True)
+class Counters:
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_delivered: int = 0
+    packets_dropped: int = 0
+    packets_rejected: int = 0
+    push_pulls_started: int = 0
+    push_pulls_failed: int = 0
+    push_pull_bytes: int = 0
+    events: int = 0
+    heap_pops: int = 0
+
+
+EventHook = Callable[["Simulator", SimNode, Event], None]
+
+
+class Simulator:
+    def __init__(
+        self,
+        *,
+        n_nodes: int,
+        seed: int,
+        network: NetworkConfig | None = None,
+        gossip: GossipConfig | None = None,
+        encrypt: bool = False,
+        pause_drops: bool = False,
+        push_pull_timeout_s: float = 10.0,
+    ) -> None:
+        self.seed = seed
+        self.n_nodes = n_nodes
+        self.gossip_config = gossip or GossipConfig()
+        self.encrypt = encrypt
+        self.pause_drops = pause_drops
+        self.push_pull_timeout_s = push_pull_timeout_s
+        master = random.Random(seed)
+        self._node_seeds = [master.getrandbits(64) for _ in range(n_nodes)]
+        self.net = Network(
+            network or NetworkConfig(), random.Random(master.getrandbits(64)), n_nodes
+        )
+        self._restart_rng = random.Random(master.getrandbits(64))
+        # Free for scenarios: picking victims, payloads, split points.
+        self.rng = random.Random(master.getrandbits(64))
+        self.nodes = [
+            SimNode(i, f"n{i:05d}", Addr(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7946))
+            for i in range(n_nodes)
+        ]
+        self._by_addr = {n.addr: n.index for n in self.nodes}
+        self.index_of = {n.name: n.index for n in self.nodes}
+        self.now_s = 0.0
+        # Payloads differ by kind; the kind says which (a tagged union the loop unpacks).
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self._trace = hashlib.sha256()
+        self.counters = Counters()
+        self.hooks: list[EventHook] = []
+        self.stopped = False
+        self.full_view_nodes = 0
+        self.on_full_view: Callable[[], None] | None = None
+        self._pack = struct.Struct("<BdIIII").pack
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _push(self, time_s: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time_s, self._seq, kind, payload))
+
+    def at(self, time_s: float, action: Callable[[], None]) -> None:
+        """Run `action` at virtual time `time_s` (scenario steps: crash, pause, split)."""
+        self._push(max(time_s, self.now_s), _ACTION, action)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run(self, until_s: float) -> None:
+        """Pop events until `until_s` or `stop()`; the heap keeps what is left."""
+        heap = self._heap
+        nodes = self.nodes
+        pop = heapq.heappop
+        counters = self.counters
+        self.stopped = False
+        while heap and not self.stopped:
+            if heap[0][0] > until_s:
+                break
+            time_s, _, kind, payload = pop(heap)
+            counters.heap_pops += 1
+            self.now_s = time_s
+            if kind == _WAKE:
+                index, gen = payload
+                node = nodes[index]
+                if gen != node.gen:
+                    continue
+                node.wake_at_s = _INF
+                if node.core is None or node.paused:
+                    continue
+                node.core.handle_timer(time_s)
+                self._flush(node)
+            elif kind == _PACKET:
+                self._deliver(payload)
+            elif kind == _PP_REQUEST:
+                self._serve_push_pull(payload)
+            elif kind == _PP_RESPONSE:
+                self._finish_push_pull(payload)
+            else:
+                payload()
+        if not self.stopped:
+            self.now_s = max(self.now_s, until_s)
+
+    # ------------------------------------------------------------------ node life
+
+    def start_node(self, index: int, *, join: list[int] | None = None) -> None:
+        """Boot (or reboot) a node now: a fresh core at incarnation 0, joining `join`."""
+        node = self.nodes[index]
+        if node.core is not None:
+            return
+        # First boot: the seed derived up front; a reboot: a fresh one from the restart stream.
+        seed = self._node_seeds[index] if node.life == 0 else self._restart_rng.getrandbits(64)
+        rng = random.Random(seed)
+        nonce_rng = random.Random(seed ^ 0x5EED)
+        node.core = Membership(
+            name=node.name, addr=node.addr, config=self.gossip_config, rng=rng, now=self.now_s
+        )
+        keyring = Keyring([_SIM_KEY]) if self.encrypt else None
+        node.wire = Wire(
+            keyring,
+            nonce_source=nonce_rng.randbytes,
+            replay_window_s=self.gossip_config.replay_window_s,
+        )
+        node.known = 0
+        node.down = {}
+        node.user_seen = {}
+        node.full_view_at_s = None
+        if join:
+            node.core.join([self.nodes[j].addr for j in join], self.now_s)
+        self._flush(node)
+
+    def crash(self, index: int) -> None:
+        """The host dies: no goodbye, its in-flight exchanges are void."""
+        node = self.nodes[index]
+        node.core = None
+        node.wire = None
+        node.life += 1
+        node.gen += 1
+        node.wake_at_s = _INF
+        node.paused = False
+        node.backlog = []
+
+    def pause(self, index: int, duration_s: float) -> None:
+        """The process stops (GC pause, SIGSTOP): it handles nothing until resumed."""
+        node = self.nodes[index]
+        if node.core is None or node.paused:
+            return
+        node.paused = True
+        life = node.life
+        self.at(self.now_s + duration_s, lambda: self._resume(index, life))
+
+    def _resume(self, index: int, life: int) -> None:
+        node = self.nodes[index]
+        if node.life != life or not node.paused:
+            return
+        node.paused = False
+        backlog, node.backlog = node.backlog, []
+        for kind, _, payload in backlog:
+            if node.core is None:
+                break
+            if kind == _PACKET:
+                self._deliver(payload)
+            else:
+                self._serve_push_pull(payload)
+        if node.core is not None:
+            node.core.handle_timer(self.now_s)
+            self._flush(node)
+
+    def partition(self, spec: Partition) -> None:
+        """Schedule a partition to open at `spec.start_s` and heal at `spec.end_s`."""
+        self.at(spec.start_s, lambda: self.net.open_partition(spec))
+        self.at(spec.end_s, lambda: self.net.heal_partition(spec))
+
+    def command(self, index: int, fn: Callable[[Membership], None]) -> None:
+        """Run a core command on a live node now and send what it produced."""
+        node = self.nodes[index]
+        if node.core is not None:
+            fn(node.core)
+            self._flush(node)
+
+    # ------------------------------------------------------------------ the driver loop
+
+    def _flush(self, node: SimNode) -> None:
+        """What the real driver does after feeding the core: send, connect, hand out events."""
+        core = node.core
+        wire = node.wire
+        assert core is not None and wire is not None
+        for addr, plain in core.packets_to_send():
+            self._send_packet(node.index, addr, wire.seal(plain))
+        for addr, join in core.push_pulls_to_start():
+            self._start_push_pull(node, addr, join)
+        while (event := core.next_event()) is not None:
+            self._on_event(node, event)
+        if node.core is not core:
+            return  # a hook crashed it
+        timer_s = core.get_timer()
+        if timer_s < node.wake_at_s:
+            node.gen += 1
+            node.wake_at_s = timer_s
+            self._seq += 1
+            heapq.heappush(
+                self._heap,
+                (
+                    timer_s if timer_s > self.now_s else self.now_s,
+                    self._seq,
+                    _WAKE,
+                    (node.index, node.gen),
+                ),
+            )
+
+    def _send_packet(self, src: int, addr: Addr, data: bytes) -> None:
+        counters = self.counters
+        counters.packets_sent += 1
+        counters.bytes_sent += len(data)
+        dst = self._by_addr.get(addr)
+        if dst is None:
+            self._record(_T_DROP, src, -1, len(data), 0)
+            counters.packets_dropped += 1
+            return
+        delays = self.net.packet_delays_s(src, dst)
+        if not delays:
+            self._record(_T_DROP, src, dst, len(data), zlib.crc32(data))
+            counters.packets_dropped += 1
+            return
+        for delay_s in delays:
+            self._push(self.now_s + delay_s, _PACKET, (src, dst, data))
+
+    def _deliver(self, packet: tuple[int, int, bytes]) -> None:
+        src, dst, data = packet
+        node = self.nodes[dst]
+        core = node.core
+        if core is None or (node.paused and self.pause_drops):
+            self._record(_T_DROP, src, dst, len(data), zlib.crc32(data))
+            self.counters.packets_dropped += 1
+            return
+        if node.paused:
+            if len(node.backlog) < _PAUSE_BACKLOG_MAX:
+                node.backlog.append((_PACKET, 0, packet))
+            else:
+                self._record(_T_DROP, src, dst, len(data), zlib.crc32(data))
+                self.counters.packets_dropped += 1
+            return
+        self._record(_T_DELIVER, src, dst, len(data), zlib.crc32(data))
+        self.counters.packets_delivered += 1
+        assert node.wire is not None
+        try:
+            plain = node.wire.open(data, self.now_s)
+            core.receive_packet(plain, self.nodes[src].addr, self.now_s)
+        except RemoteProtocolError:
+            self.counters.packets_rejected += 1
+            self._record(_T_REJECT, src, dst, len(data), 0)
+        self._flush(node)
+
+    # ------------------------------------------------------------------ push/pull
+
+    def _start_push_pull(self, node: SimNode, addr: Addr, join: bool) -> None:
+        """Client side: connect and send our state; the reply comes back through the heap."""
+        assert node.core is not None and node.wire is not None
+        self.counters.push_pulls_started += 1
+        dst = self._by_addr.get(addr)
+        frame = node.wire.frame(codec.encode_push_pull(node.core.local_state(join=join)))
+        self.counters.push_pull_bytes += len(frame)
+        delay_s = None if dst is None else self.net.stream_delay_s(node.index, dst, len(frame))
+        if dst is None or delay_s is None:
+            self.counters.push_pulls_failed += 1
+            self._record(_T_PP, node.index, -1 if dst is None else dst, len(frame), 0)
+            return
+        request = (node.index, node.life, dst, frame, self.now_s)
+        self._push(self.now_s + delay_s, _PP_REQUEST, request)
+
+    def _read_frame(self, node: SimNode, frame: bytes) -> bytes:
+        assert node.wire is not None
+        limit = self.gossip_config.push_pull_max_bytes + 64
+        reader = FrameReader(node.wire, max_frame_bytes=limit)
+        reader.feed(frame)
+        payload = reader.next_frame(self.now_s)
+        if payload is None:
+            raise AssertionError("a simulated frame always arrives whole")
+        return payload
+
+    def _serve_push_pull(self, request: tuple[int, int, int, bytes, float]) -> None:
+        client, client_life, dst, frame, started_s = request
+        node = self.nodes[dst]
+        if node.core is None:
+            self.counters.push_pulls_failed += 1
+            self._record(_T_PP, client, dst, len(frame), 1)
+            return
+        if node.paused:
+            node.backlog.append((_PP_REQUEST, 0, request))
+            return
+        self._record(_T_PP, client, dst, len(frame), zlib.crc32(frame))
+        limit = self.gossip_config.push_pull_max_bytes + 64
+        try:
+            msg = codec.decode_push_pull(self._read_frame(node, frame), max_bytes=limit)
+            reply = node.core.receive_push_pull(msg, self.now_s)
+        except RemoteProtocolError:
+            self.counters.push_pulls_failed += 1
+            self._record(_T_REJECT, client, dst, len(frame), 1)
+            return
+        assert node.wire is not None
+        out = node.wire.frame(codec.encode_push_pull(reply))
+        self.counters.push_pull_bytes += len(out)
+        self._flush(node)
+        delay_s = self.net.stream_delay_s(dst, client, len(out))
+        if delay_s is None:
+            self.counters.push_pulls_failed += 1
+            self._record(_T_PP, dst, client, len(out), 2)
+            return
+        self._push(self.now_s + delay_s, _PP_RESPONSE, (dst, client, client_life, out, started_s))
+
+    def _finish_push_pull(self, response: tuple[int, int, int, bytes, float]) -> None:
+        server, client, client_life, frame, started_s = response
+        node = self.nodes[client]
+        late = self.now_s - started_s > self.push_pull_timeout_s
+        if node.core is None or node.life != client_life or node.paused or late:
+            # The client is gone, or (paused, late) its stream timed out.
+            self.counters.push_pulls_failed += 1
+            self._record(_T_PP, server, client, len(frame), 3)
+            return
+        self._record(_T_PP, server, client, len(frame), zlib.crc32(frame))
+        limit = self.gossip_config.push_pull_max_bytes + 64
+        try:
+            msg = codec.decode_push_pull(self._read_frame(node, frame), max_bytes=limit)
+        except RemoteProtocolError:
+            self.counters.push_pulls_failed += 1
+            self._record(_T_REJECT, server, client, len(frame), 2)
+            return
+        node.core.merge_remote_state(msg, self.now_s)
+        self._flush(node)
+
+    # ------------------------------------------------------------------ events and trace
+
+    def _on_event(self, node: SimNode, event: Event) -> None:
+        self.counters.events += 1
+        if isinstance(event, UserMessage):
+            self._record(_T_EVENT, node.index, 6, len(event.payload), zlib.crc32(event.payload))
+            if event.payload not in node.user_seen:
+                node.user_seen[event.payload] = self.now_s
+                # The application's rule: pass news on once (serf user events, store updates).
+                assert node.core is not None
+                node.core.broadcast_user(event.payload, key=event.payload)
+        elif isinstance(event, MemberReaped):
+            self._record(_T_EVENT, node.index, 5, self.index_of.get(event.name, -1), 0)
+            if event.name in node.down:
+                del node.down[event.name]
+                node.known -= 1
+        else:
+            m = event.member
+            code = _EVENT_CODES[type(event)]
+            self._record(_T_EVENT, node.index, code, self.index_of.get(m.name, -1), m.incarnation)
+            if isinstance(event, MemberJoined):
+                if m.name in node.down:
+                    del node.down[m.name]
+                else:
+                    node.known += 1
+            elif isinstance(event, MemberFailed | MemberLeft):
+                node.down[m.name] = m.state
+        if (
+            node.full_view_at_s is None
+            and node.up_count == self.n_nodes
+            and not isinstance(event, UserMessage)
+        ):
+            node.full_view_at_s = self.now_s
+            self.full_view_nodes += 1
+            if self.full_view_nodes == self.n_nodes and self.on_full_view is not None:
+                self.on_full_view()
+        for hook in self.hooks:
+            hook(self, node, event)
+
+    def _record(self, kind: int, a: int, b: int, n: int, digest: int) -> None:
+        m = 0xFFFFFFFF
+        self._trace.update(self._pack(kind, self.now_s, a & m, b & m, n & m, digest & m))
+
+    def trace_sha256(self) -> str:
+        """The fingerprint of everything delivered, dropped and emitted so far."""
+        return self._trace.hexdigest()
+
+    # ------------------------------------------------------------------ queries
+
+    def live_indices(self) -> list[int]:
+        return [n.index for n in self.nodes if n.core is not None]
+
+    def heap_size(self) -> int:
+        return len(self._heap)
