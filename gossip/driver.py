@@ -185,7 +185,12 @@ class GossipDriver:
             self.counters.add("push_pull.failed")
             self._count_remote_error(exc, addr, "tcp")
             return False
-        self.core.merge_remote_state(reply, self._clock())
+        try:
+            self.core.merge_remote_state(reply, self._clock())
+        except RemoteProtocolError as exc:
+            # The core merged every acceptable entry and rejected the rest;
+            # out of this task it would have ended the whole driver.
+            self._count_remote_error(exc, addr, "tcp")
         self._flush()
         return True
 

@@ -70,6 +70,16 @@ from .suspicion import Suspicion
 _SEQ_MODULUS = 1 << 32
 # Bounded memory under churn: beyond this many queued updates the most-sent go.
 _MAX_QUEUED_BROADCASTS = 20_000
+# Pruning walks a whole bucket, so it runs only once this many updates have
+# piled up beyond the cap: once per update made a 100k-node push/pull take
+# 16 s of blocked event loop (quadratic); this keeps it amortised O(1).
+_PRUNE_SLACK = _MAX_QUEUED_BROADCASTS // 10
+# Indirect pings we relay at once. A LAN cluster needs a handful (3 helpers per
+# failed probe, each relay lives one probe timeout); the cap stops a flood of
+# ping-reqs from growing memory and the per-timer scan without bound.
+_MAX_RELAYS = 1024
+# Incarnations are u64 on the wire; a claim at the maximum cannot be refuted.
+_INCARNATION_MAX = 2**64 - 1
 # How often dead members are checked for reaping; reaping is not urgent.
 _REAP_CHECK_INTERVAL_S = 5.0
 
@@ -139,6 +149,8 @@ class Membership:
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
+        # Names in `_probe_order`, so a member that flaps is not queued twice.
+        self._probe_order_set: set[str] = set()
         self._probe_index = 0
         self._seq = rng.randrange(_SEQ_MODULUS)
         self._out: list[tuple[Addr, bytes]] = []
@@ -271,6 +283,11 @@ class Membership:
                 f"node metadata is {len(meta)} bytes, limit is {self.config.meta_max_bytes}"
             )
         self._self.meta = meta
+        if self._leaving:
+            # An Alive now would outrank our leave notice (higher incarnation)
+            # and replace it in the queue, which also set leave_done before
+            # the notice was ever sent.
+            return
         self._self.incarnation += 1
         self._broadcast_self_alive()
 
@@ -309,13 +326,22 @@ class Membership:
         A member the peer believes dead is only suspected here: our own probes
         get the chance to disagree (memberlist's mergeState).
         """
+        # One bad entry (oversized metadata, an unrefutable claim about us)
+        # must not cost us the rest of the peer's state: merge everything
+        # else, then report the first rejection.
+        error: RemoteProtocolError | None = None
         for ns in msg.nodes:
-            if ns.state in (State.ALIVE, State.LEAVING):
-                self._apply_alive(Alive(ns.incarnation, ns.node, ns.addr, ns.meta), now)
-            elif ns.state in (State.SUSPECT, State.DEAD):
-                self._apply_suspect(Suspect(ns.incarnation, ns.node, self.name), now)
-            elif ns.state == State.LEFT:
-                self._apply_dead(Dead(ns.incarnation, ns.node, ns.node), now)
+            try:
+                if ns.state in (State.ALIVE, State.LEAVING):
+                    self._apply_alive(Alive(ns.incarnation, ns.node, ns.addr, ns.meta), now)
+                elif ns.state in (State.SUSPECT, State.DEAD):
+                    self._apply_suspect(Suspect(ns.incarnation, ns.node, self.name), now)
+                elif ns.state == State.LEFT:
+                    self._apply_dead(Dead(ns.incarnation, ns.node, ns.node), now)
+            except RemoteProtocolError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
@@ -357,7 +383,13 @@ class Membership:
                 self._push_pulls.append((peer[0].addr, False))
         if now >= self._next_reconnect_s:
             failed = self._random_members(1, states=(State.DEAD,))
-            if failed:
+            # serf's odds, failed / alive: the cluster as a whole tries each
+            # failed member about once an interval. Without them every member
+            # did, so a returning node of a 1000-node cluster took 100 full
+            # state exchanges a second. A partition (failed ~ alive) still
+            # reconnects every interval.
+            n_failed = sum(1 for m in self._members.values() if m.state == State.DEAD)
+            if failed and self._rng.random() < n_failed / max(self.num_alive(), 1):
                 self._push_pulls.append((failed[0].addr, False))
             self._next_reconnect_s = now + cfg.reconnect_interval_s
         if now >= self._next_reap_s:
@@ -381,6 +413,9 @@ class Membership:
                     )
                 self._send(src, [Ack(msg.seq)])
             case IndirectPing():
+                if len(self._relays) >= _MAX_RELAYS:
+                    self._count("indirect_ping_dropped")
+                    return
                 seq = self._next_seq()
                 self._relays[seq] = _Relay(
                     requester=src,
@@ -451,8 +486,6 @@ class Membership:
     def _apply_suspect(self, msg: Suspect, now: float) -> None:
         if msg.node == self.name:
             if not self._leaving and msg.incarnation >= self._self.incarnation:
-                # Lifeguard: being suspected hints that our own health is poor.
-                self._awareness.apply(1)
                 self._refute(msg.incarnation)
             return
         m = self._members.get(msg.node)
@@ -503,6 +536,16 @@ class Membership:
         self._events.append(MemberLeft(m.snapshot()) if left else MemberFailed(m.snapshot()))
 
     def _refute(self, accused_incarnation: int) -> None:
+        if accused_incarnation >= _INCARNATION_MAX:
+            # Beating it would not fit the wire (the encoder raised
+            # LocalProtocolError, which killed the driver). Nothing can refute
+            # it: reject it as the hostile or corrupt input it is.
+            raise RemoteProtocolError(
+                f"claim about {self.name!r} at incarnation {accused_incarnation} cannot be refuted"
+            )
+        # Lifeguard (memberlist's refute): any accusation, suspect, dead or a
+        # conflicting alive, hints that our own health is poor.
+        self._awareness.apply(1)
         self._self.incarnation = max(self._self.incarnation, accused_incarnation) + 1
         self._count("refutations")
         self._broadcast_self_alive()
@@ -533,8 +576,19 @@ class Membership:
         return self._seq
 
     def _add_to_probe_order(self, name: str) -> None:
-        # Insert at a random place so a new member is probed within one round.
-        self._probe_order.insert(self._rng.randint(0, len(self._probe_order)), name)
+        # A member that died and came back within one round is still queued:
+        # adding it again let a flapping member (or forged Dead/Alive pairs)
+        # grow the round without bound and starve everyone else of probes.
+        if name in self._probe_order_set:
+            return
+        self._probe_order_set.add(name)
+        # Put it at a random place among those not yet probed this round, so
+        # it is probed within the round; the member there moves to the end
+        # (memberlist's swap), which is O(1) where list.insert was O(N).
+        order = self._probe_order
+        order.append(name)
+        i = self._rng.randint(min(self._probe_index, len(order) - 1), len(order) - 1)
+        order[i], order[-1] = order[-1], order[i]
 
     def _next_probe_target(self) -> _MemberState | None:
         for _ in range(len(self._probe_order) + 1):
@@ -545,6 +599,7 @@ class Membership:
                     if n != self.name and m.state in (State.ALIVE, State.SUSPECT)
                 ]
                 self._rng.shuffle(self._probe_order)
+                self._probe_order_set = set(self._probe_order)
                 self._probe_index = 0
                 if not self._probe_order:
                     return None
@@ -589,7 +644,9 @@ class Membership:
     def _finish_failed_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
         if probe.expected_nacks > 0:
-            self._awareness.apply(probe.expected_nacks - probe.nacks)
+            # Only missing nacks count (memberlist): duplicated or forged nacks
+            # beyond the expected ones must not turn a failure into a reward.
+            self._awareness.apply(max(0, probe.expected_nacks - probe.nacks))
         else:
             self._awareness.apply(1)
         m = self._members.get(probe.target)
@@ -618,7 +675,7 @@ class Membership:
         self, msg: PacketMessage, *, key: str, on_done: Callable[[], None] | None = None
     ) -> None:
         self._queue.push(codec.encode_message(msg), key=key, on_done=on_done)
-        if len(self._queue) > _MAX_QUEUED_BROADCASTS:
+        if len(self._queue) > _MAX_QUEUED_BROADCASTS + _PRUNE_SLACK:
             self._queue.prune(_MAX_QUEUED_BROADCASTS)
 
     def _budget_bytes(self) -> int:
@@ -635,18 +692,26 @@ class Membership:
     def _gossip_round(self, now: float) -> None:
         if not len(self._queue):
             return
-        states = (State.ALIVE, State.SUSPECT)
-        targets = self._random_members(self.config.gossip_nodes, states=states)
         # Members that just died still hear gossip for a while, so they can
-        # learn of it and refute (memberlist's GossipToTheDeadTime).
+        # learn of it and refute (memberlist's GossipToTheDeadTime). They are
+        # drawn alongside the live ones, as memberlist does: picking them only
+        # when fewer than gossip_nodes were alive meant never, beyond 4 nodes.
         recent_dead_s = now - self.config.gossip_to_dead_s
-        dead = [
+        candidates = [
             m
-            for m in self._members.values()
-            if m.state == State.DEAD and m.state_change_s > recent_dead_s
+            for n, m in self._members.items()
+            if n != self.name
+            and (
+                m.state in (State.ALIVE, State.SUSPECT)
+                or (m.state == State.DEAD and m.state_change_s > recent_dead_s)
+            )
         ]
-        if dead and len(targets) < self.config.gossip_nodes:
-            targets.append(self._rng.choice(dead))
+        k = self.config.gossip_nodes
+        if len(candidates) <= k:
+            self._rng.shuffle(candidates)
+            targets = candidates
+        else:
+            targets = self._rng.sample(candidates, k)
         limit = retransmit_limit(self.config.retransmit_mult, max(self.num_alive(), 1))
         overhead = codec.packet_overhead_bytes(64)
         for target in targets:
