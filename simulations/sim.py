@@ -125,6 +125,7 @@ class Simulator:
         encrypt: bool = False,
         pause_drops: bool = False,
         push_pull_timeout_s: float = 10.0,
+        join_retry_s: float = 2.0,
     ) -> None:
         self.seed = seed
         self.n_nodes = n_nodes
@@ -132,6 +133,9 @@ class Simulator:
         self.encrypt = encrypt
         self.pause_drops = pause_drops
         self.push_pull_timeout_s = push_pull_timeout_s
+        # The agent's -retry-join interval, shortened: a join storm under loss
+        # loses some join exchanges, and the agent retries them.
+        self.join_retry_s = join_retry_s
         master = random.Random(seed)
         self._node_seeds = [master.getrandbits(64) for _ in range(n_nodes)]
         self.net = Network(
@@ -366,10 +370,10 @@ class Simulator:
         self.counters.push_pull_bytes += len(frame)
         delay_s = None if dst is None else self.net.stream_delay_s(node.index, dst, len(frame))
         if dst is None or delay_s is None:
-            self.counters.push_pulls_failed += 1
             self._record(_T_PP, node.index, -1 if dst is None else dst, len(frame), 0)
+            self._push_pull_failed(node.index, node.life, addr, join)
             return
-        request = (node.index, node.life, dst, frame, self.now_s)
+        request = (node.index, node.life, dst, frame, self.now_s, join)
         self._push(self.now_s + delay_s, _PP_REQUEST, request)
 
     def _read_frame(self, node: SimNode, frame: bytes) -> bytes:
@@ -382,12 +386,25 @@ class Simulator:
             raise AssertionError("a simulated frame always arrives whole")
         return payload
 
-    def _serve_push_pull(self, request: tuple[int, int, int, bytes, float]) -> None:
-        client, client_life, dst, frame, started_s = request
+    def _push_pull_failed(self, client: int, life: int, addr: Addr, join: bool) -> None:
+        """Count a failed exchange; a failed join is retried, as the agent's retry-join does."""
+        self.counters.push_pulls_failed += 1
+        if not join:
+            return
+
+        def retry() -> None:
+            node = self.nodes[client]
+            if node.life == life and node.core is not None and not node.paused:
+                self._start_push_pull(node, addr, True)
+
+        self.at(self.now_s + self.join_retry_s, retry)
+
+    def _serve_push_pull(self, request: tuple[int, int, int, bytes, float, bool]) -> None:
+        client, client_life, dst, frame, started_s, join = request
         node = self.nodes[dst]
         if node.core is None:
-            self.counters.push_pulls_failed += 1
             self._record(_T_PP, client, dst, len(frame), 1)
+            self._push_pull_failed(client, client_life, node.addr, join)
             return
         if node.paused:
             node.backlog.append((_PP_REQUEST, 0, request))
@@ -398,8 +415,8 @@ class Simulator:
             msg = codec.decode_push_pull(self._read_frame(node, frame), max_bytes=limit)
             reply = node.core.receive_push_pull(msg, self.now_s)
         except RemoteProtocolError:
-            self.counters.push_pulls_failed += 1
             self._record(_T_REJECT, client, dst, len(frame), 1)
+            self._push_pull_failed(client, client_life, node.addr, join)
             return
         assert node.wire is not None
         out = node.wire.frame(codec.encode_push_pull(reply))
@@ -407,27 +424,28 @@ class Simulator:
         self._flush(node)
         delay_s = self.net.stream_delay_s(dst, client, len(out))
         if delay_s is None:
-            self.counters.push_pulls_failed += 1
             self._record(_T_PP, dst, client, len(out), 2)
+            self._push_pull_failed(client, client_life, node.addr, join)
             return
-        self._push(self.now_s + delay_s, _PP_RESPONSE, (dst, client, client_life, out, started_s))
+        response = (dst, client, client_life, out, started_s, join)
+        self._push(self.now_s + delay_s, _PP_RESPONSE, response)
 
-    def _finish_push_pull(self, response: tuple[int, int, int, bytes, float]) -> None:
-        server, client, client_life, frame, started_s = response
+    def _finish_push_pull(self, response: tuple[int, int, int, bytes, float, bool]) -> None:
+        server, client, client_life, frame, started_s, join = response
         node = self.nodes[client]
         late = self.now_s - started_s > self.push_pull_timeout_s
         if node.core is None or node.life != client_life or node.paused or late:
             # The client is gone, or (paused, late) its stream timed out.
-            self.counters.push_pulls_failed += 1
             self._record(_T_PP, server, client, len(frame), 3)
+            self._push_pull_failed(client, client_life, self.nodes[server].addr, join)
             return
         self._record(_T_PP, server, client, len(frame), zlib.crc32(frame))
         limit = self.gossip_config.push_pull_max_bytes + 64
         try:
             msg = codec.decode_push_pull(self._read_frame(node, frame), max_bytes=limit)
         except RemoteProtocolError:
-            self.counters.push_pulls_failed += 1
             self._record(_T_REJECT, server, client, len(frame), 2)
+            self._push_pull_failed(client, client_life, self.nodes[server].addr, join)
             return
         node.core.merge_remote_state(msg, self.now_s)
         self._flush(node)
