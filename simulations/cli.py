@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .report import Curve, write_csv, write_png
 from .scenarios import SCENARIOS, Params, Result
@@ -34,8 +35,15 @@ def _probability(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line and exit 2, as everywhere in meshnode's CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"Error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Deterministic simulation of the real meshnode gossip core.",
     )

@@ -64,3 +64,13 @@ def test_usage_error_exits_two() -> None:
         text=True,
     )
     assert proc.returncode == 2
+
+
+def test_meshnode_simulate_runs_the_same_cli(capsys: object) -> None:
+    from meshnode.cli import main as meshnode_main
+
+    code = meshnode_main(["simulate", "join", "--nodes", "20", "--seed", "4", "--no-files"])
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert code == 0, out
+    assert out.strip().splitlines()[-1].startswith("trace sha256=")
+    assert meshnode_main(["simulate", "nosuch", "--nodes", "5", "--seed", "1"]) == 2
