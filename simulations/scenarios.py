@@ -21,6 +21,7 @@ from meshnode.gossip.config import GossipConfig
 from meshnode.gossip.events import Event, MemberFailed, MemberJoined, UserMessage
 from meshnode.gossip.formulas import suspicion_timeout_s
 
+from .analysis import serf_model_time_s, swim_expected_rounds
 from .network import NetworkConfig, Partition
 from .report import Curve, coverage_line, distribution_line
 from .sim import Counters, SimNode, Simulator
@@ -230,6 +231,19 @@ def run_convergence(p: Params) -> Result:
     sim.run(start_s + (p.duration_s if p.duration_s is not None else 60.0))
     result.curves.append(curve)
     result.lines.append(f"broadcast from n{origin:05d}: " + coverage_line(curve))
+    cfg = p.gossip()
+    model = {
+        m: serf_model_time_s(
+            p.nodes, m, fanout=cfg.gossip_nodes, interval_s=cfg.gossip_interval_s, loss=p.loss
+        )
+        for m in (0.5, 0.99, 0.999)
+    }
+    serf = " ".join(f"{m * 100:g}%={t:.3f}s" for m, t in model.items())
+    rounds = swim_expected_rounds(p.nodes, cfg.gossip_nodes)
+    result.lines.append(
+        f"reference: serf's model {serf}; SWIM/Pittel {rounds:.1f} rounds = "
+        f"{rounds * cfg.gossip_interval_s:.3f}s"
+    )
     result.lines.append(
         "note: measures a Membership.broadcast_user gossip broadcast, re-broadcast once by "
         "each receiver; the replicated store does not exist yet"
