@@ -293,7 +293,9 @@ class Membership:
 
     def broadcast_user(self, payload: bytes, *, key: object | None = None) -> None:
         """Gossip an application payload to every member (best effort, transmit-limited)."""
-        self._queue.push(codec.encode_message(User(payload)), key=("user", key) if key else None)
+        # `is not None`: a key of 0 or "" is a key like any other.
+        user_key = ("user", key) if key is not None else None
+        self._queue.push(codec.encode_message(User(payload)), key=user_key)
 
     def send_user(self, addr: Addr, payload: bytes) -> None:
         """Send an application payload to one node, with piggybacked updates."""

@@ -248,3 +248,10 @@ def test_reconnect_rate_to_a_failed_member_scales_with_the_cluster() -> None:
         m.handle_timer(now)
         attempts += sum(1 for addr, _ in m.push_pulls_to_start() if addr == peer(0))
     assert 1 <= attempts <= 30  # about 200 / 39, not 200
+
+
+def test_user_broadcast_with_a_falsy_key_still_replaces_the_queued_one() -> None:
+    m = make()
+    m.broadcast_user(b"v1", key=0)
+    m.broadcast_user(b"v2", key=0)
+    assert m.pending_broadcasts() == 1
