@@ -67,6 +67,9 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
     parser.add_argument(
         "--pause-drops", action="store_true", help="a paused node drops inbound packets"
     )
+    parser.add_argument(
+        "--warm", action="store_true", help="start converged, without a join storm (large N)"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="write cProfile stats here")
     return parser
 
@@ -92,6 +95,8 @@ def _reproduce(scenario: str, n_nodes: int, args: argparse.Namespace) -> str:
         words += ["--pause-s", str(args.pause_s)]
     if args.pause_drops:
         words.append("--pause-drops")
+    if args.warm:
+        words.append("--warm")
     return shlex.join(words)
 
 
@@ -119,6 +124,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations")
             faulty=args.faulty,
             pause_s=args.pause_s,
             pause_drops=args.pause_drops,
+            warm=args.warm,
         )
         print(f"== {args.scenario} nodes={n_nodes} seed={args.seed} loss={args.loss}", flush=True)
         if args.profile is not None:

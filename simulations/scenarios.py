@@ -48,6 +48,8 @@ class Params:
     pause_s: float = 3.0
     pause_drops: bool = False
     lifeguard: bool = True
+    # Start converged and quiet instead of with a join storm (large N; see README).
+    warm: bool = False
 
     def network(self) -> NetworkConfig:
         return NetworkConfig(
@@ -121,6 +123,11 @@ def _join_curve(sim: Simulator, start_s: float = 0.0) -> Curve:
 
 def _converge(sim: Simulator, p: Params, result: Result) -> bool:
     """Run the join storm until every node has a full view; record its curve."""
+    if p.warm:
+        sim.warm_start()
+        result.lines.append("warm start: every node booted with the full member list")
+        sim.run(sim.now_s + p.settle_s)
+        return True
     _join_storm(sim, p)
     sim.on_full_view = sim.stop
     sim.run(join_deadline_s(p))
@@ -182,7 +189,12 @@ def run_join(p: Params) -> Result:
     """Join storm, then the cluster runs for the rest of `duration_s` (default 30 s)."""
     result = Result("join", p)
     sim = _new_sim(p)
-    _join_storm(sim, p)
+    if p.warm:
+        # No storm: a converged cluster at rest for `duration_s` (the steady-state benchmark).
+        sim.warm_start()
+        result.lines.append("warm start: steady state, no join storm")
+    else:
+        _join_storm(sim, p)
     sim.run(p.duration_s if p.duration_s is not None else 30.0)
     curve = _join_curve(sim)
     result.curves.append(curve)

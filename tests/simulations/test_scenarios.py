@@ -108,8 +108,15 @@ def test_long_pause_is_declared_dead_then_refuted() -> None:
     assert sim.nodes[5].core is not None and sim.nodes[5].core.incarnation > 0
 
 
+def test_warm_start_boots_a_quiet_converged_cluster() -> None:
+    result = run_failure(Params(nodes=100, seed=SEED, faulty=2, warm=True))
+    assert result.ok, explain(result)
+    assert result.curves[0].covered == 2 * 98
+
+
 @pytest.mark.slow
 def test_thousand_node_convergence() -> None:
-    result = run_convergence(Params(nodes=1000, seed=SEED))
+    # Warm: a 1,000-node join storm alone costs minutes of codec work (see README).
+    result = run_convergence(Params(nodes=1000, seed=SEED, warm=True))
     assert result.ok, explain(result)
     assert result.figures["bcast_100_s"] < 5.0, explain(result)
