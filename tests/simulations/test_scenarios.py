@@ -30,9 +30,9 @@ def explain(result: Result) -> str:
 
 
 def test_join_storm_converges() -> None:
-    result = run_join(Params(nodes=150, seed=SEED, duration_s=15.0))
+    result = run_join(Params(nodes=120, seed=SEED, duration_s=10.0))
     assert result.ok, explain(result)
-    assert result.curves[0].covered == 150
+    assert result.curves[0].covered == 120
     assert 0.0 < result.figures["join_100_s"] < 5.0, explain(result)
 
 
@@ -46,9 +46,9 @@ def test_join_storm_converges_under_loss_encrypted_and_duplicated() -> None:
 
 
 def test_broadcast_reaches_every_node() -> None:
-    result = run_convergence(Params(nodes=150, seed=SEED))
+    result = run_convergence(Params(nodes=120, seed=SEED))
     assert result.ok, explain(result)
-    assert result.curves[-1].covered == 150
+    assert result.curves[-1].covered == 120
     # Infection-style spread: a few gossip rounds of 0.2 s, not seconds per node.
     assert result.figures["bcast_100_s"] < 3.0, explain(result)
     assert result.figures["bcast_50_s"] <= result.figures["bcast_99_s"]
@@ -71,7 +71,7 @@ def test_no_false_positives_at_zero_loss_with_paused_nodes() -> None:
 
 
 def test_lifeguard_is_no_worse_under_loss() -> None:
-    result = run_false_positives(Params(nodes=50, seed=SEED, loss=0.1, faulty=2, duration_s=30.0))
+    result = run_false_positives(Params(nodes=50, seed=SEED, loss=0.1, faulty=2, duration_s=20.0))
     assert result.figures["fp_on"] <= result.figures["fp_off"], explain(result)
 
 
