@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from meshnode.gossip.events import Event, MemberFailed
-from simulations import Params, Result, Simulator
+from simulations import Params, Partition, Result, Simulator
 from simulations.scenarios import (
     run_convergence,
     run_failure,
@@ -120,3 +120,37 @@ def test_thousand_node_convergence() -> None:
     result = run_convergence(Params(nodes=1000, seed=SEED, warm=True))
     assert result.ok, explain(result)
     assert result.figures["bcast_100_s"] < 5.0, explain(result)
+
+
+def test_scheduled_asymmetric_partition_heals() -> None:
+    """A one-way cut on a schedule: probes from one side fail, and it all heals after."""
+    sim = Simulator(n_nodes=20, seed=SEED)
+    sim.start_node(0)
+    for i in range(1, 20):
+        sim.start_node(i, join=[0])
+    sim.run(10.0)
+    assert all(n.up_count == 20 for n in sim.nodes)
+    dropped_before = sim.counters.packets_dropped
+    sim.partition(
+        Partition(10.0, 40.0, frozenset(range(10)), frozenset(range(10, 20)), asymmetric=True)
+    )
+    sim.run(40.0)
+    assert sim.counters.packets_dropped > dropped_before
+    assert any(n.up_count < 20 for n in sim.nodes)
+    sim.run(100.0)
+    assert all(n.up_count == 20 for n in sim.nodes)
+
+
+def test_paused_node_can_drop_instead_of_queueing() -> None:
+    sim = Simulator(n_nodes=8, seed=SEED, pause_drops=True)
+    sim.start_node(0)
+    for i in range(1, 8):
+        sim.start_node(i, join=[0])
+    sim.run(10.0)
+    dropped_before = sim.counters.packets_dropped
+    sim.pause(3, 5.0)
+    sim.run(14.0)
+    assert not sim.nodes[3].backlog
+    assert sim.counters.packets_dropped > dropped_before
+    sim.run(40.0)
+    assert all(n.up_count == 8 for n in sim.nodes)
