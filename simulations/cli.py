@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .report import Curve, write_csv, write_png
+from meshnode.gossip.config import GossipConfig
+
+from .analysis import serf_model_time_s
+from .report import Curve, Reference, write_csv, write_png
 from .scenarios import SCENARIOS, Params, Result
 
 
@@ -100,6 +103,26 @@ def _reproduce(scenario: str, n_nodes: int, args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _serf_references(node_counts: list[int], loss: float) -> list[Reference]:
+    """serf's convergence model for the same N, fanout and interval, dashed on the plot."""
+    cfg = GossipConfig()
+    fractions = [i / 1000 for i in range(5, 1000, 5)]
+    refs: list[Reference] = []
+    for n in node_counts:
+        points = [
+            (t, f)
+            for f in fractions
+            if (
+                t := serf_model_time_s(
+                    n, f, fanout=cfg.gossip_nodes, interval_s=cfg.gossip_interval_s, loss=loss
+                )
+            )
+            >= 0.0  # the logistic starts above zero at round 0
+        ]
+        refs.append((f"serf model N={n}", [t for t, _ in points], [f for _, f in points]))
+    return refs
+
+
 def run_one(scenario: str, params: Params) -> tuple[Result, float]:
     started = time.perf_counter()
     result = SCENARIOS[scenario](params)
@@ -148,7 +171,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations")
             f"wall: {wall_s:.2f}s for {result.virtual_s:.1f} virtual s; {messages} messages "
             f"simulated, {per_message_us:.1f} us wall per message"
         )
-        plotted.extend((n_nodes, curve) for curve in result.curves)
+        if result.curves:
+            plotted.append((n_nodes, result.curves[result.headline]))
         if not args.no_files:
             stem = f"{args.scenario}-n{n_nodes}-s{args.seed}"
             csv_path = args.out / f"{stem}.csv"
@@ -165,7 +189,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations")
             # One plot for every N, written before the last trace line ends the run.
             counts = "-".join(str(n) for n in args.nodes)
             png = args.out / f"{args.scenario}-n{counts}-s{args.seed}.png"
-            print(write_png(png, plotted, f"{args.scenario}, seed {args.seed}, loss {args.loss}"))
+            title = f"{args.scenario}, seed {args.seed}, loss {args.loss}"
+            refs = _serf_references(args.nodes, args.loss) if args.scenario == "convergence" else []
+            print(write_png(png, plotted, title, refs))
         print(f"trace sha256={result.trace_sha256}", flush=True)
     sys.stdout.flush()
     return exit_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,15 @@ def write_csv(path: Path, curves: list[tuple[int, Curve]]) -> None:
                 out.writerow([n_nodes, curve.label, f"{t:.6f}", i, f"{i / curve.total:.6f}"])
 
 
-def write_png(path: Path, curves: list[tuple[int, Curve]], title: str) -> str:
+Reference = tuple[str, list[float], list[float]]  # label, times_s, fractions
+
+
+def write_png(
+    path: Path,
+    curves: list[tuple[int, Curve]],
+    title: str,
+    references: Sequence[Reference] = (),
+) -> str:
     """Plot every curve on one set of axes; matplotlib is optional (the `sim` extra)."""
     try:
         # Imported by name: matplotlib is optional and has no stubs in the test deps.
@@ -85,6 +94,8 @@ def write_png(path: Path, curves: list[tuple[int, Curve]], title: str) -> str:
         times = sorted(curve.times_s)
         fractions = [i / curve.total for i in range(1, len(times) + 1)]
         ax.step([0.0, *times], [0.0, *fractions], where="post", label=f"{curve.label} N={n_nodes}")
+    for label, times, fractions in references:
+        ax.plot(times, fractions, linestyle="--", linewidth=1, label=label)
     ax.set_xlabel("seconds since phase start (virtual)")
     ax.set_ylabel("fraction covered")
     ax.set_ylim(0.0, 1.02)

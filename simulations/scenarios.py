@@ -82,6 +82,8 @@ class Result:
     counters: Counters = field(default_factory=Counters)
     # Numbers the tests and the README table read.
     figures: dict[str, float] = field(default_factory=dict)
+    # The curve the plot shows for this N (the CSV has them all).
+    headline: int = -1
 
     @property
     def ok(self) -> bool:
@@ -306,6 +308,7 @@ def run_failure(p: Params) -> Result:
     limit_s = p.duration_s if p.duration_s is not None else 90.0
     sim.run(crash_s + limit_s)
     result.curves.append(pairs)
+    result.headline = len(result.curves) - 1
     result.lines.append(f"crashed {k}: " + ", ".join(sim.nodes[i].name for i in crashed[:10]))
     result.lines.append("detection " + coverage_line(pairs))
     result.lines.append(distribution_line("detection time per (survivor, crash)", pairs.times_s))
