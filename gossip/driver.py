@@ -9,7 +9,7 @@ counted and dropped here; they never end the driver.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -23,6 +23,9 @@ from .transport import Transport
 from .wire import FrameReader, Wire
 
 log = logging.getLogger("meshnode.gossip")
+
+# Serves a TCP stream whose first byte selected it: (stream, peer, first bytes read).
+StreamHandler = Callable[[trio.abc.Stream, Addr, bytes], Awaitable[None]]
 
 _READ_CHUNK_BYTES = 65536
 # Rejected input is logged at most once per kind and source in this interval.
@@ -64,6 +67,19 @@ class GossipDriver:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._max_frame_bytes = core.config.push_pull_max_bytes + 64
+        self._stream_handlers: dict[int, StreamHandler] = {}
+
+    def add_stream_handler(self, first_byte: int, handler: StreamHandler) -> None:
+        """Serve incoming TCP streams that start with `first_byte` with `handler`.
+
+        A push/pull stream starts with a frame length whose high byte is 0x00
+        under any sane frame limit, so other exchanges (the store's
+        anti-entropy) share the gossip port by starting with a byte >= 0x80.
+        The handler owns the stream's timeouts and errors; the driver closes it.
+        """
+        if not 0x80 <= first_byte <= 0xFF or first_byte in self._stream_handlers:
+            raise ValueError(f"stream type byte {first_byte:#x} is taken or below 0x80")
+        self._stream_handlers[first_byte] = handler
 
     # ------------------------------------------------------------------ running
 
@@ -195,12 +211,20 @@ class GossipDriver:
         return True
 
     async def _serve_push_pull(self, stream: trio.abc.Stream, peer: Addr) -> None:
+        handler: StreamHandler | None = None
+        first = b""
         try:
             with trio.fail_after(self._push_pull_timeout_s):
-                request = await self._read_push_pull(stream)
-                reply = self.core.receive_push_pull(request, self._clock())
-                self._flush()
-                await self._send_frame(stream, codec.encode_push_pull(reply))
+                if self._stream_handlers:
+                    first = bytes(await stream.receive_some(_READ_CHUNK_BYTES))
+                    handler = self._stream_handlers.get(first[0]) if first else None
+                if handler is None:
+                    request = await self._read_push_pull(stream, first)
+                    reply = self.core.receive_push_pull(request, self._clock())
+                    self._flush()
+                    await self._send_frame(stream, codec.encode_push_pull(reply))
+            if handler is not None:
+                await handler(stream, peer, first)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.counters.add("push_pull.serve_failed")
             log.debug("serving push/pull to %s failed: %s", peer, exc or type(exc).__name__)
@@ -214,8 +238,11 @@ class GossipDriver:
         await stream.send_all(framed)
         self.counters.add("tcp.sent_bytes", len(framed))
 
-    async def _read_push_pull(self, stream: trio.abc.Stream) -> PushPull:
+    async def _read_push_pull(self, stream: trio.abc.Stream, initial: bytes = b"") -> PushPull:
         reader = FrameReader(self.wire, max_frame_bytes=self._max_frame_bytes)
+        if initial:
+            self.counters.add("tcp.recv_bytes", len(initial))
+            reader.feed(initial)
         while True:
             frame = reader.next_frame(self._clock())
             if frame is not None:

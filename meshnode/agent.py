@@ -33,6 +33,8 @@ from .api.facade import (
     JoinError,
     KeyringError,
     KeyringReport,
+    KvEntry,
+    KvError,
     MemberView,
     UnknownMember,
 )
@@ -52,12 +54,14 @@ from .gossip.events import (
 from .gossip.keyring import Keyring
 from .gossip.membership import Membership
 from .gossip.messages import Addr, State
+from .gossip.store import Store
 from .gossip.transport import UdpTcpTransport
 from .gossip.wire import Wire
 from .http.server import HttpBindError, serve_http
 from .keys import KeyFormatError, decode_key
 from .logs import log
 from .persist import Persistence, PersistenceError
+from .replication import ReplicationConfig, Replicator
 
 _log = logging.getLogger("meshnode.agent")
 
@@ -68,6 +72,8 @@ LEAVE_TIMEOUT_S = 5.0
 MEMBERS_SAVE_INTERVAL_S = 2.0
 # A keyring operation waits this long for every alive member to answer.
 KEYRING_QUERY_TIMEOUT_S = 5.0
+# The store kind that holds KV entries.
+KIND_KV = "kv"
 
 _STATUS = {
     State.ALIVE: (STATUS_ALIVE, "alive"),
@@ -115,7 +121,13 @@ def _advertise_host(bind_host: str) -> str:
 class Agent:
     """One node: implements `AgentFacade` for the HTTP API."""
 
-    def __init__(self, config: AgentConfig, data_dir: Path) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        data_dir: Path,
+        *,
+        replication: ReplicationConfig | None = None,
+    ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.persist = Persistence.open(data_dir / "meshnode.db")
@@ -148,6 +160,21 @@ class Agent:
         )
         self.wire = Wire(self.keyring)
         self.driver = GossipDriver(self.core, self.wire, self.transport, on_event=self._on_event)
+        # Versions carry the member name: it is what peers know us by.
+        self.replicator = Replicator(
+            Store(config.node_name),
+            self.persist,
+            self.core,
+            self.driver,
+            self.wire,
+            self.transport,
+            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            config=replication or ReplicationConfig(),
+        )
+        try:
+            self.replicator.load()
+        except LocalProtocolError as exc:
+            raise AgentStartError(f"cannot load the replicated store: {exc}") from None
         self._members_dirty = False
         self._seen_queries = keyring_ops.SeenQueries()
         self._tallies: dict[bytes, keyring_ops.Tally] = {}
@@ -184,6 +211,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.driver.run)
+            await nursery.start(self.replicator.run)
             router = build_router(self)
             self.http_port = await nursery.start(
                 functools.partial(
@@ -278,6 +306,9 @@ class Agent:
             case MemberJoined(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member joined", node=m.name, addr=str(m.addr))
+                if m.name != self.config.node_name:
+                    # A new or returning member: reconcile the stores both ways.
+                    self.replicator.start_anti_entropy(m.addr)
             case MemberLeft(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member left", node=m.name)
@@ -294,7 +325,7 @@ class Agent:
 
     def _on_user(self, event: UserMessage) -> None:
         payload = event.payload
-        if not payload:
+        if not payload or self.replicator.on_user(payload, event.source):
             return
         try:
             if payload[0] == keyring_ops.CHANNEL_KEYRING_QUERY:
@@ -501,6 +532,45 @@ class Agent:
 
     async def keyring_remove(self, key: str) -> KeyringReport:
         return await self._keyring_query("remove", key)
+
+    # ------------------------------------------------------------------ KV
+
+    def _kv_entry(self, key: str, value: bytes) -> KvEntry:
+        create, modify = self.replicator.entry_indexes(KIND_KV, key)
+        return KvEntry(key, value, create, modify)
+
+    def kv_get(self, key: str) -> KvEntry | None:
+        entry = self.replicator.store.get(KIND_KV, key)
+        return None if entry is None else self._kv_entry(key, entry.value)
+
+    def kv_list(self, prefix: str) -> list[KvEntry]:
+        return [
+            self._kv_entry(e.key, e.value)
+            for e in self.replicator.store.items(KIND_KV)
+            if e.key.startswith(prefix)
+        ]
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        try:
+            self.replicator.put(KIND_KV, key, value)
+        except LocalProtocolError as exc:
+            raise KvError(str(exc)) from None
+
+    def kv_delete(self, key: str, *, recurse: bool = False) -> None:
+        if recurse:
+            keys = [e.key for e in self.replicator.store.items(KIND_KV) if e.key.startswith(key)]
+        else:
+            keys = [key]
+        try:
+            self.replicator.delete_many(KIND_KV, keys)
+        except LocalProtocolError as exc:
+            raise KvError(str(exc)) from None
+
+    def kv_index(self) -> int:
+        return max(1, self.replicator.store.kind_index(KIND_KV))
+
+    async def kv_wait(self, index: int, timeout_s: float) -> int:
+        return max(1, await self.replicator.wait_for_change(KIND_KV, index, timeout_s))
 
     def close(self) -> None:
         self.transport.close()

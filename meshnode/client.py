@@ -78,6 +78,27 @@ class AgentClient:
         """Send one request; the decoded JSON answer (None for an empty body)."""
         payload = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        status, data = self._exchange(method, path, payload, headers)
+        if status >= 400:
+            raise ClientError(f"the agent answered {status}: {_error_text(data)}", status=status)
+        if not data.strip():
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ClientError(f"the agent at {self.addr} sent a reply that is not JSON") from None
+
+    def request_raw(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """Send raw bytes; (status, body) for any status below 500 (404 is an answer)."""
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        status, data = self._exchange(method, path, body, headers)
+        if status >= 400 and status != 404:
+            raise ClientError(f"the agent answered {status}: {_error_text(data)}", status=status)
+        return status, data
+
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
             conn.request(method, path, body=payload, headers=headers)
@@ -101,17 +122,7 @@ class AgentClient:
             raise ClientError(f"cannot talk to the agent at {self.addr}: {reason}") from None
         finally:
             conn.close()
-        if response.status >= 400:
-            raise ClientError(
-                f"the agent answered {response.status}: {_error_text(data)}",
-                status=response.status,
-            )
-        if not data.strip():
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise ClientError(f"the agent at {self.addr} sent a reply that is not JSON") from None
+        return response.status, data
 
     # The endpoints the CLI uses, with Consul's paths.
 
@@ -154,3 +165,43 @@ class AgentClient:
 
     def keyring_remove(self, key: str) -> None:
         self.request("DELETE", "/v1/operator/keyring", {"Key": key})
+
+    # KV: raw bytes in, Consul's JSON (or raw bytes) out.
+
+    @staticmethod
+    def _kv_path(key: str, query: str = "") -> str:
+        return f"/v1/kv/{quote(key, safe='/')}" + (f"?{query}" if query else "")
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        self.request_raw("PUT", self._kv_path(key), value)
+
+    def kv_get_raw(self, key: str) -> bytes | None:
+        """The value's bytes, or None when the key does not exist."""
+        status, data = self.request_raw("GET", self._kv_path(key, "raw"))
+        return None if status == 404 else data
+
+    def _kv_list_at(self, path: str) -> list[Any]:
+        """The JSON list a recurse/keys read answers ([] on 404: nothing there)."""
+        status, data = self.request_raw("GET", path)
+        if status == 404:
+            return []
+        try:
+            found = json.loads(data)
+        except ValueError:
+            raise ClientError(f"the agent at {self.addr} sent a reply that is not JSON") from None
+        if not isinstance(found, list):
+            raise ClientError(f"unexpected answer from {path}: not a JSON list")
+        return found
+
+    def kv_list(self, prefix: str) -> list[dict[str, Any]]:
+        """Consul's entries under `prefix` ([] when none)."""
+        return [
+            e for e in self._kv_list_at(self._kv_path(prefix, "recurse")) if isinstance(e, dict)
+        ]
+
+    def kv_keys(self, prefix: str, separator: str = "") -> list[str]:
+        query = "keys" + (f"&separator={quote(separator, safe='')}" if separator else "")
+        return [str(k) for k in self._kv_list_at(self._kv_path(prefix, query))]
+
+    def kv_delete(self, key: str, *, recurse: bool = False) -> None:
+        self.request_raw("DELETE", self._kv_path(key, "recurse" if recurse else ""))

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+from .gossip.store import Entry, Version
+
 __all__ = [
     "DB_FILENAME",
     "KnownMember",
@@ -44,9 +46,23 @@ _MIGRATIONS: tuple[str, ...] = (
         port INTEGER NOT NULL
     );
     """,
+    # 2: the replicated store's entries (gossip/store.py); its Lamport clock is in meta.
+    """
+    CREATE TABLE entries (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        lamport TEXT NOT NULL,  -- a uint64 as decimal: SQLite integers are signed
+        node TEXT NOT NULL,
+        tombstone INTEGER NOT NULL CHECK (tombstone IN (0, 1)),
+        tombstone_since REAL,
+        PRIMARY KEY (kind, key)
+    );
+    """,
 )
 
 _NODE_ID_KEY = "node_id"
+_STORE_CLOCK_KEY = "store_clock"
 
 
 class PersistenceError(Exception):
@@ -210,6 +226,69 @@ class Persistence:
     def load_members(self) -> list[KnownMember]:
         rows = self._db.execute("SELECT name, host, port FROM members ORDER BY name").fetchall()
         return [KnownMember(str(n), str(h), int(p)) for n, h, p in rows]
+
+    # -- replicated store ------------------------------------------------
+
+    def save_store(
+        self,
+        upserts: Iterable[Entry],
+        deletes: Iterable[tuple[str, str]],
+        clock: int,
+    ) -> None:
+        """Write store rows and the Lamport clock in ONE transaction (durable on return).
+
+        Lamport times (rows and clock) are stored as decimal text: they are
+        uint64, SQLite integers are signed 64-bit.
+        """
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO entries (kind, key, value, lamport, node, tombstone, tombstone_since)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value,"
+                " lamport = excluded.lamport, node = excluded.node,"
+                " tombstone = excluded.tombstone, tombstone_since = excluded.tombstone_since",
+                [
+                    (
+                        e.kind,
+                        e.key,
+                        e.value,
+                        str(e.version.lamport),
+                        e.version.node,
+                        int(e.tombstone),
+                        e.tombstone_since_s,
+                    )
+                    for e in upserts
+                ],
+            )
+            db.executemany("DELETE FROM entries WHERE kind = ? AND key = ?", list(deletes))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_STORE_CLOCK_KEY, str(clock)),
+            )
+
+    def load_store(self) -> tuple[list[Entry], int]:
+        """Every stored entry (ordered by version, so indexes follow write order) and the clock."""
+        rows = self._db.execute(
+            "SELECT kind, key, value, lamport, node, tombstone, tombstone_since FROM entries"
+        ).fetchall()
+        try:
+            entries = [
+                Entry(
+                    str(kind),
+                    str(key),
+                    bytes(value),
+                    Version(int(lamport), str(node)),
+                    bool(tomb),
+                    None if since is None else float(since),
+                )
+                for kind, key, value, lamport, node, tomb, since in rows
+            ]
+        except (TypeError, ValueError) as exc:
+            raise PersistenceError(f"{self.path}: a stored store entry is corrupt: {exc}") from None
+        entries.sort(key=lambda e: e.version)
+        clock = self.get_meta(_STORE_CLOCK_KEY)
+        return entries, int(clock) if clock is not None else 0
 
 
 def has_stored_keyring(data_dir: Path) -> bool:

@@ -12,10 +12,13 @@ from .facade import (
     JoinError,
     KeyringError,
     KeyringReport,
+    KvEntry,
+    KvError,
     MemberView,
     UnknownMember,
 )
 from .keyring_endpoints import keyring_json, register_keyring_routes
+from .kv_endpoints import register_kv_routes
 
 __all__ = [
     "STATUS_ALIVE",
@@ -27,6 +30,8 @@ __all__ = [
     "JoinError",
     "KeyringError",
     "KeyringReport",
+    "KvEntry",
+    "KvError",
     "MemberView",
     "UnknownMember",
     "build_router",
@@ -34,6 +39,7 @@ __all__ = [
     "member_json",
     "register_agent_routes",
     "register_keyring_routes",
+    "register_kv_routes",
 ]
 
 
@@ -42,4 +48,5 @@ def build_router(agent: AgentFacade) -> Router:
     router = Router()
     register_agent_routes(router, agent)
     register_keyring_routes(router, agent)
+    register_kv_routes(router, agent)
     return router

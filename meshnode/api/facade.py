@@ -21,6 +21,8 @@ __all__ = [
     "JoinError",
     "KeyringError",
     "KeyringReport",
+    "KvEntry",
+    "KvError",
     "MemberView",
     "UnknownMember",
 ]
@@ -46,6 +48,20 @@ class UnknownMember(FacadeError):
 
 class KeyringError(FacadeError):
     """A keyring change was refused (unknown key, removing the primary key...)."""
+
+
+class KvError(FacadeError):
+    """A KV write was refused (bad key, store full...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """One live KV key as the API shows it (Consul's indexes)."""
+
+    key: str
+    value: bytes
+    create_index: int
+    modify_index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +122,27 @@ class AgentFacade(Protocol):
     async def keyring_use(self, key: str) -> KeyringReport: ...
 
     async def keyring_remove(self, key: str) -> KeyringReport: ...
+
+    # KV: a last-writer-wins register per key, replicated by gossip (no CAS, no locks).
+
+    def kv_get(self, key: str) -> KvEntry | None: ...
+
+    def kv_list(self, prefix: str) -> list[KvEntry]:
+        """Live keys starting with `prefix`, sorted."""
+        ...
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        """Write `value`; durable (in SQLite) when this returns. `KvError` when refused."""
+        ...
+
+    def kv_delete(self, key: str, *, recurse: bool = False) -> None:
+        """Delete `key` (or every key under the prefix `key`); durable on return."""
+        ...
+
+    def kv_index(self) -> int:
+        """The index of the last KV change (`X-Consul-Index`), at least 1."""
+        ...
+
+    async def kv_wait(self, index: int, timeout_s: float) -> int:
+        """Block until the KV index moves past `index` or the timeout; the index then."""
+        ...

@@ -10,11 +10,15 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import trio
+
 from .facade import (
     STATUS_LEFT,
     JoinError,
     KeyringError,
     KeyringReport,
+    KvEntry,
+    KvError,
     MemberView,
     UnknownMember,
 )
@@ -35,6 +39,10 @@ class FakeAgent:
     primary: str | None = None
     keyring_failures: dict[str, str] = field(default_factory=dict)  # node -> message
     explode: bool = False
+    kv: dict[str, KvEntry] = field(default_factory=dict)
+    kv_last_index: int = 0
+    kv_refuse: str | None = None  # kv_put raises KvError with this message
+    _kv_changed: trio.Event | None = None
 
     @property
     def node_name(self) -> str:
@@ -125,3 +133,40 @@ class FakeAgent:
             raise KeyringError("the key is not installed")
         self.keys.remove(key)
         return self._report()
+
+    def _kv_bump(self) -> int:
+        self.kv_last_index += 1
+        if self._kv_changed is not None:
+            self._kv_changed.set()
+            self._kv_changed = None
+        return self.kv_last_index
+
+    def kv_get(self, key: str) -> KvEntry | None:
+        return self.kv.get(key)
+
+    def kv_list(self, prefix: str) -> list[KvEntry]:
+        return [self.kv[k] for k in sorted(self.kv) if k.startswith(prefix)]
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        if self.kv_refuse is not None:
+            raise KvError(self.kv_refuse)
+        index = self._kv_bump()
+        old = self.kv.get(key)
+        self.kv[key] = KvEntry(key, value, old.create_index if old else index, index)
+
+    def kv_delete(self, key: str, *, recurse: bool = False) -> None:
+        doomed = [k for k in self.kv if (k.startswith(key) if recurse else k == key)]
+        for k in doomed:
+            del self.kv[k]
+        self._kv_bump()
+
+    def kv_index(self) -> int:
+        return max(1, self.kv_last_index)
+
+    async def kv_wait(self, index: int, timeout_s: float) -> int:
+        with trio.move_on_after(timeout_s):
+            while self.kv_last_index <= index:
+                if self._kv_changed is None:
+                    self._kv_changed = trio.Event()
+                await self._kv_changed.wait()
+        return self.kv_index()

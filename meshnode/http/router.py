@@ -115,6 +115,7 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_TAIL = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\*\}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +123,16 @@ class _Route:
     segments: tuple[str, ...]  # literal segments, or "{name}" placeholders
     handlers: dict[str, Handler]
 
-    def match(self, parts: list[str]) -> dict[str, str] | None:
-        if len(parts) != len(self.segments):
+    def match(self, parts: list[str], trailing_slash: bool = False) -> dict[str, str] | None:
+        tail = _TAIL.match(self.segments[-1]) if self.segments else None
+        fixed = self.segments[:-1] if tail else self.segments
+        if len(parts) != len(fixed) and not (tail and len(parts) >= len(fixed)):
             return None
         params: dict[str, str] = {}
-        for pattern, part in zip(self.segments, parts, strict=True):
+        if tail:
+            rest = "/".join(parts[len(fixed) :])
+            params[tail.group(1)] = unquote(rest) + ("/" if rest and trailing_slash else "")
+        for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
             found = _PARAM.match(pattern)
             if found:
                 if not part:
@@ -146,7 +152,9 @@ class Router:
 
     Patterns are literal segments and ``{name}`` placeholders that match one
     non-empty segment, e.g. ``/v1/agent/force-leave/{node}``; the percent-decoded
-    value lands in ``request.params["node"]``. Routes are tried in the order added.
+    value lands in ``request.params["node"]``. A last segment ``{name*}`` takes the
+    rest of the path, slashes included and possibly empty (``/v1/kv/{key*}``).
+    Routes are tried in the order added.
     """
 
     def __init__(self) -> None:
@@ -170,7 +178,7 @@ class Router:
         parts = _split(path)
         allowed: set[str] = set()
         for route in self._routes:
-            params = route.match(parts)
+            params = route.match(parts, path.endswith("/"))
             if params is None:
                 continue
             handler = route.handlers.get(method.upper())

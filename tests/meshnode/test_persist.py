@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from meshnode.gossip.store import Entry, Version
 from meshnode.persist import (
     DB_FILENAME,
     KnownMember,
@@ -34,7 +35,7 @@ def test_node_id_is_created_once_and_stable(tmp_path: Path) -> None:
 def test_creates_the_data_dir_in_wal_mode(tmp_path: Path) -> None:
     data_dir = tmp_path / "a" / "b"
     with Persistence.open(data_dir / DB_FILENAME) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == 2
     assert (data_dir / DB_FILENAME).is_file()
     db = sqlite3.connect(data_dir / DB_FILENAME)
     try:
@@ -141,3 +142,17 @@ def test_garbage_file_is_a_persistence_error(tmp_path: Path) -> None:
     with pytest.raises(PersistenceError, match="cannot use"):
         Persistence.open(tmp_path)
     assert not has_stored_keyring(tmp_path)
+
+
+def test_store_rows_and_clock_round_trip(tmp_path: Path) -> None:
+    big = 2**64 - 1  # a uint64 that SQLite's signed integers cannot hold
+    live = Entry("kv", "a", b"\x00bytes", Version(big, "n1"))
+    dead = Entry("kv", "b", b"", Version(3, "n2"), True, 1_700_000_000.5)
+    with Persistence.open(tmp_path) as store:
+        assert store.load_store() == ([], 0)
+        store.save_store([live, dead], [], big)
+        store.save_store([], [("kv", "nothing")], big)
+    with Persistence.open(tmp_path) as store:
+        assert store.load_store() == ([dead, live], big)
+        store.save_store([], [("kv", "b")], 7)
+        assert store.load_store() == ([live], 7)

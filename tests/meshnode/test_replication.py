@@ -1,0 +1,289 @@
+"""The replication glue (meshnode/replication.py) with real drivers over the in-memory network.
+
+Three nodes, each a `Membership` + `GossipDriver` + `Replicator` with its own
+SQLite file, under trio's autojump clock: broadcasts, the notice + TCP fetch of
+big entries, anti-entropy after a partition, restarts from SQLite, and garbage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from meshnode.gossip import store_codec
+from meshnode.gossip.driver import GossipDriver
+from meshnode.gossip.events import Event, MemberJoined, UserMessage
+from meshnode.gossip.keyring import Keyring
+from meshnode.gossip.membership import Membership
+from meshnode.gossip.messages import Addr, State
+from meshnode.gossip.store import Entry, Store, Version
+from meshnode.gossip.testing import MemoryNetwork
+from meshnode.gossip.wire import Wire
+from meshnode.persist import Persistence
+from meshnode.replication import (
+    CHANNEL_STORE_ENTRY,
+    CHANNEL_STORE_NOTICE,
+    STREAM_STORE,
+    ReplicationConfig,
+    Replicator,
+)
+
+KEY = bytes(range(32))
+SEED = 7
+CONFIG = ReplicationConfig(anti_entropy_interval_s=5.0, exchange_timeout_s=5.0)
+
+
+def addr(i: int) -> Addr:
+    return Addr(f"10.1.0.{i}", 7946)
+
+
+class Node:
+    def __init__(
+        self, net: MemoryNetwork, i: int, db: Path, wall: Callable[[], float], life: int
+    ) -> None:
+        self.name = f"n{i}"
+        self.core = Membership(
+            name=self.name, addr=addr(i), rng=random.Random(SEED + i), now=trio.current_time()
+        )
+        self.wire = Wire(Keyring([KEY]), nonce_source=random.Random(f"{SEED} {i} {life}").randbytes)
+        self.driver = GossipDriver(
+            self.core, self.wire, net.transport(addr(i)), on_event=self._on_event
+        )
+        self.persist = Persistence.open(db)
+        self.rep = Replicator(
+            Store(self.name),
+            self.persist,
+            self.core,
+            self.driver,
+            self.wire,
+            self.driver.transport,
+            rng=random.Random(SEED * 13 + i),
+            config=CONFIG,
+            wall_clock=wall,
+        )
+        self.rep.load()
+        self.scope = trio.CancelScope()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, UserMessage):
+            self.rep.on_user(event.payload, event.source)
+        elif isinstance(event, MemberJoined) and event.member.name != self.name:
+            self.rep.start_anti_entropy(event.member.addr)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.driver.run)
+                await nursery.start(self.rep.run)
+                task_status.started()
+
+    def value(self, key: str) -> bytes | None:
+        entry = self.rep.store.get("kv", key)
+        return None if entry is None else entry.value
+
+
+class Cluster:
+    def __init__(self, net: MemoryNetwork, nursery: trio.Nursery, base: Path) -> None:
+        self.net, self.nursery, self.base = net, nursery, base
+        self.nodes: dict[int, Node] = {}
+        self.lives = 0  # a restarted node must not reuse its nonces (replay protection)
+        self.wall = 1_700_000_000.0
+
+    async def start(self, i: int, join: bool = True) -> Node:
+        self.lives += 1
+        node = Node(self.net, i, self.base / f"n{i}.db", lambda: self.wall, self.lives)
+        await self.nursery.start(node.run)
+        self.nodes[i] = node
+        if join and i != 1:
+            assert await node.driver.join([addr(1)]) == 1
+        return node
+
+    def stop(self, i: int) -> Node:
+        node = self.nodes.pop(i)
+        node.scope.cancel()
+        self.net.kill(addr(i))
+        node.persist.close()
+        return node
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[Cluster]:
+    net = MemoryNetwork(rng=random.Random(SEED), latency_s=0.002)
+    async with trio.open_nursery() as nursery:
+        c = Cluster(net, nursery, tmp_path)
+        for i in range(1, n + 1):
+            await c.start(i)
+        with trio.fail_after(30):
+            while not all(
+                sum(m.state == State.ALIVE for m in node.core.members()) == n
+                for node in c.nodes.values()
+            ):
+                await trio.sleep(0.1)
+        yield c
+        for node in c.nodes.values():
+            node.persist.close()
+        nursery.cancel_scope.cancel()
+
+
+async def eventually(pred: Callable[[], bool], timeout_s: float) -> float:
+    start = trio.current_time()
+    with trio.fail_after(timeout_s):
+        while not pred():
+            await trio.sleep(0.05)
+    return trio.current_time() - start
+
+
+def counter(node: Node, name: str) -> int:
+    return node.driver.counters.values.get(f"store.{name}", 0)
+
+
+async def test_put_and_delete_replicate_by_broadcast(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path) as c:
+        c.nodes[1].rep.put("kv", "a", b"1")
+        took = await eventually(lambda: c.nodes[3].value("a") == b"1", 3.0)
+        assert took < 2.0  # gossip rounds, not the 5 s anti-entropy interval
+        assert counter(c.nodes[1], "broadcast.entry") == 1
+        c.nodes[2].rep.delete("kv", "a")
+        await eventually(lambda: all(n.value("a") is None for n in c.nodes.values()), 3.0)
+        # The tombstone reached SQLite everywhere.
+        entries, _ = c.nodes[3].persist.load_store()
+        assert [(e.key, e.tombstone) for e in entries] == [("a", True)]
+
+
+async def test_big_value_goes_as_notice_and_tcp_fetch(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path) as c:
+        big = random.Random(1).randbytes(200 * 1024)
+        c.nodes[1].rep.put("kv", "big", big)
+        assert counter(c.nodes[1], "broadcast.notice") == 1
+        took = await eventually(lambda: c.nodes[3].value("big") == big, 3.0)
+        assert took < 2.0
+        assert counter(c.nodes[3], "fetch.ok") + counter(c.nodes[3], "anti_entropy.done") >= 1
+
+
+async def test_partitioned_node_catches_up_by_anti_entropy(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path) as c:
+        cut = addr(3)
+        c.net.blocked = lambda src, dst: cut in (src, dst)
+        for k in range(20):
+            c.nodes[1].rep.put("kv", f"k{k}", b"v%d" % k)
+        c.nodes[2].rep.put("kv", "big", bytes(100_000))
+        # Long enough for every broadcast's transmit limit to run out.
+        await trio.sleep(30)
+        assert c.nodes[3].value("k0") is None
+        c.net.blocked = lambda src, dst: False
+        await eventually(
+            lambda: (
+                all(c.nodes[3].value(f"k{k}") == b"v%d" % k for k in range(20))
+                and c.nodes[3].value("big") == bytes(100_000)
+            ),
+            3 * CONFIG.anti_entropy_interval_s,
+        )
+        assert counter(c.nodes[3], "anti_entropy.done") >= 1
+        assert c.nodes[3].rep.store.digest() == c.nodes[1].rep.store.digest()
+
+
+async def test_restart_loads_entries_clock_and_reconciles(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path) as c:
+        e = c.nodes[2].rep.put("kv", "x", b"before")
+        c.stop(2)
+        c.nodes[1].rep.put("kv", "y", b"while away")
+        n2 = await c.start(2)
+        assert n2.value("x") == b"before"
+        assert n2.rep.store.clock >= e.version.lamport
+        assert n2.rep.entry_indexes("kv", "x") == (1, 1)
+        await eventually(lambda: n2.value("y") == b"while away", 3 * CONFIG.anti_entropy_interval_s)
+        # A new local write beats what was written before the restart.
+        assert n2.rep.put("kv", "x", b"after").version > e.version
+
+
+async def test_blocking_wait_wakes_on_change_and_times_out(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path, n=2) as c:
+        rep = c.nodes[2].rep
+        start = rep.store.kind_index("kv")
+        assert await rep.wait_for_change("kv", start, 1.0) == start  # nothing: times out
+        woke: list[int] = []
+
+        async def waiter() -> None:
+            woke.append(await rep.wait_for_change("kv", start, 60.0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(1.0)
+            c.nodes[1].rep.put("kv", "w", b"1")
+        assert woke and woke[0] > start
+        assert trio.current_time() < 1e6
+
+
+async def test_garbage_on_store_channels_is_dropped_and_counted(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path, n=2) as c:
+        node = c.nodes[1]
+        src = addr(2)
+        bad_entry = Entry("kv", "k", b"v", Version(0, "n2"))  # Lamport 0 is invalid
+        payloads = [
+            bytes([CHANNEL_STORE_ENTRY]),
+            bytes([CHANNEL_STORE_ENTRY]) + b"\xff\x00garbage",
+            bytes([CHANNEL_STORE_ENTRY]) + store_codec.encode_digest(node.rep.store.digest()),
+            bytes([CHANNEL_STORE_NOTICE]) + b"\x83\x01\x02",
+            bytes([CHANNEL_STORE_NOTICE]) + b"not cbor \xff",
+        ]
+        for payload in payloads:
+            assert node.rep.on_user(payload, src) is True
+        assert counter(node, "rejected") == len(payloads)
+        assert node.rep.on_user(b"\x01keyring", src) is False  # another channel: not ours
+        # An invalid entry inside a well-formed message is dropped by merge.
+        assert node.rep.merge([bad_entry], src) == 0
+        assert counter(node, "rejected") == len(payloads) + 1
+        # A garbage store stream on the gossip port: rejected, the node serves on.
+        stream = await c.nodes[2].driver.transport.connect_stream(addr(1))
+        await stream.send_all(bytes([STREAM_STORE]) + b"\x00\x00\x00\x05hello")
+        await trio.sleep(1.0)
+        await stream.aclose()
+        assert counter(node, "rejected") == len(payloads) + 2
+        assert len(node.rep.store) == 0
+        c.nodes[2].rep.put("kv", "still", b"works")
+        await eventually(lambda: node.value("still") == b"works", 3.0)
+
+
+async def test_tombstones_are_collected_from_memory_and_sqlite(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path, n=2) as c:
+        rep = c.nodes[1].rep
+        rep.put("kv", "gone", b"x")
+        rep.delete("kv", "gone")
+        assert rep.collect_tombstones() == 0
+        c.wall += rep.store.limits.tombstone_max_age_s + 1
+        assert rep.collect_tombstones() == 1
+        assert c.nodes[1].persist.load_store()[0] == []
+        assert rep.store.get("kv", "gone", tombstones=True) is None
+
+
+async def test_periodic_anti_entropy_repairs_a_missed_broadcast(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with cluster(tmp_path) as c:
+        # Written to n1's replica without a broadcast: only the periodic round can carry it.
+        c.nodes[1].rep.store.put("kv", "quiet", b"q")
+        took = await eventually(
+            lambda: all(n.value("quiet") == b"q" for n in c.nodes.values()),
+            4 * CONFIG.anti_entropy_interval_s,
+        )
+        assert took > 0.5
+        assert [e.key for e in c.nodes[3].persist.load_store()[0]] == ["quiet"]
