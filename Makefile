@@ -31,7 +31,7 @@ lint: install-test
 # bench/ scripts import their sibling helpers as top-level modules, so they
 # are checked without the package-base mapping the rest of the tree uses.
 typecheck: install-test
-	$(BIN)/mypy meshnode tests
+	$(BIN)/mypy meshnode tests simulations
 	$(BIN)/mypy --no-explicit-package-bases bench
 
 pytest: install-test debs

@@ -68,6 +68,7 @@ from .queue import BroadcastQueue
 from .suspicion import Suspicion
 
 _SEQ_MODULUS = 1 << 32
+_LIVE = (State.ALIVE, State.SUSPECT)
 # Bounded memory under churn: beyond this many queued updates the most-sent go.
 _MAX_QUEUED_BROADCASTS = 20_000
 # Pruning walks a whole bucket, so it runs only once this many updates have
@@ -143,6 +144,9 @@ class Membership:
         self._rng = rng
         self._self = _MemberState(name, addr, meta, incarnation, State.ALIVE, now)
         self._members: dict[str, _MemberState] = {name: self._self}
+        # Alive or suspect members, kept by _set_state: the formulas ask for
+        # it on every packet, and counting cost O(N) each time.
+        self._n_live = 1
         self._queue = BroadcastQueue()
         self._awareness = Awareness(self.config.awareness_max_multiplier)
         self._suspicions: dict[str, Suspicion] = {}
@@ -198,7 +202,7 @@ class Membership:
 
     def num_alive(self) -> int:
         """Members counted for the formulas: everyone not dead or left (memberlist's estimate)."""
-        return sum(1 for m in self._members.values() if m.state in (State.ALIVE, State.SUSPECT))
+        return self._n_live
 
     def pending_broadcasts(self) -> int:
         return len(self._queue)
@@ -465,6 +469,7 @@ class Membership:
         if m is None:
             m = _MemberState(msg.node, msg.addr, msg.meta, msg.incarnation, State.ALIVE, now)
             self._members[msg.node] = m
+            self._n_live += 1
             self._add_to_probe_order(msg.node)
             self._broadcast(msg, key=msg.node)
             self._events.append(MemberJoined(m.snapshot()))
@@ -557,7 +562,9 @@ class Membership:
         self._broadcast(Alive(me.incarnation, me.name, me.addr, me.meta), key=me.name)
 
     def _set_state(self, m: _MemberState, state: State, now: float) -> None:
+        """The one place a member's state changes, so the live count stays exact."""
         if m.state != state:
+            self._n_live += (state in _LIVE) - (m.state in _LIVE)
             m.state = state
             m.state_change_s = now
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshnode.gossip import codec
 from meshnode.gossip.errors import RemoteProtocolError
@@ -220,3 +222,23 @@ def test_own_failed_probe_of_a_suspect_confirms_and_shortens_the_timer() -> None
                     feed(m, Ack(x.seq), src=addr, now=now)
         assert now < 11.0, "suspicion was not shortened by our own failed probe"
     assert state_of(m, "b") == State.DEAD
+
+
+_names = st.sampled_from(["a", "b", "c", "d"])
+_msgs = st.one_of(
+    st.builds(lambda i, n: Alive(i, n, B, b""), st.integers(0, 5), _names),
+    st.builds(lambda i, n, s: Suspect(i, n, s), st.integers(0, 5), _names, _names),
+    st.builds(lambda i, n, s: Dead(i, n, s), st.integers(0, 5), _names, _names),
+)
+
+
+@given(st.lists(st.tuples(_msgs, st.floats(0.0, 30.0)), max_size=40))
+def test_live_count_always_equals_a_recount(steps: list[tuple[PacketMessage, float]]) -> None:
+    m = make()
+    now = 0.0
+    for msg, dt in steps:
+        now += dt
+        feed(m, msg, now=now)
+        m.handle_timer(now)
+        recount = sum(1 for x in m.members() if x.state in (State.ALIVE, State.SUSPECT))
+        assert m.num_alive() == recount
