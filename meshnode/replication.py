@@ -39,7 +39,15 @@ from .gossip.driver import GossipDriver
 from .gossip.errors import DecodeError, RemoteProtocolError
 from .gossip.membership import Membership
 from .gossip.messages import Addr, State
-from .gossip.store import BucketVersions, Digest, Entry, KeyVersion, Store, Version
+from .gossip.store import (
+    DEFAULT_LIMITS,
+    BucketVersions,
+    Digest,
+    Entry,
+    KeyVersion,
+    Store,
+    Version,
+)
 from .gossip.transport import Transport
 from .gossip.wire import FrameReader, Wire
 from .logs import log
@@ -66,6 +74,9 @@ _COUNT = struct.Struct(">I")
 # 256 MiB of store in 8 MiB messages is 32 frames; leave room for many small ones.
 _STEP_FRAMES_MAX = 4096
 _FRAME_MAX_BYTES = store_codec.STORE_MESSAGE_MAX_BYTES + 64  # + the AES-GCM envelope
+# A whole step may carry at most a full store plus encoding overhead: without
+# this, 4096 frames of 8 MiB from one peer could hold 32 GiB in memory.
+_STEP_BYTES_MAX = DEFAULT_LIMITS.store_max_bytes * 5 // 4
 _READ_CHUNK_BYTES = 65536
 _NOTICE_MAX_BYTES = 2048
 
@@ -121,9 +132,17 @@ def _decode_notice(payload: bytes) -> tuple[str, str, Version, Addr]:
 class _Steps:
     """Frames of one store stream: each step is a count frame then that many messages."""
 
-    def __init__(self, stream: trio.abc.Stream, wire: Wire, initial: bytes = b"") -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        wire: Wire,
+        initial: bytes = b"",
+        *,
+        max_step_bytes: int = _STEP_BYTES_MAX,
+    ) -> None:
         self.stream = stream
         self.wire = wire
+        self.max_step_bytes = max_step_bytes
         self.reader = FrameReader(wire, max_frame_bytes=_FRAME_MAX_BYTES)
         if initial:
             self.reader.feed(initial)
@@ -145,7 +164,17 @@ class _Steps:
         (count,) = _COUNT.unpack(head)
         if count > _STEP_FRAMES_MAX:
             raise StoreMessageError(f"store step of {count} messages, limit {_STEP_FRAMES_MAX}")
-        return [store_codec.decode_store_message(await self._frame()) for _ in range(count)]
+        messages = []
+        total_bytes = 0
+        for _ in range(count):
+            frame = await self._frame()
+            total_bytes += len(frame)
+            if total_bytes > self.max_step_bytes:
+                raise StoreMessageError(
+                    f"store step exceeds {self.max_step_bytes} bytes; refusing the rest"
+                )
+            messages.append(store_codec.decode_store_message(frame))
+        return messages
 
     async def send(self, messages: list[bytes], *, prefix: bytes = b"") -> None:
         data = [prefix, self.wire.frame(_COUNT.pack(len(messages)))]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -290,3 +291,19 @@ async def test_periodic_anti_entropy_repairs_a_missed_broadcast(
         )
         assert took > 0.5
         assert [e.key for e in c.nodes[3].persist.load_store()[0]] == ["quiet"]
+
+
+async def test_a_store_step_larger_than_its_byte_cap_is_refused() -> None:
+    """A peer with the key still cannot make us buffer an unbounded step."""
+    from meshnode.replication import _COUNT, StoreMessageError, _Steps
+
+    wire = Wire(None)
+    client, server = trio.testing.memory_stream_pair()
+    entry = Entry("kv", "k", b"x" * 1000, Version(1, "n1"))
+    (message,) = store_codec.encode_entries([entry])
+    frames = [wire.frame(_COUNT.pack(10))] + [wire.frame(message)] * 10
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"".join(frames))
+        steps = _Steps(server, wire, max_step_bytes=5 * len(message))
+        with pytest.raises(StoreMessageError, match="exceeds"):
+            await steps.read()
