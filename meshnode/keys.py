@@ -7,14 +7,12 @@ one line naming the problem instead of a failure deep in the gossip layer.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
+from .gossip import keyring as _keyring
+from .gossip.errors import KeyringError
 
 __all__ = ["KEY_BYTES", "KeyFormatError", "decode_key", "generate_key"]
 
-# AES-256-GCM (DESIGN.md): 256-bit keys only.
-KEY_BYTES = 32
+KEY_BYTES = _keyring.KEY_BYTES
 
 
 class KeyFormatError(ValueError):
@@ -23,20 +21,15 @@ class KeyFormatError(ValueError):
 
 def generate_key() -> str:
     """A new random key, base64-encoded (what `meshnode keygen` prints)."""
-    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+    return _keyring.encode_key(_keyring.generate_key())
 
 
 def decode_key(text: str) -> bytes:
-    """The 32 raw bytes of a base64 key; `KeyFormatError` with one line otherwise."""
+    """The 32 raw bytes of a base64 key; `KeyFormatError` with one line otherwise.
+
+    The gossip keyring owns the parsing; this adds the hint a CLI user needs.
+    """
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyFormatError(
-            "the key is not valid base64 (make one with `meshnode keygen`)"
-        ) from None
-    if len(raw) != KEY_BYTES:
-        raise KeyFormatError(
-            f"the key decodes to {len(raw)} bytes, {KEY_BYTES} are needed "
-            "(make one with `meshnode keygen`)"
-        )
-    return raw
+        return _keyring.decode_key(text)
+    except KeyringError as exc:
+        raise KeyFormatError(f"{exc} (make one with `meshnode keygen`)") from None

@@ -136,7 +136,7 @@ async def test_keyring_refusals(api_port: int, fake_agent: FakeAgent) -> None:
         ({"Key": OLD_KEY, "Extra": 1}, "unknown field 'Extra'"),
         ({}, "missing field 'Key'"),
         ({"Key": 5}, "field 'Key' must be a string"),
-        ({"Key": "c2hvcnQ="}, "decodes to 5 bytes"),
+        ({"Key": "c2hvcnQ="}, "got 5 bytes"),
         ({"Key": "!!!"}, "not valid base64"),
     ],
 )
