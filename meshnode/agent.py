@@ -176,6 +176,9 @@ class Agent:
         except LocalProtocolError as exc:
             raise AgentStartError(f"cannot load the replicated store: {exc}") from None
         self._members_dirty = False
+        # Names seen as members since start, to tell a returning member from
+        # a newcomer.
+        self._seen_members: set[str] = {config.node_name}
         self._seen_queries = keyring_ops.SeenQueries()
         self._tallies: dict[bytes, keyring_ops.Tally] = {}
         self._tally_events: dict[bytes, trio.Event] = {}
@@ -239,7 +242,7 @@ class Agent:
     async def _initial_join(self, nursery: trio.Nursery) -> None:
         if self.config.join:
             addrs = self._parse_addrs(list(self.config.join))
-            if await self.driver.join(addrs) == 0:
+            if await self._join(addrs) == 0:
                 raise AgentStartError("could not join any of " + ", ".join(self.config.join))
         if self.config.retry_join:
             nursery.start_soon(self._retry_join, self._parse_addrs(list(self.config.retry_join)))
@@ -268,7 +271,7 @@ class Agent:
 
     async def _retry_join(self, addrs: list[Addr]) -> None:
         while True:
-            if await self.driver.join(addrs) > 0:
+            if await self._join(addrs) > 0:
                 log(_log, "info", "retry-join succeeded", peers=len(addrs))
                 return
             await trio.sleep(self.config.retry_join_interval_s)
@@ -277,7 +280,7 @@ class Agent:
         """After a restart, find the cluster again through the peers we knew."""
         delay_s = 1.0
         while True:
-            if await self.driver.join(known) > 0:
+            if await self._join(known) > 0:
                 log(_log, "info", "rejoined known peers", peers=len(known))
                 return
             await trio.sleep(delay_s)
@@ -306,9 +309,12 @@ class Agent:
             case MemberJoined(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member joined", node=m.name, addr=str(m.addr))
-                if m.name != self.config.node_name:
-                    # A new or returning member: reconcile the stores both ways.
+                if m.name in self._seen_members:
+                    # A member returning from failure (a restart, a pause, a
+                    # healed partition) may hold writes we lack and lack ours.
+                    # A newcomer reconciles by itself after its own join.
                     self.replicator.start_anti_entropy(m.addr)
+                self._seen_members.add(m.name)
             case MemberLeft(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member left", node=m.name)
@@ -390,9 +396,26 @@ class Agent:
     def members(self) -> list[MemberView]:
         return sorted((self._member_view(m) for m in self.core.members()), key=lambda v: v.name)
 
+    async def _join(self, addrs: list[Addr]) -> int:
+        """Join through `addrs`; once in, reconcile our store with one member.
+
+        The joiner pulls what it missed itself, so members need not each
+        start a round with every newcomer (N^2 exchanges in a join storm).
+        """
+        ok = await self.driver.join(addrs)
+        if ok > 0:
+            peers = [
+                m.addr
+                for m in self.core.members()
+                if m.state == State.ALIVE and m.name != self.config.node_name
+            ]
+            if peers:
+                self.replicator.start_anti_entropy(random.choice(peers))
+        return ok
+
     async def join(self, addrs: list[str]) -> int:
         parsed = self._parse_addrs(addrs)
-        ok = await self.driver.join(parsed)
+        ok = await self._join(parsed)
         if ok == 0:
             raise JoinError(
                 "no peer answered at "
