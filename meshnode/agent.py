@@ -38,7 +38,7 @@ from .api.facade import (
     MemberView,
     UnknownMember,
 )
-from .config import AgentConfig
+from .config import DEFAULT_GOSSIP_PORT, AgentConfig
 from .gossip.driver import GossipDriver
 from .gossip.errors import LocalProtocolError
 from .gossip.events import (
@@ -241,50 +241,48 @@ class Agent:
 
     async def _initial_join(self, nursery: trio.Nursery) -> None:
         if self.config.join:
-            addrs = self._parse_addrs(list(self.config.join))
+            addrs = await self._parse_addrs(list(self.config.join))
             if await self._join(addrs) == 0:
                 raise AgentStartError("could not join any of " + ", ".join(self.config.join))
         if self.config.retry_join:
-            nursery.start_soon(self._retry_join, self._parse_addrs(list(self.config.retry_join)))
+            retry = await self._parse_addrs(list(self.config.retry_join))
+            interval_s = self.config.retry_join_interval_s
+            nursery.start_soon(self._keep_joining, retry, "retry-join", interval_s, interval_s)
         known = [
             Addr(h, p)
             for _, h, p in self.persist.load_members()
             if Addr(h, p) != self.transport.local_addr
         ]
         if known and not self.config.join:
-            nursery.start_soon(self._rejoin_known, known)
+            # After a restart, find the cluster again through the peers we knew.
+            nursery.start_soon(self._keep_joining, known, "rejoin known peers", 1.0, 30.0)
 
-    def _parse_addrs(self, texts: list[str]) -> list[Addr]:
+    async def _parse_addrs(self, texts: list[str]) -> list[Addr]:
+        """Resolve join addresses without blocking the event loop (names may need DNS)."""
         out = []
         for text in texts:
             try:
-                host, port = parse_host_port(text, default_port=7946, require_ip=False)
+                host, port = parse_host_port(
+                    text, default_port=DEFAULT_GOSSIP_PORT, require_ip=False
+                )
             except AddressError as exc:
                 raise JoinError(str(exc)) from None
             try:
-                infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             except OSError as exc:
                 raise JoinError(f"cannot resolve {host!r}: {exc}") from None
             sockaddr = infos[0][4]
             out.append(Addr(str(sockaddr[0]), int(sockaddr[1])))
         return out
 
-    async def _retry_join(self, addrs: list[Addr]) -> None:
-        while True:
-            if await self._join(addrs) > 0:
-                log(_log, "info", "retry-join succeeded", peers=len(addrs))
-                return
-            await trio.sleep(self.config.retry_join_interval_s)
-
-    async def _rejoin_known(self, known: list[Addr]) -> None:
-        """After a restart, find the cluster again through the peers we knew."""
-        delay_s = 1.0
-        while True:
-            if await self._join(known) > 0:
-                log(_log, "info", "rejoined known peers", peers=len(known))
-                return
+    async def _keep_joining(
+        self, addrs: list[Addr], what: str, delay_s: float, max_delay_s: float
+    ) -> None:
+        """Try `addrs` until one answers, backing off from `delay_s` to `max_delay_s`."""
+        while await self._join(addrs) == 0:
             await trio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 30.0)
+            delay_s = min(delay_s * 2, max_delay_s)
+        log(_log, "info", f"{what} succeeded", peers=len(addrs))
 
     async def _save_members_loop(self) -> None:
         while True:
@@ -414,7 +412,7 @@ class Agent:
         return ok
 
     async def join(self, addrs: list[str]) -> int:
-        parsed = self._parse_addrs(addrs)
+        parsed = await self._parse_addrs(addrs)
         ok = await self._join(parsed)
         if ok == 0:
             raise JoinError(
