@@ -19,7 +19,8 @@ What lives here:
   (uint32) then that many store messages. Run with one random alive member
   every `anti_entropy_interval_s`, with every member that joins, and after a
   restart (the rejoin produces joins).
-- Tombstone GC on a timer, and a trio.Event per kind that blocking queries wait on.
+- Tombstone GC on a timer; indexes, listeners and blocking waits live in the
+  `ChangeTracker` (meshnode/state.py), so the Replicator is a `ReplicatedState`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .gossip.transport import Transport
 from .gossip.wire import FrameReader, Wire
 from .logs import log
 from .persist import Persistence
+from .state import ChangeTracker
 
 __all__ = [
     "CHANNEL_STORE_ENTRY",
@@ -219,9 +221,7 @@ class Replicator:
         self._rng = rng
         self._wall_clock = wall_clock
         self._nursery: trio.Nursery | None = None
-        self._changed: dict[str, trio.Event] = {}
-        self._create_index: dict[tuple[str, str], int] = {}
-        self._modify_index: dict[tuple[str, str], int] = {}
+        self.tracker = ChangeTracker(store)
         self._fetching: set[tuple[str, str]] = set()
         self._exchanges = trio.CapacityLimiter(config.concurrent_exchanges_max)
         driver.add_stream_handler(STREAM_STORE, self._serve)
@@ -237,10 +237,7 @@ class Replicator:
         """Rebuild the replica from SQLite; returns how many entries were loaded."""
         entries, clock = self.persist.load_store()
         self.store.load(entries, clock)
-        # `index` restarts from the loaded count: give each entry its place in it.
-        for i, entry in enumerate(entries, start=1):
-            key = (entry.kind, entry.key)
-            self._create_index[key] = self._modify_index[key] = i
+        self.tracker.loaded(entries)
         return len(entries)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -252,46 +249,20 @@ class Replicator:
 
     # ------------------------------------------------------------------ indexes and waiting
 
+    @property
+    def node_name(self) -> str:
+        return self.store.node_id
+
     def entry_indexes(self, kind: str, key: str) -> tuple[int, int]:
         """(CreateIndex, ModifyIndex) of a live key, Consul style."""
-        k = (kind, key)
-        return self._create_index.get(k, 0), self._modify_index.get(k, 0)
+        return self.tracker.entry_indexes(kind, key)
 
     def _note(self, entries: Iterable[Entry]) -> None:
-        """Record applied changes (indexes) and wake blocking queries on their kinds."""
-        kinds = set()
-        index = self.store.index
-        for entry in entries:
-            k = (entry.kind, entry.key)
-            if entry.tombstone:
-                self._create_index.pop(k, None)
-                self._modify_index[k] = index
-            else:
-                if k not in self._create_index:
-                    self._create_index[k] = index
-                self._modify_index[k] = index
-            kinds.add(entry.kind)
-        for kind in kinds:
-            event = self._changed.pop(kind, None)
-            if event is not None:
-                event.set()
+        self.tracker.note(entries)
 
     async def wait_for_change(self, kind: str, index: int, timeout_s: float) -> int:
-        """Block until `kind` changed after `index` or the timeout passes; its index then.
-
-        An `index` above anything this replica has counted comes from before a
-        restart (indexes restart from the loaded count): answer at once, so the
-        client sees the lower index and resets instead of hanging for `wait`.
-        """
-        if index > self.store.index:
-            return self.store.kind_index(kind)
-        with trio.move_on_after(timeout_s):
-            while not self.store.changed_since(kind, index):
-                event = self._changed.get(kind)
-                if event is None:
-                    event = self._changed[kind] = trio.Event()
-                await event.wait()
-        return self.store.kind_index(kind)
+        """Block until `kind` changed after `index` or the timeout passes; its index then."""
+        return await self.tracker.wait(kind, index, timeout_s)
 
     # ------------------------------------------------------------------ local writes
 
@@ -528,7 +499,6 @@ class Replicator:
         collected = self.store.collect_tombstones(self._wall_clock())
         if collected:
             self.persist.save_store([], collected, self.store.clock)
-            for key in collected:
-                self._modify_index.pop(key, None)
+            self.tracker.forget(collected)
             self._count("tombstones_collected", len(collected))
         return len(collected)
