@@ -12,7 +12,7 @@ import json
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ __all__ = [
     "DEFAULT_HTTP_PORT",
     "AgentConfig",
     "ConfigError",
+    "ConfigOrigin",
     "default_node_name",
     "load_config",
+    "reload_config",
     "validate_node_name",
 ]
 
@@ -65,6 +67,15 @@ def default_node_name() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigOrigin:
+    """The flags, files and directories a config was built from, to build it again."""
+
+    flags: tuple[tuple[str, Any], ...] = ()
+    files: tuple[Path, ...] = ()
+    dirs: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     # Named after the host by default: unique on most networks with no setup.
     node_name: str = field(default_factory=default_node_name)
@@ -98,6 +109,16 @@ class AgentConfig:
     tags: dict[str, str] = field(default_factory=dict)
     # Consul's default datacenter name; meshnode has one gossip pool per dc.
     datacenter: str = "dc1"
+    # Service definitions from config files, in Consul's snake_case shape, each
+    # with the file it came from (for error messages). The catalog validates them.
+    services: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # When set, HTTP writes need this token in X-Consul-Token (Consul's
+    # acl.tokens.agent); None leaves the loopback-bound API open, like Consul's dev agent.
+    api_token: str | None = None
+    # Run for every user event this agent receives (serf's -event-handler).
+    event_handlers: tuple[str, ...] = ()
+    # Where this config came from: `meshnode reload` and SIGHUP read it again.
+    origin: ConfigOrigin | None = field(default=None, compare=False)
 
 
 def _parse_duration_s(value: object) -> float:
@@ -151,6 +172,9 @@ class _Builder:
         self.log_level: str | None = None
         self.tags: dict[str, str] = {}
         self.datacenter: str | None = None
+        self.services: list[tuple[str, dict[str, Any]]] = []
+        self.api_token: str | None = None
+        self.event_handlers: list[str] = []
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -235,6 +259,16 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             b.tags.update(meta)
         elif key in ("addresses", "ports"):
             _apply_nested(b, key, _object(value), fail)
+        elif key == "service":
+            b.services.append((where(key), _object(value)))
+        elif key == "services":
+            if not isinstance(value, list):
+                raise ValueError(f"must be a list of service objects, not {_type_name(value)}")
+            b.services += [(where(f"{key}[{i}]"), _object(v)) for i, v in enumerate(value)]
+        elif key == "acl":
+            _apply_acl(b, _object(value), fail)
+        elif key == "event_handlers":
+            b.event_handlers += [_handler(v) for v in _str_list(value)]
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -257,6 +291,43 @@ def _apply_nested(
                 raise fail(name, "unknown field")
         except (ValueError, AddressError) as exc:
             raise fail(name, exc) from None
+
+
+def _apply_acl(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    """Only `acl.tokens.agent` (Consul's name) is understood: the token HTTP writes need."""
+    for sub, value in obj.items():
+        if sub != "tokens":
+            raise fail(f"acl.{sub}", "unknown field (only acl.tokens.agent is supported)")
+        for name, token in _object(value).items():
+            if name != "agent":
+                raise fail(f"acl.tokens.{name}", "unknown field (only agent is supported)")
+            b.api_token = _token(_str(token))
+
+
+def _token(value: str) -> str:
+    if not value or len(value) > 256 or not value.isprintable() or value.strip() != value:
+        raise ValueError("a token must be 1-256 printable characters without surrounding spaces")
+    return value
+
+
+def _handler(value: str) -> str:
+    if not value.strip():
+        raise ValueError("an event handler must be a non-empty shell command")
+    return value
+
+
+def _config_dir_files(path: Path) -> list[Path]:
+    """Consul's -config-dir: every *.json file in the directory, in name order."""
+    try:
+        return sorted(p for p in path.iterdir() if p.suffix == ".json" and p.is_file())
+    except FileNotFoundError:
+        raise ConfigError(f"config dir {path}: no such directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"config dir {path}: not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"config dir {path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _datacenter(value: str) -> str:
@@ -333,6 +404,10 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         tags = dict(_parse_tag(t) for t in value)
         _check_meta({**b.tags, **tags})
         b.tags.update(tags)
+    elif name == "api_token":
+        b.api_token = _token(value)
+    elif name == "event_handler":
+        b.event_handlers += [_handler(v) for v in value]
     else:
         raise ValueError(f"unknown setting {name!r}")
 
@@ -375,6 +450,9 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         log_level=b.log_level or "info",
         tags=dict(b.tags),
         datacenter=b.datacenter or "dc1",
+        services=tuple(b.services),
+        api_token=b.api_token,
+        event_handlers=tuple(b.event_handlers),
         **optional,
     )
 
@@ -383,13 +461,15 @@ def load_config(
     cli_overrides: Mapping[str, Any],
     config_files: Sequence[str | Path] = (),
     *,
+    config_dirs: Sequence[str | Path] = (),
     has_stored_keyring: Callable[[Path], bool] | None = None,
 ) -> AgentConfig:
-    """Merge `config_files` (in order), then `cli_overrides`, into a validated config.
+    """Merge `config_files` (in order), the `*.json` of `config_dirs`, then `cli_overrides`.
 
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
-    datacenter, tag (a list of "KEY=VALUE"); None or an empty list means not given.
+    datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list);
+    None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
     (default: look in the data dir's database).
     """
@@ -398,7 +478,26 @@ def load_config(
 
         has_stored_keyring = stored
     b = _Builder()
-    for path in config_files:
-        _read_file(b, Path(path))
+    files = [Path(p) for p in config_files]
+    for directory in config_dirs:
+        files += _config_dir_files(Path(directory))
+    for path in files:
+        _read_file(b, path)
     _apply_flags(b, cli_overrides)
-    return _build(b, has_stored_keyring=has_stored_keyring)
+    origin = ConfigOrigin(
+        flags=tuple(cli_overrides.items()),
+        files=tuple(Path(p) for p in config_files),
+        dirs=tuple(Path(d) for d in config_dirs),
+    )
+    return replace(_build(b, has_stored_keyring=has_stored_keyring), origin=origin)
+
+
+def reload_config(config: AgentConfig) -> AgentConfig:
+    """Read `config`'s files and directories again, with the same flags (SIGHUP, reload)."""
+    origin = config.origin or ConfigOrigin()
+    return load_config(
+        dict(origin.flags),
+        origin.files,
+        config_dirs=origin.dirs,
+        has_stored_keyring=lambda _path: True,  # the agent already runs with its keyring
+    )

@@ -24,7 +24,17 @@ from .app import cli
 @click.option("--retry-interval", metavar="DURATION", help="Wait between retries [default: 30s].")
 @click.option("--encrypt", metavar="KEY", help="Gossip key from `meshnode keygen`.")
 @click.option("--config-file", multiple=True, metavar="FILE", help="JSON config file (repeatable).")
+@click.option(
+    "--config-dir", multiple=True, metavar="DIR", help="Read every *.json in DIR (repeatable)."
+)
 @click.option("--datacenter", metavar="NAME", help="Datacenter name [default: dc1].")
+@click.option("--api-token", metavar="TOKEN", help="Require this X-Consul-Token on HTTP writes.")
+@click.option(
+    "--event-handler",
+    multiple=True,
+    metavar="SCRIPT",
+    help="Run SCRIPT (sh -c) for each user event, payload on stdin (repeatable).",
+)
 @click.option("--dev", is_flag=True, default=None, help="Loopback, throwaway state, no key.")
 @click.option(
     "--log-level",
@@ -32,9 +42,13 @@ from .app import cli
     help="Log verbosity [default: info].",
 )
 @click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Node metadata (repeatable).")
-def agent(config_file: tuple[str, ...], **flags: object) -> int:
-    """Run an agent in the foreground until it leaves (SIGTERM/SIGINT: graceful leave)."""
-    config = load_config(flags, config_file)
+def agent(config_file: tuple[str, ...], config_dir: tuple[str, ...], **flags: object) -> int:
+    """Run an agent in the foreground until it leaves (SIGTERM/SIGINT: graceful leave).
+
+    SIGHUP (or `meshnode reload`) reads the config files again and applies
+    services, log level, API token and event handlers.
+    """
+    config = load_config(flags, config_file, config_dirs=config_dir)
     setup_logging(config.log_level)
     try:
         from ..agent import run_agent

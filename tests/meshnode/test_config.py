@@ -186,3 +186,53 @@ def test_bad_flags_name_the_flag(flags: dict[str, Any], message: str) -> None:
         load({"dev": True, **flags})
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_services_tokens_handlers_and_config_dir(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, {"service": {"name": "web", "port": 80}}, "10-web.json")
+    write(conf, {"services": [{"name": "db"}, {"name": "cache"}]}, "20-db.json")
+    write(conf, {"acl": {"tokens": {"agent": "s3cret"}}}, "30-acl.json")
+    write(conf, "not json at all", "notes.txt")  # only *.json is read, as Consul
+    config = load_config(
+        {"dev": True, "event_handler": ["logger hi"]},
+        [],
+        config_dirs=[conf],
+        has_stored_keyring=no_keyring,
+    )
+    assert [svc["name"] for _, svc in config.services] == ["web", "db", "cache"]
+    assert "10-web.json" in config.services[0][0] and "services[1]" in config.services[2][0]
+    assert config.api_token == "s3cret"
+    assert config.event_handlers == ("logger hi",)
+    # The flag wins over the file, and reload reads the directory again.
+    assert load_config({"dev": True, "api_token": "t2"}, config_dirs=[conf]).api_token == "t2"
+    write(conf, {"service": {"name": "queue"}}, "40-queue.json")
+    from meshnode.config import reload_config
+
+    again = reload_config(config)
+    assert [svc["name"] for _, svc in again.services] == ["web", "db", "cache", "queue"]
+    assert again.event_handlers == ("logger hi",)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"services": {"name": "x"}}, "field 'services': must be a list"),
+        ({"service": ["x"]}, "field 'service': must be an object"),
+        ({"acl": {"tokens": {"agent": ""}}}, "field 'acl': a token must be"),
+        ({"acl": {"default_policy": "deny"}}, "field 'acl.default_policy': unknown field"),
+        ({"event_handlers": "x"}, "field 'event_handlers': must be a list of strings"),
+    ],
+)
+def test_bad_service_acl_and_handler_fields(tmp_path: Path, content: Any, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError) as info:
+        load({"dev": True}, [path])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config dir .*: no such directory"):
+        load_config({"dev": True}, config_dirs=[tmp_path / "nope"])
