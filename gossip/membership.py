@@ -507,6 +507,8 @@ class Membership:
             return
         m.incarnation = msg.incarnation
         self._set_state(m, State.SUSPECT, now)
+        # The catalog counts a suspect node's services as critical at once.
+        self._events.append(MemberUpdated(m.snapshot()))
         n = self.num_alive()
         cfg = self.config
         min_s = suspicion_timeout_s(cfg.suspicion_mult, n, cfg.probe_interval_s)

@@ -8,6 +8,7 @@ shapes, and turns signals into a graceful leave.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -19,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import trio
 
 from . import __version__, keyring_ops
 from .addr import AddressError, parse_host_port
 from .api import build_router
+from .api.auth import token_guard
 from .api.facade import (
     STATUS_ALIVE,
     STATUS_FAILED,
@@ -36,9 +37,10 @@ from .api.facade import (
     KvEntry,
     KvError,
     MemberView,
+    ReloadError,
     UnknownMember,
 )
-from .config import DEFAULT_GOSSIP_PORT, AgentConfig
+from .config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
 from .gossip.driver import GossipDriver
 from .gossip.errors import LocalProtocolError
 from .gossip.events import (
@@ -59,11 +61,25 @@ from .gossip.transport import UdpTcpTransport
 from .gossip.wire import Wire
 from .http.server import HttpBindError, serve_http
 from .keys import KeyFormatError, decode_key
-from .logs import log
+from .logs import log, setup_logging
+from .members import MemberNodes, decode_meta, encode_meta
 from .persist import Persistence, PersistenceError
 from .replication import ReplicationConfig, Replicator
+from .state import TOPIC_MEMBERS
 
 _log = logging.getLogger("meshnode.agent")
+
+# Settings a reload reads but cannot apply to a running agent.
+_RESTART_FIELDS = (
+    "node_name",
+    "bind",
+    "advertise",
+    "http",
+    "data_dir",
+    "datacenter",
+    "tags",
+    "encrypt_key",
+)
 
 # How long a graceful leave waits for the notice to spread before exiting.
 LEAVE_TIMEOUT_S = 5.0
@@ -86,19 +102,6 @@ _STATUS = {
 
 class AgentStartError(Exception):
     """The agent cannot start (port taken, bad data dir...); one line for the user."""
-
-
-def encode_meta(meta: dict[str, Any]) -> bytes:
-    return cbor2.dumps(meta)
-
-
-def decode_meta(raw: bytes) -> dict[str, Any]:
-    """A peer's metadata; malformed metadata shows as empty rather than failing `members`."""
-    try:
-        value = cbor2.loads(raw) if raw else {}
-    except Exception:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _advertise_host(bind_host: str) -> str:
@@ -175,6 +178,7 @@ class Agent:
             self.replicator.load()
         except LocalProtocolError as exc:
             raise AgentStartError(f"cannot load the replicated store: {exc}") from None
+        self.nodes = MemberNodes(self.core)
         self._members_dirty = False
         # Names seen as members since start, to tell a returning member from
         # a newcomer.
@@ -216,6 +220,7 @@ class Agent:
             await nursery.start(self.driver.run)
             await nursery.start(self.replicator.run)
             router = build_router(self)
+            router.add_guard(token_guard(lambda: self.config.api_token))
             self.http_port = await nursery.start(
                 functools.partial(
                     serve_http, router, host=self.config.http[0], port=self.config.http[1]
@@ -303,6 +308,9 @@ class Agent:
     # ------------------------------------------------------------------ events
 
     def _on_event(self, event: Event) -> None:
+        if not isinstance(event, UserMessage):
+            # Health answers depend on member states: wake blocking queries.
+            self.replicator.tracker.touch(TOPIC_MEMBERS)
         match event:
             case MemberJoined(member=m):
                 self._members_dirty = True
@@ -542,6 +550,38 @@ class Agent:
             datacenter=self.config.datacenter,
         )
 
+    async def reload(self) -> None:
+        """Apply what can change live from the config files; the rest waits for a restart."""
+        try:
+            new = reload_config(self.config)
+        except ConfigError as exc:
+            raise ReloadError(str(exc)) from None
+        self._apply_reloadable(new)
+        restart_needed = [
+            name for name in _RESTART_FIELDS if getattr(new, name) != getattr(self.config, name)
+        ]
+        self.config = dataclasses.replace(
+            self.config,
+            log_level=new.log_level,
+            api_token=new.api_token,
+            event_handlers=new.event_handlers,
+            services=new.services,
+        )
+        if restart_needed:
+            log(
+                _log,
+                "warning",
+                "config reloaded; some changes need a restart",
+                fields=",".join(restart_needed),
+            )
+        else:
+            log(_log, "info", "config reloaded")
+
+    def _apply_reloadable(self, new: AgentConfig) -> None:
+        """Validate first, then apply: a bad reload changes nothing."""
+        if new.log_level != self.config.log_level:
+            setup_logging(new.log_level)
+
     async def keyring_list(self) -> KeyringReport:
         return await self._keyring_query("list", None)
 
@@ -606,6 +646,15 @@ def _data_dir(config: AgentConfig) -> tuple[Path, tempfile.TemporaryDirectory[st
     return Path(tmp.name), tmp
 
 
+async def _reload_on_sighup(agent: Agent) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                await agent.reload()
+            except ReloadError as exc:
+                log(_log, "error", "config reload failed; nothing changed", reason=str(exc))
+
+
 async def _leave_on_signal(agent: Agent) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -626,6 +675,7 @@ async def _main(config: AgentConfig) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_leave_on_signal, agent)
+                nursery.start_soon(_reload_on_sighup, agent)
                 await agent.run()  # returns once the agent has left
                 nursery.cancel_scope.cancel()
         finally:

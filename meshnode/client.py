@@ -15,11 +15,24 @@ from urllib.parse import quote
 
 from .addr import AddressError, format_host_port, parse_host_port
 
-__all__ = ["DEFAULT_HTTP_ADDR", "ENV_HTTP_ADDR", "AgentClient", "ClientError", "resolve_http_addr"]
+__all__ = [
+    "DEFAULT_HTTP_ADDR",
+    "ENV_HTTP_ADDR",
+    "ENV_HTTP_TOKENS",
+    "TOKEN_META_KEY",
+    "AgentClient",
+    "ClientError",
+    "resolve_http_addr",
+    "resolve_token",
+]
 
 # Consul's default HTTP address; the agent listens there unless told otherwise.
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
 ENV_HTTP_ADDR = "MESHNODE_HTTP_ADDR"
+# The agent token for writes (the agent's --api-token); Consul's variable works too.
+ENV_HTTP_TOKENS = ("MESHNODE_HTTP_TOKEN", "CONSUL_HTTP_TOKEN")
+# Where the CLI's --token option leaves its value (click's per-invocation context).
+TOKEN_META_KEY = "meshnode.token"
 
 
 class ClientError(Exception):
@@ -46,6 +59,21 @@ def resolve_http_addr(flag_value: str | None) -> tuple[str, int]:
         raise ClientError(f"bad agent address: {exc}") from None
 
 
+def resolve_token(explicit: str | None = None) -> str | None:
+    """The token to send: given, else the CLI's --token, else the environment."""
+    if explicit:
+        return explicit
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(TOKEN_META_KEY):
+        return str(ctx.meta[TOKEN_META_KEY])
+    for name in ENV_HTTP_TOKENS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
 def _error_text(body: bytes) -> str:
     """The one-line message of an error response (JSON ``{"error": ...}`` or text)."""
     text = body.decode("utf-8", "replace").strip()
@@ -61,18 +89,21 @@ def _error_text(body: bytes) -> str:
 class AgentClient:
     """Calls the agent's HTTP API; one short-lived connection per call."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0):
+    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0, token: str | None = None):
         # 30 s: a graceful leave waits for the broadcast to go out, which takes
         # seconds on a large cluster; every other call answers in milliseconds.
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
+        self.token = token
         self.addr = format_host_port(host, port)
 
     @classmethod
-    def from_flag(cls, flag_value: str | None, *, timeout_s: float = 30.0) -> AgentClient:
+    def from_flag(
+        cls, flag_value: str | None, *, timeout_s: float = 30.0, token: str | None = None
+    ) -> AgentClient:
         host, port = resolve_http_addr(flag_value)
-        return cls(host, port, timeout_s=timeout_s)
+        return cls(host, port, timeout_s=timeout_s, token=resolve_token(token))
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; the decoded JSON answer (None for an empty body)."""
@@ -100,6 +131,8 @@ class AgentClient:
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        if self.token:
+            headers = {**headers, "X-Consul-Token": self.token}
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()

@@ -24,6 +24,7 @@ __all__ = [
     "KvEntry",
     "KvError",
     "MemberView",
+    "ReloadError",
     "UnknownMember",
 ]
 
@@ -48,6 +49,10 @@ class UnknownMember(FacadeError):
 
 class KeyringError(FacadeError):
     """A keyring change was refused (unknown key, removing the primary key...)."""
+
+
+class ReloadError(FacadeError):
+    """The config files could not be read again; nothing was changed."""
 
 
 class KvError(FacadeError):
@@ -113,6 +118,10 @@ class AgentFacade(Protocol):
 
     def metrics(self) -> dict[str, Any]:
         """Consul's /v1/agent/metrics: Timestamp, Gauges, Counters, Samples."""
+        ...
+
+    async def reload(self) -> None:
+        """Read the config files again and apply what can change live; `ReloadError` if bad."""
         ...
 
     async def keyring_list(self) -> KeyringReport: ...

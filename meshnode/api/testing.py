@@ -42,6 +42,7 @@ class FakeAgent:
     kv: dict[str, KvEntry] = field(default_factory=dict)
     kv_last_index: int = 0
     kv_refuse: str | None = None  # kv_put raises KvError with this message
+    reloads: int = 0
     _kv_changed: trio.Event | None = None
 
     @property
@@ -111,6 +112,9 @@ class FakeAgent:
             num_nodes=nodes,
             messages=dict(self.keyring_failures),
         )
+
+    async def reload(self) -> None:
+        self.reloads += 1
 
     async def keyring_list(self) -> KeyringReport:
         return self._report()

@@ -101,6 +101,14 @@ def leave(http_addr: str | None) -> None:
     click.echo("Graceful leave complete")
 
 
+@cli.command()
+@http_addr_option
+def reload(http_addr: str | None) -> None:
+    """Make the agent read its config files again (like SIGHUP): services, log level, token."""
+    AgentClient.from_flag(http_addr).request("PUT", "/v1/agent/reload")
+    click.echo("Configuration reload triggered")
+
+
 @cli.command("force-leave")
 @http_addr_option
 @click.argument("node")

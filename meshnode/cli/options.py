@@ -7,7 +7,13 @@ from typing import TypeVar
 
 import click
 
-from ..client import DEFAULT_HTTP_ADDR, ENV_HTTP_ADDR, ClientError, resolve_http_addr
+from ..client import (
+    DEFAULT_HTTP_ADDR,
+    ENV_HTTP_ADDR,
+    TOKEN_META_KEY,
+    ClientError,
+    resolve_http_addr,
+)
 
 __all__ = ["format_option", "http_addr_option"]
 
@@ -22,8 +28,25 @@ def _check_http_addr(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+def _keep_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[TOKEN_META_KEY] = value
+
+
 def http_addr_option(func: F) -> F:
-    """``--http-addr IP:PORT`` (env MESHNODE_HTTP_ADDR): where the local agent's API is."""
+    """``--http-addr IP:PORT`` (env MESHNODE_HTTP_ADDR): where the local agent's API is.
+
+    Also adds ``--token`` (env MESHNODE_HTTP_TOKEN or CONSUL_HTTP_TOKEN), which
+    `AgentClient.from_flag` picks up, so commands need no parameter for it.
+    """
+    func = click.option(
+        "--token",
+        metavar="TOKEN",
+        default=None,
+        expose_value=False,
+        callback=_keep_token,
+        help="Token for writes, when the agent has --api-token [env MESHNODE_HTTP_TOKEN].",
+    )(func)
     decorated = click.option(
         "--http-addr",
         envvar=ENV_HTTP_ADDR,

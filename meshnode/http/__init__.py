@@ -1,9 +1,10 @@
 """The agent's HTTP/1.1 server (trio + h11) and its router."""
 
-from .router import Handler, HttpError, Request, Response, Router
+from .router import Guard, Handler, HttpError, Request, Response, Router
 from .server import HttpBindError, HttpLimits, serve_http
 
 __all__ = [
+    "Guard",
     "Handler",
     "HttpBindError",
     "HttpError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["Handler", "HttpError", "Request", "Response", "Router"]
+__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router"]
 
 
 class HttpError(Exception):
@@ -113,6 +113,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Runs before a handler; refuses the request by raising `HttpError` (auth, for one).
+Guard = Callable[[Request], None]
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _TAIL = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\*\}$")
@@ -159,6 +161,15 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+        self._guards: list[Guard] = []
+
+    def add_guard(self, guard: Guard) -> None:
+        """Run `guard(request)` before every routed handler; it refuses by raising `HttpError`.
+
+        Guards see only requests that reached a real route, so an unknown path
+        is still a 404 and a wrong method a 405, whatever the guard thinks.
+        """
+        self._guards.append(guard)
 
     def add(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
         """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`."""
@@ -198,6 +209,9 @@ class Router:
         """Route `request`; `HttpError` from routing or the handler becomes its response."""
         try:
             handler, params = self.resolve(request.method, request.path)
-            return await handler(replace(request, params=params))
+            request = replace(request, params=params)
+            for guard in self._guards:
+                guard(request)
+            return await handler(request)
         except HttpError as exc:
             return Response.error(exc.status, exc.message, headers=exc.headers)

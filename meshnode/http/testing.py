@@ -7,14 +7,22 @@ turn; `fetch` is the one-shot form.
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import h11
 import trio
 
-__all__ = ["Reply", "TestClient", "fetch"]
+from .router import Router
+from .server import serve_http
+
+__all__ = ["Reply", "TestClient", "fetch", "serve_in_thread"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +111,23 @@ async def fetch(
     """One request on a fresh connection."""
     async with TestClient(port) as client:
         return await client.request(method, path, body, headers)
+
+
+@contextmanager
+def serve_in_thread(router: Router) -> Iterator[int]:
+    """Serve `router` in a trio run on another thread (for synchronous clients); the port."""
+    ready: queue.Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0))
+            ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    port, token, scope = ready.get(timeout=10)
+    try:
+        yield port
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=10)

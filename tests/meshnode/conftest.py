@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 
@@ -13,6 +11,7 @@ import trio
 from meshnode.api import STATUS_FAILED, MemberView, build_router
 from meshnode.api.testing import FakeAgent
 from meshnode.http import serve_http
+from meshnode.http.testing import serve_in_thread
 
 
 @pytest.fixture
@@ -41,20 +40,5 @@ async def api_port(nursery: trio.Nursery, fake_agent: FakeAgent) -> AsyncIterato
 @pytest.fixture
 def threaded_api_port(fake_agent: FakeAgent) -> Iterator[int]:
     """The fake agent's API in a trio run on another thread, for synchronous tests (CLI)."""
-    ready: queue.Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                partial(serve_http, build_router(fake_agent), host="127.0.0.1", port=0)
-            )
-            ready.put((port, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-
-    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
-    thread.start()
-    port, token, scope = ready.get(timeout=10)
-    try:
+    with serve_in_thread(build_router(fake_agent)) as port:
         yield port
-    finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        thread.join(timeout=10)
