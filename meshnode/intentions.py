@@ -8,9 +8,10 @@ Rules that live here (Consul's semantics, DESIGN.md "Intentions"):
 - with no match the default policy decides: allow, since a `* -> *` deny,
   the way to make the default deny, always matches.
 
-The decision is a pure function of an immutable index, so every connection
-is decided from the local replica with at most four dictionary look-ups,
-whatever the number of intentions.
+The decision is a pure function of an index, so every connection is decided
+from the local replica with at most four dictionary look-ups, whatever the
+number of intentions. The index is updated in place, one intention at a
+time, by its owner (intention_state.IntentionState) as gossip delivers them.
 """
 
 from __future__ import annotations
@@ -98,33 +99,53 @@ class Decision:
         if self.matched is None:
             return "no intention matched; the default policy allows"
         verb = "allowed" if self.allowed else "denied"
-        return f"{verb} by intention {self.matched} with precedence {self.matched.precedence}"
+        found = f"{verb} by intention {self.matched} with precedence {self.matched.precedence}"
+        if self.matched.source == WILDCARD and self.matched.destination == WILDCARD:
+            # `* => *` is how the cluster sets its default policy.
+            return f"{found}, the default policy"
+        return found
 
 
 _DEFAULT_ALLOW = Decision(True, None)
 
 
 class IntentionIndex:
-    """An immutable snapshot of the intentions, keyed for constant-time decisions."""
+    """The intentions keyed for constant-time decisions, kept current one change at a time.
+
+    Built whole once (from a list), then `put` and `remove` update it per
+    changed intention, so a gossip update costs O(1) whatever the count and a
+    decision never waits for a rebuild.
+    """
 
     __slots__ = ("_by_destination", "_by_pair", "_by_source")
 
     def __init__(self, intentions: Iterable[Intention] = ()) -> None:
         self._by_pair: dict[tuple[str, str], Intention] = {}
+        # destination -> source -> intention, and source -> destination -> intention.
+        self._by_destination: dict[str, dict[str, Intention]] = {}
+        self._by_source: dict[str, dict[str, Intention]] = {}
         for ixn in intentions:
-            key = (ixn.source, ixn.destination)
-            old = self._by_pair.get(key)
+            old = self._by_pair.get((ixn.source, ixn.destination))
             # One intention per pair; if two ever collide, deny wins the tie.
             if old is None or ixn.action == "deny":
-                self._by_pair[key] = ixn
-        self._by_destination: dict[str, list[Intention]] = {}
-        self._by_source: dict[str, list[Intention]] = {}
-        for ixn in self._by_pair.values():
-            self._by_destination.setdefault(ixn.destination, []).append(ixn)
-            self._by_source.setdefault(ixn.source, []).append(ixn)
+                self.put(ixn)
 
     def __len__(self) -> int:
         return len(self._by_pair)
+
+    def put(self, ixn: Intention) -> None:
+        """Add `ixn`, replacing the intention of the same (source, destination)."""
+        self._by_pair[(ixn.source, ixn.destination)] = ixn
+        self._by_destination.setdefault(ixn.destination, {})[ixn.source] = ixn
+        self._by_source.setdefault(ixn.source, {})[ixn.destination] = ixn
+
+    def remove(self, source: str, destination: str) -> Intention | None:
+        """Drop the intention of (source, destination); the one removed, if any."""
+        ixn = self._by_pair.pop((source, destination), None)
+        if ixn is not None:
+            _drop(self._by_destination, destination, source)
+            _drop(self._by_source, source, destination)
+        return ixn
 
     def get(self, source: str, destination: str) -> Intention | None:
         return self._by_pair.get((source, destination))
@@ -150,10 +171,18 @@ class IntentionIndex:
     def match(self, by: Literal["source", "destination"], name: str) -> list[Intention]:
         """Intentions that apply to `name`, in the order they are evaluated."""
         index = self._by_source if by == "source" else self._by_destination
-        found = list(index.get(name, ()))
+        found = list(index.get(name, {}).values())
         if name != WILDCARD:
-            found += index.get(WILDCARD, ())
+            found += index.get(WILDCARD, {}).values()
         return sorted(found, key=_evaluation_order)
+
+
+def _drop(index: dict[str, dict[str, Intention]], outer: str, inner: str) -> None:
+    bucket = index.get(outer)
+    if bucket is not None:
+        bucket.pop(inner, None)
+        if not bucket:
+            del index[outer]
 
 
 def _evaluation_order(ixn: Intention) -> tuple[int, str, str]:

@@ -1,0 +1,473 @@
+"""Intentions on the replicated store: writes, reads, the live index and authorization.
+
+Rules that live here:
+- one store entry per (source, destination) under kind ``"intention"``, keyed
+  ``source + "\\x00" + destination`` (NUL is never part of a name, so the key
+  splits back unambiguously); any agent may write one, last writer wins;
+- the value is strict CBOR: a map of ``id``, ``action``, ``description``,
+  ``created_at``, ``updated_at`` (wall seconds) and, when not empty, ``meta``.
+  Unknown map keys are ignored, so a newer agent can add fields without its
+  rules vanishing from older ones; anything else malformed is skipped and
+  counted (`malformed_total`), never raised out of a merge;
+- the ID is a UUID made by the first writer and kept by every later update on
+  any agent that already holds the intention, as Consul keeps it;
+- the `IntentionIndex` follows the store through a tracker subscription, one
+  changed entry at a time, so a decision never waits for a rebuild;
+- `authorize` takes the client certificate's SPIFFE service ID; its parser is
+  a constructor argument so the CA work can swap in one that also checks the
+  trust domain.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import cbor2
+
+from .gossip.errors import DecodeError, LocalProtocolError
+from .gossip.store import Entry
+from .intentions import (
+    WILDCARD,
+    Decision,
+    Intention,
+    IntentionError,
+    IntentionIndex,
+    make_intention,
+    validate_name,
+)
+from .logs import get_logger, log
+from .state import ReplicatedState
+
+__all__ = [
+    "DESCRIPTION_MAX_CHARS",
+    "KIND",
+    "META_KEY_MAX_CHARS",
+    "META_MAX_PAIRS",
+    "META_VALUE_MAX_CHARS",
+    "IntentionExists",
+    "IntentionRecord",
+    "IntentionState",
+    "InvalidCertURI",
+    "MalformedIntention",
+    "UnknownIntention",
+    "decode_value",
+    "encode_value",
+    "intention_key",
+    "service_from_spiffe_uri",
+    "split_key",
+]
+
+KIND = "intention"
+_SEP = "\x00"
+# Consul sets no limit on descriptions; 1 KiB is several sentences and keeps
+# 10,000 intentions well under the store's bounds.
+DESCRIPTION_MAX_CHARS = 1024
+# Consul's limits on service and node meta (structs.metaMaxKeyPairs and friends).
+META_MAX_PAIRS = 64
+META_KEY_MAX_CHARS = 128
+META_VALUE_MAX_CHARS = 512
+# Room for the fields above at their limits; a remote value beyond this is not ours.
+_VALUE_MAX_BYTES = 64 * 1024
+_ID_MAX_CHARS = 64  # a UUID is 36; leave room for other ID schemes, never unbounded
+# SPIFFE's own bound on an ID (spiffe-id spec, "Maximum SPIFFE ID Length").
+_URI_MAX_CHARS = 2048
+# Trust domains are lower case (SPIFFE spec); path segments use the unreserved set.
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+_log = get_logger("intentions")
+
+
+class IntentionExists(IntentionError):
+    """`create` without replace found an intention for the same pair."""
+
+
+class UnknownIntention(IntentionError):
+    """No intention exists for the pair asked about."""
+
+
+class InvalidCertURI(IntentionError):
+    """A client certificate URI is not a SPIFFE service ID."""
+
+
+class MalformedIntention(DecodeError):
+    """A replicated intention value from the network cannot be read (a remote error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntentionRecord:
+    """One stored intention: the rule plus what Consul shows about it."""
+
+    intention: Intention
+    id: str
+    created_at_s: float  # wall clock of the first write
+    updated_at_s: float  # wall clock of the last write
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.intention.source
+
+    @property
+    def destination(self) -> str:
+        return self.intention.destination
+
+
+# --- keys and values ------------------------------------------------------------------------
+
+
+def intention_key(source: str, destination: str) -> str:
+    return f"{source}{_SEP}{destination}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(source, destination) of a store key; `MalformedIntention` if it is not one."""
+    source, sep, destination = key.partition(_SEP)
+    if not sep:
+        _malformed(f"key {key[:80]!r} has no separator")
+    try:
+        return validate_name(source, "source"), validate_name(destination, "destination")
+    except IntentionError as exc:
+        _malformed(str(exc))
+
+
+def encode_value(record: IntentionRecord) -> bytes:
+    value: dict[str, Any] = {
+        "id": record.id,
+        "action": record.intention.action,
+        "description": record.intention.description,
+        "created_at": float(record.created_at_s),
+        "updated_at": float(record.updated_at_s),
+    }
+    if record.meta:
+        value["meta"] = dict(record.meta)
+    return cbor2.dumps(value, canonical=True)
+
+
+def _malformed(why: str) -> NoReturn:
+    raise MalformedIntention(f"malformed intention: {why}")
+
+
+class _NoTags(dict[int, Any]):
+    """cbor2's table of tag decoders, consulted first: every tag is refused.
+
+    Tags would build datetimes, bignums, sets or shared references out of a
+    value that should hold only text, floats and one map of text.
+    """
+
+    def __getitem__(self, tag: int) -> NoReturn:
+        _malformed(f"CBOR tag {tag} is not allowed")
+
+    def get(self, tag: int, default: object = None) -> NoReturn:
+        _malformed(f"CBOR tag {tag} is not allowed")
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+
+_NO_TAGS = _NoTags()
+
+
+def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:
+    _malformed(f"CBOR tag {tag.tag} is not allowed")
+
+
+def _load_strict(data: bytes) -> Any:
+    """One untagged, definite-length CBOR item with no trailing bytes."""
+    if len(data) > _VALUE_MAX_BYTES:
+        _malformed(f"{len(data)} bytes is more than {_VALUE_MAX_BYTES}")
+    stream = io.BytesIO(data)
+    try:
+        item = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_reject_tag,
+            semantic_decoders=_NO_TAGS,
+            max_depth=3,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several types; all mean bad bytes
+        if isinstance(exc.__cause__, MalformedIntention):
+            raise exc.__cause__ from None  # our own refusal of a tag, wrapped by cbor2
+        _malformed(f"not CBOR: {exc}")
+    if stream.tell() != len(data):
+        _malformed(f"{len(data) - stream.tell()} trailing bytes")
+    return item
+
+
+def _text(value: object, what: str, max_chars: int, *, empty: bool = True) -> str:
+    if not isinstance(value, str):
+        _malformed(f"{what} is not text")
+    if len(value) > max_chars or (not empty and not value):
+        _malformed(f"{what} must be {0 if empty else 1}..{max_chars} characters")
+    return value
+
+
+def _wall_time(value: object, what: str) -> float:
+    # `type(...) is`, not isinstance: a bool is an int but never a time.
+    if not (type(value) is float or type(value) is int) or not math.isfinite(value) or value < 0:
+        _malformed(f"{what} is not a wall-clock time")
+    return float(value)
+
+
+def decode_value(source: str, destination: str, data: bytes) -> IntentionRecord:
+    """The record a replicated value holds; `MalformedIntention` for any defect."""
+    value = _load_strict(data)
+    if not isinstance(value, dict):
+        _malformed("value is not a map")
+    action = value.get("action")
+    if action not in ("allow", "deny"):
+        _malformed(f"action {action!r} is not 'allow' or 'deny'")
+    description = _text(value.get("description", ""), "description", DESCRIPTION_MAX_CHARS)
+    meta = value.get("meta", {})
+    if not isinstance(meta, dict) or len(meta) > META_MAX_PAIRS:
+        _malformed(f"meta is not a map of at most {META_MAX_PAIRS} pairs")
+    for k, v in meta.items():
+        _text(k, "meta key", META_KEY_MAX_CHARS, empty=False)
+        _text(v, "meta value", META_VALUE_MAX_CHARS)
+    return IntentionRecord(
+        intention=Intention(source, destination, action, description),
+        id=_text(value.get("id"), "id", _ID_MAX_CHARS, empty=False),
+        created_at_s=_wall_time(value.get("created_at"), "created_at"),
+        updated_at_s=_wall_time(value.get("updated_at"), "updated_at"),
+        meta=meta,
+    )
+
+
+def validate_meta(meta: Mapping[str, str] | None) -> dict[str, str]:
+    """User meta within Consul's limits, or `IntentionError` with one line."""
+    if not meta:
+        return {}
+    if len(meta) > META_MAX_PAIRS:
+        raise IntentionError(f"meta has {len(meta)} pairs, the limit is {META_MAX_PAIRS}")
+    for k, v in meta.items():
+        if not isinstance(k, str) or not 0 < len(k) <= META_KEY_MAX_CHARS:
+            raise IntentionError(f"meta key {k!r:.60} must be 1..{META_KEY_MAX_CHARS} characters")
+        if not isinstance(v, str) or len(v) > META_VALUE_MAX_CHARS:
+            raise IntentionError(
+                f"meta value of {k!r} must be text of at most {META_VALUE_MAX_CHARS} characters"
+            )
+    return dict(meta)
+
+
+def _validate_description(description: str) -> str:
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise IntentionError(
+            f"description is {len(description)} characters, the limit is {DESCRIPTION_MAX_CHARS}"
+        )
+    return description
+
+
+# --- SPIFFE ---------------------------------------------------------------------------------
+
+
+def service_from_spiffe_uri(uri: str) -> str:
+    """The service of ``spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>``; `InvalidCertURI` else.
+
+    Strict on shape (no port, user, query, fragment, percent-encoding or empty
+    segment) and nothing more: the trust-domain check belongs to the CA.
+    """
+    shown = uri[:100]
+    if len(uri) > _URI_MAX_CHARS:
+        raise InvalidCertURI(f"client certificate URI is over {_URI_MAX_CHARS} characters")
+    rest = uri.removeprefix("spiffe://")
+    if rest == uri:
+        raise InvalidCertURI(f"client certificate URI {shown!r} is not a spiffe:// ID")
+    trust_domain, _, path = rest.partition("/")
+    parts = path.split("/")
+    if (
+        not _TRUST_DOMAIN.match(trust_domain)
+        or len(parts) != 6
+        or (parts[0], parts[2], parts[4]) != ("ns", "dc", "svc")
+        or not all(_SEGMENT.match(p) for p in parts)
+    ):
+        raise InvalidCertURI(
+            f"client certificate URI {shown!r} is not a service ID "
+            "spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>"
+        )
+    service = parts[5]
+    if service == WILDCARD:
+        raise InvalidCertURI(f"client certificate URI {shown!r} names no single service")
+    try:
+        return validate_name(service, "certificate service")
+    except IntentionError as exc:
+        raise InvalidCertURI(str(exc)) from None
+
+
+# --- the state ------------------------------------------------------------------------------
+
+
+class IntentionState:
+    """Every intention of the cluster, from the local replica, with its decision index.
+
+    Build it after the store is loaded from disk (it reads the store once),
+    or call `reload` after loading.
+    """
+
+    def __init__(
+        self,
+        state: ReplicatedState,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        service_from_uri: Callable[[str], str] = service_from_spiffe_uri,
+    ) -> None:
+        self._state = state
+        self._wall_clock = wall_clock
+        self._new_id = new_id
+        self._service_from_uri = service_from_uri
+        self._index = IntentionIndex()
+        self._records: dict[tuple[str, str], IntentionRecord] = {}
+        # Replicated values this agent could not read: a metric, never an exception.
+        self.malformed_total = 0
+        state.tracker.subscribe(KIND, self._apply)
+        self.reload()
+
+    # --- following the store ---------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Rebuild from the store (once, at start); changes then arrive one by one."""
+        self._index = IntentionIndex()
+        self._records.clear()
+        self._apply(self._state.store.items(KIND))
+
+    def _apply(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            try:
+                pair = split_key(entry.key)
+            except MalformedIntention as exc:
+                self._skip(entry, exc)
+                continue
+            # The store moved on: the old rule goes whether or not the new one reads.
+            self._records.pop(pair, None)
+            self._index.remove(*pair)
+            if entry.tombstone:
+                continue
+            try:
+                record = decode_value(*pair, entry.value)
+            except MalformedIntention as exc:
+                self._skip(entry, exc)
+                continue
+            self._records[pair] = record
+            self._index.put(record.intention)
+
+    def _skip(self, entry: Entry, exc: MalformedIntention) -> None:
+        self.malformed_total += 1
+        log(_log, "warning", "skipped a replicated intention", node=entry.version.node, error=exc)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        source: str,
+        destination: str,
+        action: str,
+        description: str = "",
+        meta: Mapping[str, str] | None = None,
+    ) -> IntentionRecord:
+        """Create or replace the intention of (source, destination); durable on return."""
+        intention = make_intention(source, destination, action, _validate_description(description))
+        checked_meta = validate_meta(meta)
+        now_wall = self._wall_clock()
+        old = self._records.get((intention.source, intention.destination))
+        record = IntentionRecord(
+            intention=intention,
+            id=old.id if old is not None else self._new_id(),
+            created_at_s=old.created_at_s if old is not None else now_wall,
+            updated_at_s=now_wall,
+            meta=checked_meta,
+        )
+        try:
+            key = intention_key(intention.source, intention.destination)
+            self._state.put(KIND, key, encode_value(record))
+        except LocalProtocolError as exc:
+            raise IntentionError(str(exc)) from None
+        return record
+
+    def create(
+        self,
+        source: str,
+        destination: str,
+        action: str,
+        description: str = "",
+        *,
+        replace: bool = False,
+        meta: Mapping[str, str] | None = None,
+    ) -> IntentionRecord:
+        """As `upsert`, but `IntentionExists` when the pair has one and `replace` is False."""
+        make_intention(source, destination, action)  # bad input is reported before a conflict
+        old = self._records.get((source, destination))
+        if old is not None and not replace:
+            raise IntentionExists(f"intention {old.intention} already exists")
+        return self.upsert(source, destination, action, description, meta)
+
+    def delete(self, source: str, destination: str) -> IntentionRecord:
+        """Remove the intention of (source, destination); `UnknownIntention` if none."""
+        old = self.get(source, destination)
+        if old is None:
+            raise UnknownIntention(f"no intention from {source!r} to {destination!r}")
+        self._state.delete_many(KIND, [intention_key(source, destination)])
+        return old
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get(self, source: str, destination: str) -> IntentionRecord | None:
+        pair = (validate_name(source, "source"), validate_name(destination, "destination"))
+        return self._records.get(pair)
+
+    def list(self) -> list[IntentionRecord]:
+        """Every intention in evaluation order (precedence, then names)."""
+        return [self._records[(i.source, i.destination)] for i in self._index.all()]
+
+    def match(self, by: str, name: str) -> builtins.list[IntentionRecord]:
+        """The intentions that apply to `name` as `by`, in the order they are evaluated."""
+        if by == "source":
+            found = self._index.match("source", validate_name(name, "source"))
+        elif by == "destination":
+            found = self._index.match("destination", validate_name(name, "destination"))
+        else:
+            raise IntentionError(f"invalid match type {by[:60]!r}: use 'source' or 'destination'")
+        return [self._records[(i.source, i.destination)] for i in found]
+
+    def indexes(self, record: IntentionRecord) -> tuple[int, int]:
+        """(CreateIndex, ModifyIndex) of a record, for Consul's JSON."""
+        return self._state.tracker.entry_indexes(
+            KIND, intention_key(record.source, record.destination)
+        )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # --- decisions --------------------------------------------------------------------------
+
+    def check(self, source: str, destination: str) -> Decision:
+        """May `source` connect to `destination`? From the local replica, in microseconds."""
+        validate_name(source, "source")
+        validate_name(destination, "destination")
+        return self._index.decide(source, destination)
+
+    def authorize(self, target: str, client_cert_uri: str) -> tuple[bool, str]:
+        """May the client with this certificate URI connect to `target`? (authorized, reason)."""
+        if target == WILDCARD:
+            raise IntentionError("invalid target '*': authorize a single service")
+        source = self._service_from_uri(client_cert_uri)
+        decision = self.check(source, validate_name(target, "target"))
+        return decision.allowed, decision.reason
+
+    # --- blocking queries -------------------------------------------------------------------
+
+    def index(self) -> int:
+        """The index of the last intention change (Consul's X-Consul-Index)."""
+        return self._state.tracker.topic_index(KIND)
+
+    async def wait(self, index: int, timeout_s: float) -> int:
+        """Block until the intentions changed after `index`, or the timeout; the index then."""
+        return await self._state.tracker.wait(KIND, index, timeout_s)
