@@ -26,7 +26,7 @@ Action = Literal["allow", "deny"]
 
 # DNS-label-like names so that every service is also reachable as
 # <name>.service.mesh; dots are allowed as Consul allows them.
-_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})\Z")  # \Z: "$" allows a final "\n"
 
 PRECEDENCE_EXACT_EXACT = 9
 PRECEDENCE_WILDCARD_EXACT = 8

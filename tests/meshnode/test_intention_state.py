@@ -335,6 +335,7 @@ def test_spiffe_service_ids(uri: str, service: str) -> None:
         "spiffe://c1.mesh/ns//dc/dc1/svc/web",
         "spiffe://c1.mesh/ns/default/dc/dc1/svc/web?x=1",
         "spiffe://c1.mesh/ns/default/dc/dc1/svc/web#f",
+        "spiffe://c1.mesh/ns/default/dc/dc1/svc/web\n",
         "spiffe://c1.mesh/ns/default/dc/dc1/svc/w%65b",
         "spiffe://c1.mesh/ns/default/dc/dc1/svc/*",
         "spiffe://c1.mesh/ns/default/dc/dc1/svc/-web",

@@ -58,7 +58,9 @@ def test_reason_names_rule_and_precedence() -> None:
     assert "default policy allows" in ix().decide("a", "b").reason
 
 
-@pytest.mark.parametrize("bad", ["db*", "*db", "d*b", "", "-db", "a" * 64, "db svc", "db/1"])
+@pytest.mark.parametrize(
+    "bad", ["db*", "*db", "d*b", "", "-db", "a" * 64, "db svc", "db/1", "db\n", "db\x00"]
+)
 def test_invalid_names_are_rejected_with_a_clear_message(bad: str) -> None:
     with pytest.raises(IntentionError, match="invalid source"):
         make_intention(bad, "db", "allow")
