@@ -40,6 +40,7 @@ from .api.facade import (
     ReloadError,
     UnknownMember,
 )
+from .api.intention_endpoints import register_intention_routes
 from .config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
 from .gossip.driver import GossipDriver
 from .gossip.errors import LocalProtocolError
@@ -60,6 +61,7 @@ from .gossip.store import Store
 from .gossip.transport import UdpTcpTransport
 from .gossip.wire import Wire
 from .http.server import HttpBindError, serve_http
+from .intention_state import IntentionState
 from .keys import KeyFormatError, decode_key
 from .logs import log, setup_logging
 from .members import MemberNodes, decode_meta, encode_meta
@@ -179,6 +181,8 @@ class Agent:
         except LocalProtocolError as exc:
             raise AgentStartError(f"cannot load the replicated store: {exc}") from None
         self.nodes = MemberNodes(self.core)
+        # After the store is loaded: the state reads it once at construction.
+        self.intentions = IntentionState(self.replicator)
         self._members_dirty = False
         # Names seen as members since start, to tell a returning member from
         # a newcomer.
@@ -221,6 +225,7 @@ class Agent:
             await nursery.start(self.replicator.run)
             router = build_router(self)
             router.add_guard(token_guard(lambda: self.config.api_token))
+            register_intention_routes(router, self.intentions)
             self.http_port = await nursery.start(
                 functools.partial(
                     serve_http, router, host=self.config.http[0], port=self.config.http[1]
