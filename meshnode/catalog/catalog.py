@@ -1,0 +1,436 @@
+"""The service catalog: local registrations written to the replicated store, reads from it.
+
+Rules that live here:
+
+- This agent writes only its own services and checks (keys ``<node>/<id>``);
+  every agent reads everyone's from its replica.
+- A service is healthy when its node is alive and all its checks pass. A node
+  that is suspect, leaving, left or failed adds a critical ``serfHealth``
+  check (Consul's); a node no longer known at all (reaped) hides its services.
+- Check results are written only when the status changes, or when the output
+  changed and the last write is at least `RESULT_REWRITE_S` old: every write
+  is gossiped to every node, and an HTTP check whose output carries a
+  timestamp would otherwise make the whole cluster chatter every interval.
+- Registrations made through the API are in the store, which is persisted,
+  so they survive a restart; the runner is told about them at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import trio
+
+from ..gossip.errors import LocalProtocolError
+from ..logs import get_logger, log
+from ..state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
+from .checks import STATUSES, CheckError, CheckRunner, CheckSpec, Report, validate_spec
+from .definitions import DefinitionError, ServiceDefinition
+from .plan import Plan, RegistrationError, plan_service
+from .records import (
+    KIND_CHECK,
+    KIND_SERVICE,
+    CheckRecord,
+    ServiceRecord,
+    encode_check,
+    encode_service,
+    record_key,
+)
+from .views import CheckView, HealthEntry, RecordCache, ServiceView, serf_check
+
+__all__ = [
+    "OUTPUT_MAX_CHARS",
+    "RESULT_REWRITE_S",
+    "TOPICS",
+    "Catalog",
+    "CheckRunnerLike",
+    "UnknownService",
+]
+
+_log = get_logger("catalog")
+
+# Consul's check_output_max_size: a check's output is gossiped to every node.
+OUTPUT_MAX_CHARS = 4096
+# An unchanged status with a new output is written at most this often (see above).
+RESULT_REWRITE_S = 300.0
+# What catalog and health answers depend on; blocking queries wait on these.
+TOPICS = (KIND_SERVICE, KIND_CHECK, TOPIC_MEMBERS)
+HEALTH_STATES = ("any", *STATUSES)
+
+
+class UnknownService(LookupError):
+    """No local service has that ID (one-line message)."""
+
+
+class CheckRunnerLike(Protocol):
+    """What the catalog uses of `CheckRunner` (a fake in tests)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the checks until cancelled (the agent starts it in its nursery)."""
+
+    def set(self, specs: list[CheckSpec]) -> None:
+        """Reconcile: start new checks, stop removed ones, restart changed ones."""
+
+    def ttl_update(self, check_id: str, status: str, output: str) -> None:
+        """Record a TTL check's new status; `CheckError` subclasses for unknown or non-TTL."""
+
+
+def _spec(record: CheckRecord) -> CheckSpec:
+    d = record.definition
+    return CheckSpec(
+        check_id=record.check_id,
+        kind=d.kind,
+        interval_s=d.interval_s,
+        timeout_s=d.timeout_s,
+        tcp=d.tcp,
+        http=d.http,
+        method=d.method,
+        header={k: list(v) for k, v in d.header.items()},
+        body=d.body,
+        tls_skip_verify=d.tls_skip_verify,
+        ttl_s=d.ttl_s,
+        success_before_passing=d.success_before_passing,
+        failures_before_warning=d.failures_before_warning,
+        failures_before_critical=d.failures_before_critical,
+    )
+
+
+class Catalog:
+    """Services and checks of the whole cluster, as this agent sees and writes them."""
+
+    def __init__(
+        self,
+        state: ReplicatedState,
+        nodes: NodeSource,
+        *,
+        node_name: str,
+        datacenter: str,
+        runner: Callable[[Report], CheckRunnerLike] = CheckRunner,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        """Build after the store is loaded: the cache and the runner start from its content."""
+        self.state = state
+        self._nodes = nodes
+        self.node_name = node_name
+        self.datacenter = datacenter
+        self._clock = clock
+        self._cache = RecordCache(state)
+        self._written_at: dict[str, float] = {}  # check ID -> clock of its last result write
+        self.checks: CheckRunnerLike = runner(self._on_check_result)
+        self._tell_runner()
+
+    @property
+    def malformed_records(self) -> int:
+        """Catalog records from the store that could not be decoded (skipped)."""
+        return self._cache.malformed
+
+    # --- local writes -----------------------------------------------------------------------
+
+    def _local(self) -> tuple[dict[str, ServiceRecord], dict[str, CheckRecord]]:
+        me = self.node_name
+        services = {r.service_id: r for r in self._cache.services.values() if r.node == me}
+        checks = {r.check_id: r for r in self._cache.checks.values() if r.node == me}
+        return services, checks
+
+    def _tell_runner(self) -> None:
+        _, checks = self._local()
+        specs = []
+        for _, record in sorted(checks.items()):
+            spec = _spec(record)
+            try:
+                validate_spec(spec)
+            except CheckError as exc:  # a record from an older or buggy version of us
+                log(_log, "warning", "check not run", exc_info=exc, check=record.check_id)
+                continue
+            specs.append(spec)
+        self.checks.set(specs)
+
+    def _plan(
+        self, defs: Iterable[ServiceDefinition], source: str
+    ) -> tuple[list[Plan], dict[str, ServiceRecord], dict[str, CheckRecord]]:
+        if source not in ("api", "config"):
+            raise ValueError(f"source must be 'api' or 'config', not {source!r}")
+        services, checks = self._local()
+        reserved: set[int] = set()
+        plans = [
+            plan_service(
+                d,
+                node=self.node_name,
+                source=source,
+                services=services,
+                checks=checks,
+                reserved_ports=reserved,
+            )
+            for d in defs
+        ]
+        ids = [c.check_id for p in plans for c in p.checks]
+        clash = sorted({i for i in ids if ids.count(i) > 1})
+        if clash:
+            raise RegistrationError(f"check ID {clash[0]!r} is used by two services")
+        return plans, services, checks
+
+    def _write(
+        self,
+        plans: list[Plan],
+        services: dict[str, ServiceRecord],
+        checks: dict[str, CheckRecord],
+    ) -> None:
+        me = self.node_name
+        try:
+            for plan in plans:
+                owners = {s.service_id for s in plan.services}
+                parent = plan.services[0].service_id
+                for service in plan.services:
+                    if services.get(service.service_id) != service:
+                        self.state.put(
+                            KIND_SERVICE,
+                            record_key(me, service.service_id),
+                            encode_service(service),
+                        )
+                for check in plan.checks:
+                    if checks.get(check.check_id) != check:
+                        self.state.put(
+                            KIND_CHECK, record_key(me, check.check_id), encode_check(check)
+                        )
+                stale_services = [
+                    s.service_id
+                    for s in services.values()
+                    if s.sidecar_of == parent and s.service_id not in owners
+                ]
+                kept = {c.check_id for c in plan.checks}
+                stale_checks = [
+                    c.check_id
+                    for c in checks.values()
+                    if c.service_id in owners | set(stale_services) and c.check_id not in kept
+                ]
+                self._delete(stale_checks, stale_services)
+        except LocalProtocolError as exc:
+            raise RegistrationError(str(exc)) from None
+        finally:
+            self._tell_runner()
+
+    def _delete(self, check_ids: list[str], service_ids: list[str]) -> None:
+        me = self.node_name
+        if check_ids:
+            self.state.delete_many(KIND_CHECK, [record_key(me, i) for i in check_ids])
+        for i in check_ids:
+            self._written_at.pop(i, None)
+        if service_ids:
+            self.state.delete_many(KIND_SERVICE, [record_key(me, i) for i in service_ids])
+
+    def register(self, defn: ServiceDefinition, *, source: str = "api") -> list[str]:
+        """Register (or replace) a local service, its sidecar and checks; the service IDs written.
+
+        Raises `DefinitionError` (its `RegistrationError` subclass for ID clashes,
+        no free sidecar port or a refused store write) with nothing written.
+        """
+        plans, services, checks = self._plan([defn], source)
+        self._write(plans, services, checks)
+        return [s.service_id for s in plans[0].services]
+
+    def deregister(self, service_id: str) -> list[str]:
+        """Remove a local service with its checks and sidecar; the service IDs removed."""
+        services, checks = self._local()
+        if service_id not in services:
+            raise UnknownService(f"no service with ID {service_id!r} is registered on this agent")
+        ids = [service_id, *(s.service_id for s in services.values() if s.sidecar_of == service_id)]
+        try:
+            self._delete([c.check_id for c in checks.values() if c.service_id in ids], ids)
+        finally:
+            self._tell_runner()
+        return ids
+
+    def sync_config(self, defs: list[ServiceDefinition]) -> list[str]:
+        """Make the config-file services exactly `defs`; API registrations are left alone.
+
+        Validates every definition before writing any; returns the IDs removed.
+        """
+        plans, services, checks = self._plan(defs, "config")
+        keep = {s.service_id for p in plans for s in p.services}
+        self._write(plans, services, checks)
+        stale = [
+            s.service_id
+            for s in services.values()
+            if s.source == "config" and not s.sidecar_of and s.service_id not in keep
+        ]
+        removed: list[str] = []
+        for service_id in stale:
+            removed += self.deregister(service_id)
+        return removed
+
+    def update_ttl(self, check_id: str, status: str, output: str = "") -> None:
+        """A TTL check's new status (Consul's pass/warn/fail/update); runner errors pass up."""
+        if status not in STATUSES:
+            raise DefinitionError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        output = output[:OUTPUT_MAX_CHARS]
+        self.checks.ttl_update(check_id, status, output)
+        # Written now as well, so the caller reads its own write; the runner's
+        # own report of the same result then finds nothing to change.
+        self._on_check_result(check_id, status, output)
+
+    def _on_check_result(self, check_id: str, status: str, output: str) -> None:
+        """The runner's report: write it when it changes what others see (see module doc)."""
+        key = record_key(self.node_name, check_id)
+        old = self._cache.checks.get(key)
+        if old is None or status not in STATUSES:
+            return  # removed meanwhile, or a runner bug: nothing to write
+        output = output[:OUTPUT_MAX_CHARS]
+        now = self._clock()
+        if old.status == status:
+            last = self._written_at.get(check_id)
+            if old.output == output or (last is not None and now - last < RESULT_REWRITE_S):
+                return
+        try:
+            self.state.put(
+                KIND_CHECK, key, encode_check(replace(old, status=status, output=output))
+            )
+        except LocalProtocolError as exc:
+            log(_log, "warning", "check result not written", exc_info=exc, check=check_id)
+            return
+        self._written_at[check_id] = now
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def index(self) -> int:
+        """Consul's X-Consul-Index for catalog and health reads (at least 1)."""
+        return max(1, self.state.tracker.topic_index(*TOPICS))
+
+    async def wait(self, index: int, timeout_s: float) -> int:
+        """Block until a catalog or health answer may have changed after `index`, or timeout."""
+        return max(1, await self.state.tracker.wait(TOPICS, index, timeout_s))
+
+    def members_index(self) -> int:
+        """The index node entries and serfHealth carry: the last member change."""
+        return max(1, self.state.tracker.topic_index(TOPIC_MEMBERS))
+
+    def _views(self) -> list[ServiceView]:
+        known = {n.name: n for n in self._nodes.nodes()}
+        views = []
+        for key, record in self._cache.services.items():
+            node = known.get(record.node)
+            if node is not None:
+                created, modified = self.state.tracker.entry_indexes(KIND_SERVICE, key)
+                views.append(ServiceView(node, record, max(1, created), max(1, modified)))
+        views.sort(key=lambda v: (v.node.name, v.record.service_id))
+        return views
+
+    def _check_views(self, views: list[ServiceView]) -> dict[tuple[str, str], list[CheckView]]:
+        """Checks of the visible services by (node, service ID)."""
+        tags = {(v.node.name, v.record.service_id): v.record.tags for v in views}
+        found: dict[tuple[str, str], list[CheckView]] = {}
+        for key, record in sorted(self._cache.checks.items()):
+            owner = (record.node, record.service_id)
+            if owner in tags:
+                created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
+                view = CheckView(
+                    record, max(1, created), max(1, modified), service_tags=tags[owner]
+                )
+                found.setdefault(owner, []).append(view)
+        return found
+
+    @staticmethod
+    def _matches(view: ServiceView, name: str, tags: tuple[str, ...], connect: bool) -> bool:
+        record = view.record
+        if connect:
+            proxy = record.proxy
+            if record.kind != "connect-proxy" or proxy is None:
+                return False
+            if proxy.destination_service_name != name:
+                return False
+        elif record.name != name:
+            return False
+        return all(t in record.tags for t in tags)
+
+    def services(self) -> dict[str, list[str]]:
+        """Every visible service name with the sorted union of its instances' tags."""
+        names: dict[str, set[str]] = {}
+        for view in self._views():
+            names.setdefault(view.record.name, set()).update(view.record.tags)
+        return {name: sorted(tags) for name, tags in sorted(names.items())}
+
+    def service_nodes(
+        self, name: str, tag: str | Sequence[str] | None = None, *, connect: bool = False
+    ) -> list[ServiceView]:
+        """Instances of `name` (with every tag of `tag`), healthy or not; `connect`: its proxies."""
+        tags = (tag,) if isinstance(tag, str) else tuple(tag or ())
+        return [v for v in self._views() if self._matches(v, name, tags, connect)]
+
+    def health_service(
+        self,
+        name: str,
+        tag: str | Sequence[str] | None = None,
+        *,
+        passing_only: bool = False,
+        connect: bool = False,
+    ) -> list[HealthEntry]:
+        """Instances with their node's serfHealth and their own checks."""
+        views = self.service_nodes(name, tag, connect=connect)
+        checks = self._check_views(views)
+        members_index = self.members_index()
+        entries = [
+            HealthEntry(
+                v,
+                (
+                    serf_check(v.node, members_index),
+                    *checks.get((v.node.name, v.record.service_id), []),
+                ),
+            )
+            for v in views
+        ]
+        return [e for e in entries if e.passing] if passing_only else entries
+
+    def health_checks(self, name: str) -> list[CheckView]:
+        """The checks of every instance of service `name` (no node checks, as Consul)."""
+        checks = self._check_views(self.service_nodes(name))
+        return [c for group in checks.values() for c in group]
+
+    def health_node(self, node: str) -> list[CheckView]:
+        """serfHealth and the service checks of `node`; [] for an unknown node."""
+        info = self._nodes.node(node)
+        if info is None:
+            return []
+        views = [v for v in self._views() if v.node.name == node]
+        checks = self._check_views(views)
+        return [serf_check(info, self.members_index()), *(c for g in checks.values() for c in g)]
+
+    def health_state(self, state: str) -> list[CheckView]:
+        """Every check (serfHealth included) in `state`, or all of them for "any"."""
+        if state not in HEALTH_STATES:
+            raise DefinitionError(f"state must be one of {', '.join(HEALTH_STATES)}, not {state!r}")
+        members_index = self.members_index()
+        found = [serf_check(n, members_index) for n in self._nodes.nodes()]
+        found += [c for g in self._check_views(self._views()).values() for c in g]
+        found.sort(key=lambda c: (c.record.node, c.record.check_id))
+        return [c for c in found if state == "any" or c.record.status == state]
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every known member, whatever its state (Consul lists failed nodes too)."""
+        return self._nodes.nodes()
+
+    def node_services(self, node: str) -> tuple[NodeInfo, list[ServiceView]] | None:
+        """A node and its services; None for an unknown node."""
+        info = self._nodes.node(node)
+        if info is None:
+            return None
+        return info, [v for v in self._views() if v.node.name == node]
+
+    def local_services(self) -> list[ServiceRecord]:
+        """This agent's own services, sorted by ID (even while it is not a member yet)."""
+        services, _ = self._local()
+        return [services[k] for k in sorted(services)]
+
+    def local_checks(self) -> list[CheckView]:
+        """This agent's own checks with their indexes and service tags, sorted by ID."""
+        services, _ = self._local()
+        found = []
+        for key, record in sorted(self._cache.checks.items()):
+            if record.node == self.node_name:
+                created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
+                owner = services.get(record.service_id)
+                tags = owner.tags if owner is not None else ()
+                found.append(
+                    CheckView(record, max(1, created), max(1, modified), service_tags=tags)
+                )
+        return found
