@@ -1,0 +1,101 @@
+"""/v1/agent/service(s) and /v1/agent/check(s): this agent's own registrations.
+
+- ``PUT /v1/agent/service/register`` takes Consul's JSON (PascalCase, or the
+  lower case py-consul sends, or snake_case) and answers 200 with an empty
+  body. A bad body is 400 with a one-line message naming the field, and
+  nothing is registered. Checks are always replaced by the definition's
+  (``?replace-existing-checks`` is accepted: it is what meshnode always does).
+- ``PUT /v1/agent/service/deregister/<id>``: 200, or 404 for an unknown ID.
+- ``PUT /v1/agent/check/pass|warn|fail/<id>?note=`` and
+  ``PUT /v1/agent/check/update/<id>`` (``{"Status", "Output"}``) set a TTL
+  check: 404 for an unknown check, 400 for a check that is not a TTL check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..catalog.catalog import Catalog, UnknownService
+from ..catalog.checks import CheckError, UnknownCheck
+from ..catalog.definitions import DefinitionError, parse_service
+from ..http import HttpError, Request, Response, Router
+from .bodies import object_body
+from .catalog_json import agent_service_json, check_json
+
+__all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
+
+# A definition with 64 meta pairs, 32 checks and 128 upstreams is ~60 KiB;
+# anything bigger is not a service definition.
+REGISTER_BODY_MAX_BYTES = 256 * 1024
+_TTL_STATUS = {"pass": "passing", "warn": "warning", "fail": "critical"}
+
+
+def _ttl_errors(catalog: Catalog, check_id: str, status: str, output: str) -> None:
+    try:
+        catalog.update_ttl(check_id, status, output)
+    except UnknownCheck as exc:
+        raise HttpError(404, str(exc)) from None
+    except (CheckError, DefinitionError) as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def register_agent_service_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
+    """Add the local service and check endpoints, backed by `catalog`."""
+
+    async def services(request: Request) -> Response:
+        return Response.json(
+            {r.service_id: agent_service_json(r, datacenter) for r in catalog.local_services()}
+        )
+
+    async def service(request: Request) -> Response:
+        service_id = request.params["id"]
+        for record in catalog.local_services():
+            if record.service_id == service_id:
+                return Response.json(agent_service_json(record, datacenter))
+        raise HttpError(404, f"unknown service ID {service_id!r}")
+
+    async def checks(request: Request) -> Response:
+        return Response.json({c.record.check_id: check_json(c) for c in catalog.local_checks()})
+
+    async def register(request: Request) -> Response:
+        if len(request.body) > REGISTER_BODY_MAX_BYTES:
+            raise HttpError(
+                413, f"body is {len(request.body)} bytes, the limit is {REGISTER_BODY_MAX_BYTES}"
+            )
+        try:
+            catalog.register(parse_service(request.json_body()), source="api")
+        except DefinitionError as exc:
+            raise HttpError(400, str(exc)) from None
+        return Response.empty()
+
+    async def deregister(request: Request) -> Response:
+        try:
+            catalog.deregister(request.params["id"])
+        except UnknownService as exc:
+            raise HttpError(404, str(exc)) from None
+        return Response.empty()
+
+    def ttl(status: str) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            note = request.query_value("note") or ""
+            _ttl_errors(catalog, request.params["id"], status, note)
+            return Response.empty()
+
+        return handler
+
+    async def update(request: Request) -> Response:
+        body = object_body(request, allowed={"Status", "Output"}, required={"Status"})
+        status, output = body["Status"], body.get("Output", "")
+        if not isinstance(status, str) or not isinstance(output, str):
+            raise HttpError(400, "fields 'Status' and 'Output' must be strings")
+        _ttl_errors(catalog, request.params["id"], status, output)
+        return Response.empty()
+
+    router.add("GET", "/v1/agent/services", services)
+    router.add("GET", "/v1/agent/service/{id}", service)
+    router.add("GET", "/v1/agent/checks", checks)
+    router.add("PUT", "/v1/agent/service/register", register)
+    router.add("PUT", "/v1/agent/service/deregister/{id}", deregister)
+    for verb, status in _TTL_STATUS.items():
+        router.add("PUT", f"/v1/agent/check/{verb}/{{id}}", ttl(status))
+    router.add("PUT", "/v1/agent/check/update/{id}", update)

@@ -1,0 +1,134 @@
+"""/v1/catalog/... and /v1/health/...: Consul's read endpoints over the local replica.
+
+- Every answer carries ``X-Consul-Index`` (at least 1); ``?index=N&wait=5s``
+  blocks until a service, check or member changes after N (Consul's blocking
+  query; default wait 5 min, at most 10).
+- ``?tag=`` filters instances (repeat it to need several tags); ``?passing``
+  keeps instances whose checks all pass, node's serfHealth included.
+- ``?node-meta``, ``?near`` and the consistency flags are ignored (every agent
+  answers from its full replica). ``?dc=`` other than ours and ``?filter=``
+  are refused with 400 rather than silently answered for the wrong question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..catalog.catalog import Catalog
+from ..catalog.definitions import DefinitionError
+from ..http import HttpError, Request, Response, Router
+from .catalog_json import (
+    catalog_service_json,
+    check_json,
+    health_entry_json,
+    node_json,
+    node_service_json,
+)
+from .kv_endpoints import parse_wait
+
+__all__ = ["blocking_index", "register_catalog_routes"]
+
+_INDEX_HEADER = "X-Consul-Index"
+Read = Callable[[Request], Any]
+
+
+async def blocking_index(request: Request, catalog: Catalog) -> int:
+    """The index to answer with, after waiting when the request is a blocking query."""
+    text = request.query_value("index")
+    if text is None or text == "":
+        return catalog.index()
+    if not text.isdigit():
+        raise HttpError(400, f"invalid index {text[:40]!r}: expected a non-negative integer")
+    return await catalog.wait(int(text), parse_wait(request.query_value("wait")))
+
+
+def _refuse_unsupported(request: Request, datacenter: str) -> None:
+    dc = request.query_value("dc")
+    if dc and dc != datacenter:
+        raise HttpError(400, f"unknown datacenter {dc[:60]!r}: this cluster is {datacenter!r}")
+    if request.query_value("filter"):
+        raise HttpError(400, "filter expressions are not supported; use ?tag= or ?passing")
+
+
+def _tags(request: Request) -> tuple[str, ...]:
+    return tuple(t for t in request.query.get("tag", []) if t)
+
+
+def _flag(request: Request, name: str) -> bool:
+    """Consul's flag style: ``?passing``, ``?passing=1`` and ``=true`` are on."""
+    value = request.query_value(name)
+    return value is not None and value.lower() in ("", "1", "true")
+
+
+def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
+    """Add the catalog and health reads, answered from `catalog`."""
+
+    def route(pattern: str, read: Read) -> None:
+        async def handler(request: Request) -> Response:
+            _refuse_unsupported(request, datacenter)
+            index = await blocking_index(request, catalog)
+            try:
+                data = read(request)
+            except DefinitionError as exc:
+                raise HttpError(400, str(exc)) from None
+            return Response.json(data, headers=[(_INDEX_HEADER, str(index))])
+
+        router.add("GET", pattern, handler)
+
+    def name(request: Request) -> str:
+        return request.params["name"]
+
+    def services(request: Request) -> Any:
+        return catalog.services()
+
+    def service(request: Request, *, connect: bool = False) -> Any:
+        members = catalog.members_index()
+        return [
+            catalog_service_json(v, members)
+            for v in catalog.service_nodes(name(request), _tags(request), connect=connect)
+        ]
+
+    def nodes(request: Request) -> Any:
+        members = catalog.members_index()
+        return [node_json(n, members) for n in catalog.nodes()]
+
+    def node(request: Request) -> Any:
+        found = catalog.node_services(name(request))
+        if found is None:
+            return None  # Consul answers an unknown node with 200 and null
+        info, views = found
+        return {
+            "Node": node_json(info, catalog.members_index()),
+            "Services": {v.record.service_id: node_service_json(v) for v in views},
+        }
+
+    def health_service(request: Request, *, connect: bool = False) -> Any:
+        members = catalog.members_index()
+        entries = catalog.health_service(
+            name(request), _tags(request), passing_only=_flag(request, "passing"), connect=connect
+        )
+        return [health_entry_json(e, members) for e in entries]
+
+    def health_checks(request: Request) -> Any:
+        return [check_json(c) for c in catalog.health_checks(name(request))]
+
+    def health_node(request: Request) -> Any:
+        return [check_json(c) for c in catalog.health_node(name(request))]
+
+    def health_state(request: Request) -> Any:
+        return [check_json(c) for c in catalog.health_state(name(request))]
+
+    def connect_of(read: Callable[..., Any]) -> Read:
+        return lambda request: read(request, connect=True)
+
+    route("/v1/catalog/services", services)
+    route("/v1/catalog/service/{name}", service)
+    route("/v1/catalog/connect/{name}", connect_of(service))
+    route("/v1/catalog/nodes", nodes)
+    route("/v1/catalog/node/{name}", node)
+    route("/v1/health/service/{name}", health_service)
+    route("/v1/health/connect/{name}", connect_of(health_service))
+    route("/v1/health/checks/{name}", health_checks)
+    route("/v1/health/node/{name}", health_node)
+    route("/v1/health/state/{name}", health_state)
