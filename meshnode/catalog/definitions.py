@@ -139,6 +139,14 @@ class ServiceDefinition:
     proxy: ProxyDefinition | None = None
 
 
+# Snake-case spellings of fields that error messages may name before the user did.
+_SNAKE = {
+    "destinationname": "destination_name",
+    "localbindport": "local_bind_port",
+    "destinationservicename": "destination_service_name",
+}
+
+
 def _norm(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
 
@@ -152,7 +160,9 @@ def _type_name(value: object) -> str:
 class _Fields:
     """A JSON object's fields looked up by normalized name; tracks what was consumed."""
 
-    def __init__(self, data: object, where: str, allowed: Iterable[str]) -> None:
+    def __init__(
+        self, data: object, where: str, allowed: Iterable[str], *, pascal: bool = False
+    ) -> None:
         if not isinstance(data, dict):
             raise DefinitionError(
                 f"{where or 'definition'} must be an object, not {_type_name(data)}"
@@ -169,13 +179,23 @@ class _Fields:
                 raise DefinitionError(f"field {self._path(str(key))!r} is given twice")
             self.spelled[norm] = str(key)
             self.values[norm] = value
+        # The document's style, for naming fields it left out: its own keys, else its parent's.
+        self.pascal = any(str(k)[:1].isupper() for k in data) if data else pascal
+
+    def sub(self, data: object, where: str, allowed: Iterable[str]) -> _Fields:
+        """A nested object, named in this one's style when it has no keys to tell."""
+        return _Fields(data, where, allowed, pascal=self.pascal)
 
     def _path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
     def name(self, norm: str) -> str:
-        """The field as the user spelled it (or its normalized name), with its path."""
-        return self._path(self.spelled.get(norm, norm))
+        """The field as the user spelled it (else in the document's style), with its path."""
+        spelled = self.spelled.get(norm)
+        if spelled is None:
+            snake = _SNAKE.get(norm, norm)
+            spelled = "".join(p.capitalize() for p in snake.split("_")) if self.pascal else snake
+        return self._path(spelled)
 
     def has(self, norm: str) -> bool:
         return self.values.get(norm) is not None
@@ -292,7 +312,7 @@ def _meta(f: _Fields) -> dict[str, str]:
 def _weights(f: _Fields) -> tuple[int, int]:
     if not f.has("weights"):
         return 1, 1
-    w = _Fields(f.values["weights"], f.name("weights"), ("passing", "warning"))
+    w = f.sub(f.values["weights"], f.name("weights"), ("passing", "warning"))
     return w.integer("passing", 1, 65535, default=1), w.integer("warning", 0, 65535, default=1)
 
 
@@ -345,8 +365,8 @@ def _header(f: _Fields) -> dict[str, tuple[str, ...]]:
     return header
 
 
-def _check(data: object, where: str) -> CheckDefinition:
-    f = _Fields(data, where, _CHECK_FIELDS)
+def _check(f: _Fields) -> CheckDefinition:
+    where = f.where
     for norm in _UNSUPPORTED_CHECKS:
         if f.has(norm):
             raise f.fail(norm, "is not supported: meshnode runs only tcp, http and ttl checks")
@@ -413,9 +433,9 @@ def _check(data: object, where: str) -> CheckDefinition:
 def _checks(f: _Fields) -> tuple[CheckDefinition, ...]:
     checks: list[CheckDefinition] = []
     if f.has("check"):
-        checks.append(_check(f.values["check"], f.name("check")))
+        checks.append(_check(f.sub(f.values["check"], f.name("check"), _CHECK_FIELDS)))
     for i, item in enumerate(f.items("checks", CHECKS_MAX)):
-        checks.append(_check(item, f"{f.name('checks')}[{i}]"))
+        checks.append(_check(f.sub(item, f"{f.name('checks')}[{i}]", _CHECK_FIELDS)))
     if len(checks) > CHECKS_MAX:
         raise DefinitionError(f"a service may have at most {CHECKS_MAX} checks")
     ids = [c.check_id for c in checks if c.check_id]
@@ -427,7 +447,7 @@ def _checks(f: _Fields) -> tuple[CheckDefinition, ...]:
 def _upstreams(f: _Fields) -> tuple[Upstream, ...]:
     upstreams: list[Upstream] = []
     for i, item in enumerate(f.items("upstreams", UPSTREAMS_MAX)):
-        u = _Fields(
+        u = f.sub(
             item,
             f"{f.name('upstreams')}[{i}]",
             ("destinationname", "localbindport", "localbindaddress", "destinationtype"),
@@ -455,10 +475,10 @@ def _required_port(f: _Fields, norm: str) -> int:
     return f.integer(norm, 1, 65535)
 
 
-def _proxy(data: object, where: str) -> ProxyDefinition:
-    f = _Fields(
-        data,
-        where,
+def _proxy(service: _Fields) -> ProxyDefinition:
+    f = service.sub(
+        service.values["proxy"],
+        service.name("proxy"),
         (
             "destinationservicename",
             "destinationserviceid",
@@ -482,15 +502,15 @@ def _proxy(data: object, where: str) -> ProxyDefinition:
 def _sidecar(f: _Fields) -> SidecarDefinition | None:
     if not f.has("connect"):
         return None
-    connect = _Fields(f.values["connect"], f.name("connect"), ("sidecarservice", "native"))
+    connect = f.sub(f.values["connect"], f.name("connect"), ("sidecarservice", "native"))
     if connect.boolean("native"):
         raise connect.fail("native", "is not supported: use a sidecar_service")
     if not connect.has("sidecarservice"):
         return None
-    side = _Fields(
+    side = connect.sub(
         connect.values["sidecarservice"], connect.name("sidecarservice"), ("port", "proxy")
     )
-    proxy = _Fields(
+    proxy = side.sub(
         side.values.get("proxy") or {},
         side.name("proxy"),
         ("localserviceaddress", "localserviceport", "upstreams"),
@@ -530,7 +550,7 @@ def parse_service(data: object, where: str = "") -> ServiceDefinition:
     kind = f.text("kind", max_chars=64)
     if kind not in ("", "connect-proxy"):
         raise f.fail("kind", f'must be "connect-proxy" or absent, not {kind!r}')
-    proxy = _proxy(f.values["proxy"], f.name("proxy")) if f.has("proxy") else None
+    proxy = _proxy(f) if f.has("proxy") else None
     if kind == "connect-proxy" and proxy is None:
         raise DefinitionError(f"a connect-proxy needs a {f.name('proxy')!r} with its destination")
     if proxy is not None and kind != "connect-proxy":
