@@ -512,6 +512,8 @@ class Meshnode(System):
             f"{ip}:{GOSSIP_PORT}",
             "-http-addr",
             f"{ip}:{MESHNODE_HTTP_PORT}",
+            "-dns-addr",
+            f"{ip}:8600",
             "-data-dir",
             str(tmp / f"n{index}"),
             "-encrypt",

@@ -23,9 +23,11 @@ from typing import Any
 import trio
 
 from . import __version__, keyring_ops
-from .addr import AddressError, parse_host_port
+from .addr import AddressError, format_host_port, parse_host_port
 from .api import build_router
+from .api.agent_service_endpoints import register_agent_service_routes
 from .api.auth import token_guard
+from .api.catalog_endpoints import register_catalog_routes
 from .api.facade import (
     STATUS_ALIVE,
     STATUS_FAILED,
@@ -41,7 +43,11 @@ from .api.facade import (
     UnknownMember,
 )
 from .api.intention_endpoints import register_intention_routes
+from .catalog.catalog import Catalog
+from .catalog.definitions import DefinitionError, parse_config_services
+from .catalog.dns_view import CatalogDnsView
 from .config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
+from .dns import DnsBindError, DnsBound, serve_dns
 from .gossip.driver import GossipDriver
 from .gossip.errors import LocalProtocolError
 from .gossip.events import (
@@ -183,6 +189,17 @@ class Agent:
         self.nodes = MemberNodes(self.core)
         # After the store is loaded: the state reads it once at construction.
         self.intentions = IntentionState(self.replicator)
+        self.catalog = Catalog(
+            self.replicator,
+            self.nodes,
+            node_name=config.node_name,
+            datacenter=config.datacenter,
+        )
+        try:
+            self._config_services = parse_config_services(config.services)
+        except DefinitionError as exc:
+            raise AgentStartError(str(exc)) from None
+        self.dns_bound: DnsBound | None = None
         self._members_dirty = False
         # Names seen as members since start, to tell a returning member from
         # a newcomer.
@@ -223,9 +240,20 @@ class Agent:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.driver.run)
             await nursery.start(self.replicator.run)
+            await nursery.start(self.catalog.checks.run)
+            try:
+                self.catalog.sync_config(self._config_services)
+            except (DefinitionError, LocalProtocolError) as exc:
+                raise AgentStartError(f"cannot register the configured services: {exc}") from None
+            if self.config.dns is not None:
+                self.dns_bound = await nursery.start(
+                    functools.partial(serve_dns, CatalogDnsView(self.catalog), self.config.dns)
+                )
             router = build_router(self)
             router.add_guard(token_guard(lambda: self.config.api_token))
             register_intention_routes(router, self.intentions)
+            register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
+            register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
             self.http_port = await nursery.start(
                 functools.partial(
                     serve_http, router, host=self.config.http[0], port=self.config.http[1]
@@ -461,6 +489,12 @@ class Agent:
                 "Version": __version__,
                 "Server": False,
                 "DataDir": str(self.data_dir),
+                "DNSAddr": (
+                    format_host_port(self.dns_bound.host, self.dns_bound.udp_port)
+                    if self.dns_bound is not None
+                    else None
+                ),
+                "DNSDomain": self.config.dns.domain if self.config.dns is not None else None,
             },
             "Member": {
                 "Name": view.name,
@@ -559,8 +593,14 @@ class Agent:
         """Apply what can change live from the config files; the rest waits for a restart."""
         try:
             new = reload_config(self.config)
-        except ConfigError as exc:
+            services = parse_config_services(new.services)
+        except (ConfigError, DefinitionError) as exc:
             raise ReloadError(str(exc)) from None
+        try:
+            self.catalog.sync_config(services)
+        except (DefinitionError, LocalProtocolError) as exc:
+            raise ReloadError(f"cannot register the configured services: {exc}") from None
+        self._config_services = services
         self._apply_reloadable(new)
         restart_needed = [
             name for name in _RESTART_FIELDS if getattr(new, name) != getattr(self.config, name)
@@ -690,7 +730,7 @@ async def _main(config: AgentConfig) -> None:
             tmp.cleanup()
 
 
-_USER_ERRORS = (AgentStartError, JoinError, HttpBindError, PersistenceError)
+_USER_ERRORS = (AgentStartError, JoinError, HttpBindError, DnsBindError, PersistenceError)
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

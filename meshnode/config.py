@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .addr import AddressError, format_host_port, parse_host_port, parse_ip
+from .dns.config import DnsConfig
+from .dns.errors import DnsConfigError
 from .keys import KeyFormatError, decode_key
 from .logs import LEVELS, level_number
 
@@ -117,6 +119,9 @@ class AgentConfig:
     api_token: str | None = None
     # Run for every user event this agent receives (serf's -event-handler).
     event_handlers: tuple[str, ...] = ()
+    # DNS interface (Consul's addresses.dns, ports.dns, domain, recursors,
+    # dns_config); None when disabled with ports.dns = -1 or --dns-port -1.
+    dns: DnsConfig | None = field(default_factory=DnsConfig)
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -175,6 +180,8 @@ class _Builder:
         self.services: list[tuple[str, dict[str, Any]]] = []
         self.api_token: str | None = None
         self.event_handlers: list[str] = []
+        self.dns: dict[str, Any] = {}  # DnsConfig keyword arguments
+        self.dns_disabled = False
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -269,6 +276,12 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             _apply_acl(b, _object(value), fail)
         elif key == "event_handlers":
             b.event_handlers += [_handler(v) for v in _str_list(value)]
+        elif key in ("domain", "alt_domain"):
+            b.dns[key] = _str(value)
+        elif key == "recursors":
+            b.dns["recursors"] = tuple(_str_list(value))
+        elif key == "dns_config":
+            _apply_dns_config(b, _object(value), fail)
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -287,6 +300,10 @@ def _apply_nested(
                 b.bind_port = _port(value)
             elif key == "ports" and sub == "http":
                 b.http_port = _port(value)
+            elif key == "addresses" and sub == "dns":
+                b.dns["host"] = parse_ip(_str(value))
+            elif key == "ports" and sub == "dns":
+                _dns_port(b, value)
             else:
                 raise fail(name, "unknown field")
         except (ValueError, AddressError) as exc:
@@ -304,6 +321,53 @@ def _apply_acl(
             if name != "agent":
                 raise fail(f"acl.tokens.{name}", "unknown field (only agent is supported)")
             b.api_token = _token(_str(token))
+
+
+def _dns_port(b: _Builder, value: object) -> None:
+    """Consul's ports.dns; -1 turns the DNS interface off."""
+    if value == -1:
+        b.dns_disabled = True
+    else:
+        b.dns["port"] = _port(value)
+        b.dns_disabled = False
+
+
+_DNS_CONFIG_KEYS = {
+    "only_passing": ("only_passing", bool),
+    "enable_truncate": ("enable_truncate", bool),
+    "node_ttl": ("node_ttl_s", "duration"),
+    "service_ttl": ("service_ttl_s", "ttl_map"),
+    "recursor_timeout": ("recursor_timeout_s", "duration"),
+}
+
+
+def _apply_dns_config(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    for sub, value in obj.items():
+        name = f"dns_config.{sub}"
+        if sub not in _DNS_CONFIG_KEYS:
+            raise fail(name, "unknown field")
+        target, kind = _DNS_CONFIG_KEYS[sub]
+        try:
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"must be true or false, not {_type_name(value)}")
+                b.dns[target] = value
+            elif kind == "duration":
+                seconds = 0.0 if value in (0, "0", "0s") else _parse_duration_s(value)
+                b.dns[target] = seconds if target == "recursor_timeout_s" else int(seconds)
+            else:
+                # Consul's map of service name -> TTL; only "*" (every service) is kept.
+                ttls = _object(value)
+                unknown = [k for k in ttls if k != "*"]
+                if unknown:
+                    raise ValueError(f"only the '*' entry is supported, not {unknown[0]!r}")
+                if "*" in ttls:
+                    raw = ttls["*"]
+                    b.dns[target] = 0 if raw in (0, "0", "0s") else int(_parse_duration_s(raw))
+        except ValueError as exc:
+            raise fail(name, exc) from None
 
 
 def _token(value: str) -> str:
@@ -408,6 +472,17 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.api_token = _token(value)
     elif name == "event_handler":
         b.event_handlers += [_handler(v) for v in value]
+    elif name == "dns_addr":
+        b.dns["host"], port = parse_host_port(value, default_port=-1)
+        if port >= 0:
+            b.dns["port"] = port
+            b.dns_disabled = False
+    elif name == "dns_port":
+        _dns_port(b, int(value))
+    elif name in ("domain", "alt_domain"):
+        b.dns[name] = value
+    elif name == "recursor":
+        b.dns["recursors"] = tuple(b.dns.get("recursors", ())) + tuple(value)
     else:
         raise ValueError(f"unknown setting {name!r}")
 
@@ -431,6 +506,10 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
                 "an encryption key is required (plain-text gossip is for --dev only):"
                 " pass --encrypt KEY, made with `meshnode keygen`"
             )
+    try:
+        dns = None if b.dns_disabled else DnsConfig(**b.dns)
+    except DnsConfigError as exc:
+        raise ConfigError(str(exc)) from None
     optional: dict[str, Any] = {}
     if b.retry_join_interval_s is not None:
         optional["retry_join_interval_s"] = b.retry_join_interval_s
@@ -453,6 +532,7 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         services=tuple(b.services),
         api_token=b.api_token,
         event_handlers=tuple(b.event_handlers),
+        dns=dns,
         **optional,
     )
 

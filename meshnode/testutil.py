@@ -43,6 +43,10 @@ class AgentProc:
         return f"{self.ip}:8500"
 
     @property
+    def dns(self) -> str:
+        return f"{self.ip}:8600"
+
+    @property
     def gossip(self) -> str:
         return f"{self.ip}:7946"
 
@@ -56,6 +60,8 @@ class AgentProc:
             self.gossip,
             "-http-addr",
             self.http,
+            "-dns-addr",
+            self.dns,
             "-data-dir",
             str(self.data_dir),
             "-log-level",

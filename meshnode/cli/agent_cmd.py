@@ -28,6 +28,13 @@ from .app import cli
     "--config-dir", multiple=True, metavar="DIR", help="Read every *.json in DIR (repeatable)."
 )
 @click.option("--datacenter", metavar="NAME", help="Datacenter name [default: dc1].")
+@click.option("--dns-addr", metavar="IP[:PORT]", help="DNS address [default: 127.0.0.1:8600].")
+@click.option("--dns-port", type=int, metavar="PORT", help="DNS port; -1 turns DNS off.")
+@click.option("--domain", metavar="DOMAIN", help="DNS domain [default: mesh.].")
+@click.option("--alt-domain", metavar="DOMAIN", help="A second DNS domain answered the same.")
+@click.option(
+    "--recursor", multiple=True, metavar="IP[:PORT]", help="Upstream DNS for other names."
+)
 @click.option("--api-token", metavar="TOKEN", help="Require this X-Consul-Token on HTTP writes.")
 @click.option(
     "--event-handler",

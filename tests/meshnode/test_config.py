@@ -138,7 +138,7 @@ def test_a_stored_keyring_replaces_the_key_on_restart(tmp_path: Path) -> None:
         ({"bind_addr": "10.0.0.300"}, "field 'bind_addr': '10.0.0.300' is not an IP address"),
         ({"ports": {"serf_lan": "7946"}}, "field 'ports.serf_lan': must be an integer port"),
         ({"ports": {"http": 70000}}, "field 'ports.http': port 70000 is out of range"),
-        ({"ports": {"dns": 8600}}, "field 'ports.dns': unknown field"),
+        ({"ports": {"grpc": 8502}}, "field 'ports.grpc': unknown field"),
         ({"ports": 5}, "field 'ports': must be an object"),
         ({"addresses": {"http": "localhost"}}, "field 'addresses.http': 'localhost' is not an IP"),
         ({"start_join": "10.0.0.1"}, "field 'start_join': must be a list of strings"),
@@ -236,3 +236,51 @@ def test_bad_service_acl_and_handler_fields(tmp_path: Path, content: Any, messag
 def test_missing_config_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config dir .*: no such directory"):
         load_config({"dev": True}, config_dirs=[tmp_path / "nope"])
+
+
+def test_dns_settings_from_files_and_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "addresses": {"dns": "127.0.0.9"},
+            "ports": {"dns": 8653},
+            "domain": "corp",
+            "recursors": ["1.1.1.1"],
+            "dns_config": {
+                "only_passing": True,
+                "node_ttl": "30s",
+                "service_ttl": {"*": "5s"},
+                "recursor_timeout": "1s",
+            },
+        },
+    )
+    dns = load({"dev": True}, [path]).dns
+    assert dns is not None
+    assert (dns.host, dns.port, dns.domain, dns.recursors) == (
+        "127.0.0.9",
+        8653,
+        "corp.",
+        ("1.1.1.1",),
+    )
+    assert (dns.only_passing, dns.node_ttl_s, dns.service_ttl_s) == (True, 30, 5)
+    flagged = load({"dev": True, "dns_addr": "127.0.0.7:9600", "recursor": ["9.9.9.9"]}, [path])
+    assert flagged.dns is not None and (flagged.dns.host, flagged.dns.port) == ("127.0.0.7", 9600)
+    assert flagged.dns.recursors == ("1.1.1.1", "9.9.9.9")
+    assert load({"dev": True, "dns_port": -1}).dns is None
+    assert load({"dev": True}).dns is not None  # on by default, 127.0.0.1:8600
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"domain": "a..b"}, "bad DNS domain"),
+        ({"dns_config": {"only_passing": "yes"}}, "'dns_config.only_passing': must be true"),
+        ({"dns_config": {"service_ttl": {"web": "5s"}}}, "only the '*' entry"),
+        ({"dns_config": {"bogus": 1}}, "'dns_config.bogus': unknown field"),
+        ({"recursors": ["not an ip"]}, "recursor"),
+    ],
+)
+def test_bad_dns_settings(tmp_path: Path, content: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"dev": True}, [write(tmp_path, content)])
+    assert message in str(info.value)
