@@ -338,7 +338,7 @@ class Replicator:
             return False
         try:
             if payload[0] == CHANNEL_STORE_ENTRY:
-                self.merge([store_codec.decode_entry(payload[1:])], source)
+                self._merge_and_relay([store_codec.decode_entry(payload[1:])], source)
             else:
                 self._on_notice(*_decode_notice(payload[1:]))
         except RemoteProtocolError as exc:
@@ -351,6 +351,23 @@ class Replicator:
                 reason=str(exc),
             )
         return True
+
+    def _merge_and_relay(self, entries: list[Entry], source: Addr) -> None:
+        """Merge broadcast entries and gossip on those that were news to us.
+
+        The writer alone reaches at most `retransmit limit x gossip fan-out`
+        members (about 18 of 30), so like serf's user events every member
+        relays a change the first time it applies it; a duplicate changes
+        nothing and is not relayed, which bounds the epidemic. Anti-entropy
+        merges are not relayed: both sides of an exchange are already in step.
+        """
+        if not self.merge(entries, source):
+            return
+        for entry in entries:
+            current = self.store.get(entry.kind, entry.key, tombstones=True)
+            if current is not None and current.version == entry.version:
+                self._count("relayed")
+                self._broadcast(current)
 
     def _on_notice(self, kind: str, key: str, version: Version, origin: Addr) -> None:
         have = self.store.get(kind, key, tombstones=True)
@@ -373,7 +390,7 @@ class Replicator:
                     )
                     reply = await steps.read()
             entries = [e for m in reply if isinstance(m, store_codec.Entries) for e in m.entries]
-            self.merge(entries, addr)
+            self._merge_and_relay(entries, addr)
             self._count("fetch.ok")
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self._count("fetch.failed")

@@ -307,3 +307,19 @@ async def test_a_store_step_larger_than_its_byte_cap_is_refused() -> None:
         steps = _Steps(server, wire, max_step_bytes=5 * len(message))
         with pytest.raises(StoreMessageError, match="exceeds"):
             await steps.read()
+
+
+async def test_a_write_reaches_thirty_nodes_by_relay_well_before_anti_entropy(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The writer alone gossips a change ~6 times to 3 random members: it
+    # cannot reach 30 nodes by itself. Relays on first receipt must.
+    async with cluster(tmp_path, n=30) as c:
+        c.nodes[7].rep.put("kv", "flag", b"on")
+        took = await eventually(
+            lambda: all(node.value("flag") == b"on" for node in c.nodes.values()),
+            CONFIG.anti_entropy_interval_s,
+        )
+        assert took < 2.0, took
+        relayed = sum(n.driver.counters.values.get("store.relayed", 0) for n in c.nodes.values())
+        assert relayed == 29  # each other node relays it once, not on every copy
