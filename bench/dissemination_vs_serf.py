@@ -233,83 +233,6 @@ def serf_round(
 
 
 # --------------------------------------------------------------------------
-# meshnode agents with user events wired in, until the agent does it itself
-# --------------------------------------------------------------------------
-
-
-def agent_wires_events() -> bool:
-    """True once meshnode/agent.py serves /v1/event (then no stand-in is needed)."""
-    return "register_event_routes" in (REPO / "meshnode" / "agent.py").read_text()
-
-
-def run_agent_with_events(argv: Sequence[str]) -> int:
-    """`meshnode agent ARGV` with UserEvents wired as agent.py will wire them.
-
-    A stand-in for the benchmark only, used while the agent does not serve
-    /v1/event yet: events ride the same gossip User channel the agent will use.
-    """
-    import meshnode.agent as agent_mod
-    from meshnode.api.event_endpoints import register_event_routes
-    from meshnode.cli import main as cli_main
-    from meshnode.gossip.events import UserMessage
-    from meshnode.user_events import UserEvents
-
-    real_init = agent_mod.Agent.__init__
-    real_on_user = agent_mod.Agent._on_user
-    real_build = getattr(agent_mod, "build_router")  # noqa: B009  (patched below)
-
-    def init(self: agent_mod.Agent, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-
-        def broadcast(payload: bytes) -> None:
-            self.driver.apply(lambda now: self.core.broadcast_user(payload))
-
-        self.bench_events = UserEvents(self.config.node_name, broadcast)  # type: ignore[attr-defined]
-
-    def on_user(self: agent_mod.Agent, event: UserMessage) -> None:
-        if not self.bench_events.on_user(event.payload):  # type: ignore[attr-defined]
-            real_on_user(self, event)
-
-    def build(agent: Any) -> Any:
-        router = real_build(agent)
-        register_event_routes(router, agent.bench_events)
-        return router
-
-    setattr(agent_mod.Agent, "__init__", init)  # noqa: B010
-    setattr(agent_mod.Agent, "_on_user", on_user)  # noqa: B010
-    setattr(agent_mod, "build_router", build)  # noqa: B010
-    return cli_main(["agent", *argv])
-
-
-class Meshnode(g.Meshnode):
-    """gossip_vs_serf's meshnode agents, through the stand-in when needed."""
-
-    def __init__(self, registry: h.ProcessRegistry, binary: Path, *, stand_in: bool) -> None:
-        super().__init__(registry, binary)
-        self.stand_in = stand_in
-        self.wrapper = binary
-
-    def prepare(self, tmp: Path) -> None:
-        super().prepare(tmp)
-        # Takes the place of `meshnode` in gossip_vs_serf's agent command line,
-        # so both benchmarks start agents with the same flags.
-        self.wrapper = tmp / "meshnode-with-events"
-        self.wrapper.write_text(
-            f'#!/bin/sh\nshift\nexec "{sys.executable}" "{Path(__file__).resolve()}" _agent "$@"\n'
-        )
-        self.wrapper.chmod(0o755)
-
-    def spawn(self, index: int, tmp: Path) -> g.Agent:
-        if not self.stand_in:
-            return super().spawn(index, tmp)
-        binary, self.binary = self.binary, self.wrapper
-        try:
-            return super().spawn(index, tmp)
-        finally:
-            self.binary = binary
-
-
-# --------------------------------------------------------------------------
 # One cluster
 # --------------------------------------------------------------------------
 
@@ -473,12 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     registry = h.ProcessRegistry()
     registry.install_handlers()
-    stand_in = not agent_wires_events()
     systems: list[g.System] = []
     if args.only in (None, "serf"):
         systems.append(g.Serf(registry, args.serf))
     if args.only in (None, "meshnode"):
-        systems.append(Meshnode(registry, args.meshnode, stand_in=stand_in))
+        systems.append(g.Meshnode(registry, args.meshnode))
     versions: dict[str, str] = {}
     for system in list(systems):
         try:
@@ -497,13 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "options": {"sizes": args.size_list, "rounds": args.rounds, "probes": args.probe_list},
         "versions": versions,
-        "meshnode_events_stand_in": stand_in,
         "results": {},
     }
     print(
         f"dissemination_vs_serf: sizes {args.size_list}, {args.rounds} rounds; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + ("; meshnode events through the bench stand-in" if stand_in else "")
     )
     keep: list[g.Agent] = []
     failed = False
@@ -537,6 +457,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_agent":
-        sys.exit(run_agent_with_events(sys.argv[2:]))
     sys.exit(main())

@@ -28,6 +28,7 @@ from .api import build_router
 from .api.agent_service_endpoints import register_agent_service_routes
 from .api.auth import token_guard
 from .api.catalog_endpoints import register_catalog_routes
+from .api.event_endpoints import register_event_routes
 from .api.facade import (
     STATUS_ALIVE,
     STATUS_FAILED,
@@ -47,7 +48,8 @@ from .catalog.catalog import Catalog
 from .catalog.definitions import DefinitionError, parse_config_services
 from .catalog.dns_view import CatalogDnsView
 from .config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
-from .dns import DnsBindError, DnsBound, serve_dns
+from .dns import DnsBindError, DnsBound, DnsServer
+from .event_handler import EventHandlerRunner
 from .gossip.driver import GossipDriver
 from .gossip.errors import LocalProtocolError
 from .gossip.events import (
@@ -74,6 +76,7 @@ from .members import MemberNodes, decode_meta, encode_meta
 from .persist import Persistence, PersistenceError
 from .replication import ReplicationConfig, Replicator
 from .state import TOPIC_MEMBERS
+from .user_events import UserEvents
 
 _log = logging.getLogger("meshnode.agent")
 
@@ -200,6 +203,17 @@ class Agent:
         except DefinitionError as exc:
             raise AgentStartError(str(exc)) from None
         self.dns_bound: DnsBound | None = None
+        self.dns_server = (
+            None if config.dns is None else DnsServer(CatalogDnsView(self.catalog), config.dns)
+        )
+        # The runner reads the handlers at each event, so a reload applies at once.
+        self.event_runner = EventHandlerRunner(config.node_name, lambda: self.config.event_handlers)
+        self.events = UserEvents(
+            config.node_name,
+            lambda payload: self.driver.apply(lambda now: self.core.broadcast_user(payload)),
+            handler=self.event_runner,
+            local_services=lambda: [(r.name, r.tags) for r in self.catalog.local_services()],
+        )
         self._members_dirty = False
         # Names seen as members since start, to tell a returning member from
         # a newcomer.
@@ -241,17 +255,17 @@ class Agent:
             await nursery.start(self.driver.run)
             await nursery.start(self.replicator.run)
             await nursery.start(self.catalog.checks.run)
+            await nursery.start(self.event_runner.run)
             try:
                 self.catalog.sync_config(self._config_services)
             except (DefinitionError, LocalProtocolError) as exc:
                 raise AgentStartError(f"cannot register the configured services: {exc}") from None
-            if self.config.dns is not None:
-                self.dns_bound = await nursery.start(
-                    functools.partial(serve_dns, CatalogDnsView(self.catalog), self.config.dns)
-                )
+            if self.dns_server is not None:
+                self.dns_bound = await nursery.start(self.dns_server.run)
             router = build_router(self)
             router.add_guard(token_guard(lambda: self.config.api_token))
             register_intention_routes(router, self.intentions)
+            register_event_routes(router, self.events)
             register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
             self.http_port = await nursery.start(
@@ -371,6 +385,8 @@ class Agent:
     def _on_user(self, event: UserMessage) -> None:
         payload = event.payload
         if not payload or self.replicator.on_user(payload, event.source):
+            return
+        if self.events.on_user(payload):
             return
         try:
             if payload[0] == keyring_ops.CHANNEL_KEYRING_QUERY:
@@ -518,6 +534,22 @@ class Agent:
     def metrics(self) -> dict[str, Any]:
         counters = dict(self.driver.counters.values)
         counters.update({f"core.{k}": v for k, v in self.core.counters.items()})
+        counters.update({f"events.{k}": v for k, v in self.events.counters().items()})
+        runner = self.event_runner
+        counters.update(
+            {
+                "events.handler.ran": runner.ran,
+                "events.handler.failed": runner.failed,
+                "events.handler.timed_out": runner.timed_out,
+                "events.handler.dropped": runner.dropped,
+                "catalog.malformed_records": self.catalog.malformed_records,
+                "intentions.malformed": self.intentions.malformed_total,
+            }
+        )
+        if self.dns_server is not None:
+            counters.update(
+                {f"dns.{k}": v for k, v in dataclasses.asdict(self.dns_server.stats).items()}
+            )
         states: dict[str, int] = {}
         for m in self.core.members():
             states[m.state.name.lower()] = states.get(m.state.name.lower(), 0) + 1
