@@ -204,7 +204,9 @@ class Agent:
             raise AgentStartError(str(exc)) from None
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
-            None if config.dns is None else DnsServer(CatalogDnsView(self.catalog), config.dns)
+            None
+            if config.dns is None
+            else DnsServer(CatalogDnsView(self.catalog, config.dns_service_ttls), config.dns)
         )
         # The runner reads the handlers at each event, so a reload applies at once.
         self.event_runner = EventHandlerRunner(config.node_name, lambda: self.config.event_handlers)

@@ -122,6 +122,8 @@ class AgentConfig:
     # DNS interface (Consul's addresses.dns, ports.dns, domain, recursors,
     # dns_config); None when disabled with ports.dns = -1 or --dns-port -1.
     dns: DnsConfig | None = field(default_factory=DnsConfig)
+    # dns_config.service_ttl entries other than "*": lowercased service name -> TTL.
+    dns_service_ttls: dict[str, int] = field(default_factory=dict)
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -182,6 +184,7 @@ class _Builder:
         self.event_handlers: list[str] = []
         self.dns: dict[str, Any] = {}  # DnsConfig keyword arguments
         self.dns_disabled = False
+        self.dns_service_ttls: dict[str, int] = {}
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -358,14 +361,13 @@ def _apply_dns_config(
                 seconds = 0.0 if value in (0, "0", "0s") else _parse_duration_s(value)
                 b.dns[target] = seconds if target == "recursor_timeout_s" else int(seconds)
             else:
-                # Consul's map of service name -> TTL; only "*" (every service) is kept.
-                ttls = _object(value)
-                unknown = [k for k in ttls if k != "*"]
-                if unknown:
-                    raise ValueError(f"only the '*' entry is supported, not {unknown[0]!r}")
-                if "*" in ttls:
-                    raw = ttls["*"]
-                    b.dns[target] = 0 if raw in (0, "0", "0s") else int(_parse_duration_s(raw))
+                # Consul's map of service name -> TTL; "*" is every other service.
+                for service, raw in _object(value).items():
+                    ttl_s = 0 if raw in (0, "0", "0s") else int(_parse_duration_s(raw))
+                    if service == "*":
+                        b.dns[target] = ttl_s
+                    else:
+                        b.dns_service_ttls[service.lower()] = ttl_s
         except ValueError as exc:
             raise fail(name, exc) from None
 
@@ -533,6 +535,7 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         api_token=b.api_token,
         event_handlers=tuple(b.event_handlers),
         dns=dns,
+        dns_service_ttls=dict(b.dns_service_ttls),
         **optional,
     )
 

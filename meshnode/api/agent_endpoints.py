@@ -83,6 +83,7 @@ def register_agent_routes(router: Router, agent: AgentFacade) -> None:
     router.add("PUT", "/v1/agent/leave", leave)
     router.add("PUT", "/v1/agent/force-leave/{node}", force_leave)
     router.add("GET", "/v1/agent/self", self_info)
+
     async def reload(request: Request) -> Response:
         with facade_errors():
             await agent.reload()

@@ -23,7 +23,7 @@ def _status(entry: HealthEntry) -> InstanceStatus:
     return _STATUS[worst]
 
 
-def _instance(entry: HealthEntry) -> DnsInstance:
+def _instance(entry: HealthEntry, ttls: dict[str, int]) -> DnsInstance:
     record = entry.service.record
     status = _status(entry)
     definition = record.definition
@@ -35,7 +35,7 @@ def _instance(entry: HealthEntry) -> DnsInstance:
         weight=weight,
         tags=record.tags,
         status=status,
-        ttl_s=None,
+        ttl_s=ttls.get(record.name.lower()),
         service_id=record.service_id,
     )
 
@@ -49,21 +49,26 @@ def _dns_node(node: NodeInfo) -> DnsNode:
 class CatalogDnsView:
     """`DnsCatalog` over a `Catalog`."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, service_ttls: dict[str, int] | None = None) -> None:
         self._catalog = catalog
+        self._ttls = dict(service_ttls or {})  # lowercased name -> TTL (dns_config.service_ttl)
 
     def _name(self, lowered: str) -> str | None:
         return next((n for n in self._catalog.services() if n.lower() == lowered), None)
 
     def service_instances(self, name: str) -> list[DnsInstance]:
         real = self._name(name)
-        return [] if real is None else [_instance(e) for e in self._catalog.health_service(real)]
+        return (
+            []
+            if real is None
+            else [_instance(e, self._ttls) for e in self._catalog.health_service(real)]
+        )
 
     def connect_instances(self, name: str) -> list[DnsInstance]:
         real = self._name(name)
         if real is None:
             return []
-        return [_instance(e) for e in self._catalog.health_service(real, connect=True)]
+        return [_instance(e, self._ttls) for e in self._catalog.health_service(real, connect=True)]
 
     def service_names(self) -> list[str]:
         return list(self._catalog.services())

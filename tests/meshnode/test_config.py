@@ -234,7 +234,7 @@ def test_bad_service_acl_and_handler_fields(tmp_path: Path, content: Any, messag
 
 
 def test_missing_config_dir(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config dir .*: no such directory"):
+    with pytest.raises(ConfigError, match=r"config dir .*: no such directory"):
         load_config({"dev": True}, config_dirs=[tmp_path / "nope"])
 
 
@@ -249,7 +249,7 @@ def test_dns_settings_from_files_and_flags(tmp_path: Path) -> None:
             "dns_config": {
                 "only_passing": True,
                 "node_ttl": "30s",
-                "service_ttl": {"*": "5s"},
+                "service_ttl": {"*": "5s", "Web": "30s"},
                 "recursor_timeout": "1s",
             },
         },
@@ -263,6 +263,7 @@ def test_dns_settings_from_files_and_flags(tmp_path: Path) -> None:
         ("1.1.1.1",),
     )
     assert (dns.only_passing, dns.node_ttl_s, dns.service_ttl_s) == (True, 30, 5)
+    assert load({"dev": True}, [path]).dns_service_ttls == {"web": 30}
     flagged = load({"dev": True, "dns_addr": "127.0.0.7:9600", "recursor": ["9.9.9.9"]}, [path])
     assert flagged.dns is not None and (flagged.dns.host, flagged.dns.port) == ("127.0.0.7", 9600)
     assert flagged.dns.recursors == ("1.1.1.1", "9.9.9.9")
@@ -275,7 +276,7 @@ def test_dns_settings_from_files_and_flags(tmp_path: Path) -> None:
     [
         ({"domain": "a..b"}, "bad DNS domain"),
         ({"dns_config": {"only_passing": "yes"}}, "'dns_config.only_passing': must be true"),
-        ({"dns_config": {"service_ttl": {"web": "5s"}}}, "only the '*' entry"),
+        ({"dns_config": {"service_ttl": {"web": "soon"}}}, "is not a duration"),
         ({"dns_config": {"bogus": 1}}, "'dns_config.bogus': unknown field"),
         ({"recursors": ["not an ip"]}, "recursor"),
     ],
