@@ -707,7 +707,7 @@ class Agent:
             raise KvError(str(exc)) from None
 
     def kv_index(self) -> int:
-        return max(1, self.replicator.store.kind_index(KIND_KV))
+        return max(1, self.replicator.tracker.topic_index(KIND_KV))
 
     async def kv_wait(self, index: int, timeout_s: float) -> int:
         return max(1, await self.replicator.wait_for_change(KIND_KV, index, timeout_s))

@@ -54,8 +54,13 @@ class ChangeTracker:
 
     @property
     def index(self) -> int:
-        """Rises on every change of any topic; never goes down while the process lives."""
-        return self.store.index + self._touches
+        """Rises on every change of any topic; never goes down while the process lives.
+
+        It starts at 1, the index Consul reports for "nothing yet", so the
+        first change is 2: a blocking query that saw an empty answer
+        (index 1) wakes on the first write instead of missing it.
+        """
+        return self.store.index + self._touches + 1
 
     def topic_index(self, *topics: str) -> int:
         """The index of the last change to any of `topics` (kinds or touched topics), 0 if none."""
@@ -68,7 +73,7 @@ class ChangeTracker:
 
     def loaded(self, entries: list[Entry]) -> None:
         """Give each entry loaded at start its own place in the (restarted) index."""
-        for i, entry in enumerate(entries, start=1):
+        for i, entry in enumerate(entries, start=2):
             k = (entry.kind, entry.key)
             self._modify_index[k] = i
             if not entry.tombstone:

@@ -204,7 +204,7 @@ async def test_restart_loads_entries_clock_and_reconciles(
         n2 = await c.start(2)
         assert n2.value("x") == b"before"
         assert n2.rep.store.clock >= e.version.lamport
-        assert n2.rep.entry_indexes("kv", "x") == (1, 1)
+        assert n2.rep.entry_indexes("kv", "x") == (2, 2)
         await eventually(lambda: n2.value("y") == b"while away", 3 * CONFIG.anti_entropy_interval_s)
         # A new local write beats what was written before the restart.
         assert n2.rep.put("kv", "x", b"after").version > e.version
@@ -215,7 +215,7 @@ async def test_blocking_wait_wakes_on_change_and_times_out(
 ) -> None:
     async with cluster(tmp_path, n=2) as c:
         rep = c.nodes[2].rep
-        start = rep.store.kind_index("kv")
+        start = rep.tracker.topic_index("kv")
         assert await rep.wait_for_change("kv", start, 1.0) == start  # nothing: times out
         woke: list[int] = []
 
@@ -229,7 +229,7 @@ async def test_blocking_wait_wakes_on_change_and_times_out(
         assert woke and woke[0] > start
         # An index from before a restart (above ours) answers at once, not after the wait.
         before = trio.current_time()
-        assert await rep.wait_for_change("kv", rep.store.index + 100, 60.0) == woke[0]
+        assert await rep.wait_for_change("kv", rep.tracker.index + 100, 60.0) == woke[0]
         assert trio.current_time() == before
 
 
