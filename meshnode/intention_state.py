@@ -21,7 +21,6 @@ Rules that live here:
 from __future__ import annotations
 
 import builtins
-import io
 import math
 import re
 import time
@@ -34,6 +33,7 @@ import cbor2
 
 from .gossip.errors import DecodeError, LocalProtocolError
 from .gossip.store import Entry
+from .gossip.strict_cbor import load_strict
 from .intentions import (
     WILDCARD,
     Decision,
@@ -160,51 +160,15 @@ def _malformed(why: str) -> NoReturn:
     raise MalformedIntention(f"malformed intention: {why}")
 
 
-class _NoTags(dict[int, Any]):
-    """cbor2's table of tag decoders, consulted first: every tag is refused.
-
-    Tags would build datetimes, bignums, sets or shared references out of a
-    value that should hold only text, floats and one map of text.
-    """
-
-    def __getitem__(self, tag: int) -> NoReturn:
-        _malformed(f"CBOR tag {tag} is not allowed")
-
-    def get(self, tag: int, default: object = None) -> NoReturn:
-        _malformed(f"CBOR tag {tag} is not allowed")
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-
-_NO_TAGS = _NoTags()
-
-
-def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:
-    _malformed(f"CBOR tag {tag.tag} is not allowed")
+def _refusal(why: str) -> MalformedIntention:
+    return MalformedIntention(f"malformed intention: {why}")
 
 
 def _load_strict(data: bytes) -> Any:
     """One untagged, definite-length CBOR item with no trailing bytes."""
     if len(data) > _VALUE_MAX_BYTES:
         _malformed(f"{len(data)} bytes is more than {_VALUE_MAX_BYTES}")
-    stream = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_reject_tag,
-            semantic_decoders=_NO_TAGS,
-            max_depth=3,
-            allow_indefinite=False,
-            strict_hashable_types=True,
-        ).decode()
-    except Exception as exc:  # cbor2 raises several types; all mean bad bytes
-        if isinstance(exc.__cause__, MalformedIntention):
-            raise exc.__cause__ from None  # our own refusal of a tag, wrapped by cbor2
-        _malformed(f"not CBOR: {exc}")
-    if stream.tell() != len(data):
-        _malformed(f"{len(data) - stream.tell()} trailing bytes")
-    return item
+    return load_strict(data, max_depth=3, refuse=_refusal)
 
 
 def _text(value: object, what: str, max_chars: int, *, empty: bool = True) -> str:

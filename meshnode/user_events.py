@@ -20,7 +20,6 @@ Rules that live here:
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import re
 import uuid
@@ -32,6 +31,7 @@ from typing import Any, NoReturn, Protocol
 import cbor2
 import trio
 
+from .gossip.strict_cbor import load_strict
 from .logs import log
 
 __all__ = [
@@ -166,40 +166,9 @@ def _malformed(why: str) -> NoReturn:
     raise MalformedEvent(why)
 
 
-class _NoTags(dict[int, Any]):
-    """cbor2 looks tags up here before its built-in decoders: refuse every one."""
-
-    def __getitem__(self, tag: int) -> NoReturn:
-        _malformed(f"CBOR tag {tag} is not allowed")
-
-    def get(self, tag: int, default: object = None) -> NoReturn:
-        _malformed(f"CBOR tag {tag} is not allowed")
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-
-def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:
-    _malformed(f"CBOR tag {tag.tag} is not allowed")
-
-
 def _load_strict(data: bytes) -> Any:
     """One untagged, definite-length, flat CBOR item with no trailing bytes."""
-    stream = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_reject_tag,
-            semantic_decoders=_NoTags(),
-            max_depth=2,
-            allow_indefinite=False,
-            strict_hashable_types=True,
-        ).decode()
-    except Exception as exc:  # cbor2 raises several types; all of them mean bad bytes
-        raise MalformedEvent(f"not CBOR: {exc}") from None
-    if stream.tell() != len(data):
-        _malformed(f"{len(data) - stream.tell()} trailing bytes")
-    return item
+    return load_strict(data, max_depth=2, refuse=MalformedEvent)
 
 
 def _wire_text(value: object, what: str, max_chars: int, *, empty: bool = True) -> str:

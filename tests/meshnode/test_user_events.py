@@ -95,7 +95,7 @@ def test_decode_rejects_tags_and_trailing_bytes() -> None:
     with pytest.raises(MalformedEvent, match="trailing"):
         decode_event(good + b"\x00")
     tagged = bytes([CHANNEL_USER_EVENT]) + cbor2.dumps(cbor2.CBORTag(1, 5))
-    with pytest.raises(MalformedEvent, match="not CBOR"):
+    with pytest.raises(MalformedEvent, match="CBOR tag 1 is not allowed"):
         decode_event(tagged)
 
 
