@@ -25,7 +25,7 @@ from .catalog_json import (
     node_json,
     node_service_json,
 )
-from .kv_endpoints import parse_wait
+from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["blocking_index", "register_catalog_routes"]
 
@@ -35,12 +35,10 @@ Read = Callable[[Request], Any]
 
 async def blocking_index(request: Request, catalog: Catalog) -> int:
     """The index to answer with, after waiting when the request is a blocking query."""
-    text = request.query_value("index")
-    if text is None or text == "":
+    index = parse_index(request.query_value("index"))
+    if index is None:
         return catalog.index()
-    if not text.isdigit():
-        raise HttpError(400, f"invalid index {text[:40]!r}: expected a non-negative integer")
-    return await catalog.wait(int(text), parse_wait(request.query_value("wait")))
+    return await catalog.wait(index, parse_wait(request.query_value("wait")))
 
 
 def _refuse_unsupported(request: Request, datacenter: str) -> None:

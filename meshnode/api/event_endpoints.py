@@ -19,7 +19,7 @@ import base64
 
 from ..http import HttpError, Request, Response, Router
 from ..user_events import EVENT_VERSION, PAYLOAD_MAX_BYTES, EventError, UserEvent, UserEvents
-from .kv_endpoints import parse_wait
+from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["event_json", "register_event_routes"]
 
@@ -38,14 +38,6 @@ def event_json(event: UserEvent) -> dict[str, object]:
         "Version": EVENT_VERSION,
         "LTime": event.ltime,
     }
-
-
-def _index(text: str | None) -> int | None:
-    if text is None or text == "":
-        return None
-    if not text.isdigit():
-        raise HttpError(400, f"invalid index {text!r}: expected a non-negative integer")
-    return int(text)
 
 
 def register_event_routes(router: Router, events: UserEvents) -> None:
@@ -69,7 +61,7 @@ def register_event_routes(router: Router, events: UserEvents) -> None:
         return Response.json(event_json(event))
 
     async def listing(request: Request) -> Response:
-        index = _index(request.query_value("index"))
+        index = parse_index(request.query_value("index"))
         if index is None:
             current = events.index
         else:

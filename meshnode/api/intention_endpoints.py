@@ -37,7 +37,7 @@ from ..intention_state import (
 )
 from ..intentions import IntentionError
 from .bodies import object_body, string_field
-from .kv_endpoints import parse_wait
+from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["INTENTION_BODY_MAX_BYTES", "intention_json", "register_intention_routes"]
 
@@ -98,12 +98,7 @@ def _query(request: Request, name: str) -> str:
 
 
 def _index_param(request: Request) -> int | None:
-    text = request.query_value("index")
-    if text is None or text == "":
-        return None
-    if not text.isdigit():
-        raise HttpError(400, f"invalid index {text!r}: expected a non-negative integer")
-    return int(text)
+    return parse_index(request.query_value("index"))
 
 
 def _body(request: Request, *, allowed: set[str], required: set[str]) -> dict[str, Any]:

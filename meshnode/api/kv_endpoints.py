@@ -20,7 +20,14 @@ from ..http import HttpError, Request, Response, Router
 from .errors import facade_errors
 from .facade import AgentFacade, KvEntry
 
-__all__ = ["KEY_MAX_BYTES", "VALUE_MAX_BYTES", "parse_wait", "register_kv_routes", "validate_key"]
+__all__ = [
+    "KEY_MAX_BYTES",
+    "VALUE_MAX_BYTES",
+    "parse_index",
+    "parse_wait",
+    "register_kv_routes",
+    "validate_key",
+]
 
 # gossip/store.py's StoreLimits: Consul's practical key size and kv_max_value_size.
 KEY_MAX_BYTES = 512
@@ -64,11 +71,12 @@ def parse_wait(text: str | None) -> float:
     return min(float(found.group(1)) * _UNIT_S[found.group(2)], WAIT_MAX_S)
 
 
-def _parse_index(text: str | None) -> int | None:
+def parse_index(text: str | None) -> int | None:
+    """Consul's ``?index=`` of a blocking query; None when absent, 400 when not a number."""
     if text is None or text == "":
         return None
     if not text.isdigit():
-        raise HttpError(400, f"invalid index {text!r}: expected a non-negative integer")
+        raise HttpError(400, f"invalid index {text[:40]!r}: expected a non-negative integer")
     return int(text)
 
 
@@ -98,7 +106,7 @@ def register_kv_routes(router: Router, agent: AgentFacade) -> None:
         key = request.params.get("key", "")
         recurse = request.has_query("recurse") or request.has_query("keys")
         validate_key(key, allow_empty=recurse)
-        index = _parse_index(request.query_value("index"))
+        index = parse_index(request.query_value("index"))
         if index is not None:
             wait_s = parse_wait(request.query_value("wait"))
             current = await agent.kv_wait(index, wait_s)
