@@ -45,6 +45,8 @@ HANDLER_TIMEOUT_S = 30.0
 KILL_GRACE_S = 1.0
 # Events waiting for the handlers; a burst beyond this is dropped and counted.
 QUEUE_MAX_EVENTS = 256
+# After the handler exits, how long to keep reading output still in the pipe.
+OUTPUT_DRAIN_S = 1.0
 # Handler output kept for the log line; the rest is read and dropped.
 OUTPUT_MAX_BYTES = 2048
 
@@ -183,9 +185,14 @@ class EventHandlerRunner:
                     deliver_cancel=self._kill_group,
                 )
             )
-            nursery.start_soon(_read_some, proc, output)
+            drained = trio.Event()
+            nursery.start_soon(_read_some, proc, output, drained)
             code = await proc.wait()
-            # A background child may keep stdout open: stop reading at exit.
+            # What the handler wrote just before exiting may still be in the
+            # pipe: read on until EOF, but a background child that keeps
+            # stdout open must not hold us, so only for a moment.
+            with trio.move_on_after(OUTPUT_DRAIN_S):
+                await drained.wait()
             nursery.cancel_scope.cancel()
         return code
 
@@ -199,9 +206,10 @@ class EventHandlerRunner:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _read_some(proc: trio.Process, output: bytearray) -> None:
+async def _read_some(proc: trio.Process, output: bytearray, drained: trio.Event) -> None:
     """Keep the first `OUTPUT_MAX_BYTES` of the handler's output; drain the rest."""
     assert proc.stdout is not None
     async for chunk in proc.stdout:
         if len(output) < OUTPUT_MAX_BYTES:
             output += chunk[: OUTPUT_MAX_BYTES - len(output)]
+    drained.set()
