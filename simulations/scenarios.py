@@ -6,9 +6,10 @@ node has a full view, lets gossip settle, then runs its own phase. An outcome
 that is not reached is reported in `failures`; the CLI turns that into a
 non-zero exit and the seed to reproduce it.
 
-Until the replicated store exists (issue 3), `convergence` measures a user
-broadcast (`Membership.broadcast_user`, which an intention update will ride
-on) and `partition` checks membership only; see simulations/README.md.
+`convergence` is one intention written to one node's real `Store` and
+carried as the agent carries it (a gossip broadcast relayed once per node);
+`partition` writes on both sides of the split and ends when every replica's
+digest is the same.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+import cbor2
+
 from meshnode.gossip.config import GossipConfig
-from meshnode.gossip.events import Event, MemberFailed, MemberJoined, UserMessage
+from meshnode.gossip.events import Event, MemberFailed, MemberJoined
 from meshnode.gossip.formulas import suspicion_timeout_s
+from meshnode.gossip.store import Entry
 
 from .analysis import serf_model_time_s, swim_expected_rounds
 from .network import NetworkConfig, Partition
@@ -88,6 +92,24 @@ class Result:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+# meshnode/intention_state.py's kind, key (source NUL destination) and value
+# shape; that module needs trio, which the simulator must not import.
+INTENTION_KIND = "intention"
+INTENTION_KEY = "web\x00db"
+
+
+def _intention_value(action: str = "allow") -> bytes:
+    """An intention record as the agent stores it: canonical CBOR of its fields."""
+    record = {
+        "id": "6f0e1c8a-3c1e-4b4e-9d3a-2f1e0c9b8a70",
+        "action": action,
+        "description": "simulated",
+        "created_at": 1.0,
+        "updated_at": 1.0,
+    }
+    return bytes(cbor2.dumps(record, canonical=True))
 
 
 # ---------------------------------------------------------------------- shared steps
@@ -211,40 +233,36 @@ def run_join(p: Params) -> Result:
 
 
 def run_convergence(p: Params) -> Result:
-    """After the join, one node broadcasts; time until all N have it (measures gossip)."""
+    """After the join, one node writes an intention; time until all N replicas hold it."""
     result = Result("convergence", p)
     sim = _new_sim(p)
     if not _converge(sim, p, result):
         return _finish(sim, result)
-    payload = b"intention web->db allow v1"
     origin = sim.rng.randrange(p.nodes)
     start_s = sim.now_s
-    curve = Curve("broadcast received", p.nodes)
-    received: set[int] = set()
+    curve = Curve("intention replicated", p.nodes)
+    written: list[Entry] = []
+    holders: set[int] = set()
 
-    def hook(s: Simulator, node: SimNode, event: Event) -> None:
-        if (
-            isinstance(event, UserMessage)
-            and event.payload == payload
-            and node.index not in received
-        ):
-            received.add(node.index)
+    def hook(s: Simulator, node: SimNode, entry: Entry) -> None:
+        # Coverage: this replica holds the written version (anti-entropy counts too).
+        if written and entry.version == written[0].version and node.index not in holders:
+            holders.add(node.index)
             curve.add(s.now_s - start_s)
-            if len(received) == p.nodes:
+            if len(holders) == p.nodes:
                 s.stop()
 
-    sim.hooks.append(hook)
+    sim.store_hooks.append(hook)
 
-    def send() -> None:
-        received.add(origin)
+    def write() -> None:
+        written.append(sim.store_put(origin, INTENTION_KIND, INTENTION_KEY, _intention_value()))
+        holders.add(origin)
         curve.add(0.0)
-        sim.nodes[origin].user_seen[payload] = sim.now_s
-        sim.command(origin, lambda core: core.broadcast_user(payload, key=payload))
 
-    sim.at(start_s, send)
+    sim.at(start_s, write)
     sim.run(start_s + (p.duration_s if p.duration_s is not None else 60.0))
     result.curves.append(curve)
-    result.lines.append(f"broadcast from n{origin:05d}: " + coverage_line(curve))
+    result.lines.append(f"intention written on n{origin:05d}: " + coverage_line(curve))
     cfg = p.gossip()
     model = {
         m: serf_model_time_s(
@@ -258,12 +276,13 @@ def run_convergence(p: Params) -> Result:
         f"reference: serf's model {serf}; SWIM/Pittel {rounds:.1f} rounds = "
         f"{rounds * cfg.gossip_interval_s:.3f}s"
     )
+    c = sim.counters
     result.lines.append(
-        "note: measures a Membership.broadcast_user gossip broadcast, re-broadcast once by "
-        "each receiver; the replicated store does not exist yet"
+        f"store: {c.store_merged} merges, {c.store_relayed} relays, "
+        f"{c.anti_entropy_done}/{c.anti_entropy_started} anti-entropy rounds done"
     )
     if curve.covered < p.nodes:
-        result.failures.append(f"broadcast reached only {curve.covered}/{p.nodes} nodes")
+        result.failures.append(f"the intention reached only {curve.covered}/{p.nodes} replicas")
     for m, key in ((0.5, "bcast_50_s"), (0.99, "bcast_99_s"), (1.0, "bcast_100_s")):
         result.figures[key] = curve.time_to(m) or -1.0
     return _finish(sim, result)
@@ -410,8 +429,26 @@ def run_false_positives(p: Params) -> Result:
     return result
 
 
+def _write_on_both_sides(
+    sim: Simulator, side_a: frozenset[int], side_b: frozenset[int], n_writes: int
+) -> list[Entry]:
+    """Writes during the split: distinct keys on each side, and one key written on both."""
+    entries: list[Entry] = []
+    for side, label in ((sorted(side_a), "a"), (sorted(side_b), "b")):
+        for i in range(n_writes):
+            writer = side[sim.rng.randrange(len(side))]
+            entries.append(sim.store_put(writer, "kv", f"split/{label}/{i}", b"v%d" % i))
+        # The same intention on both sides: last writer wins everywhere after the heal.
+        writer = side[sim.rng.randrange(len(side))]
+        action = "allow" if label == "a" else "deny"
+        entries.append(
+            sim.store_put(writer, INTENTION_KIND, INTENTION_KEY, _intention_value(action))
+        )
+    return entries
+
+
 def run_partition(p: Params) -> Result:
-    """Split in two halves, both sides must declare the other dead; heal, all alive everywhere."""
+    """Split in halves that write apart; each declares the other dead; heal: identical replicas."""
     result = Result("partition", p)
     sim = _new_sim(p)
     if not _converge(sim, p, result):
@@ -446,6 +483,8 @@ def run_partition(p: Params) -> Result:
                 s.stop()
 
     sim.hooks.append(hook)
+    writes: list[Entry] = []
+    sim.at(split_s + 1.0, lambda: writes.extend(_write_on_both_sides(sim, side_a, side_b, 5)))
     sim.run(split_s + split_limit_s)
     # Stay split a little longer, so the heal does not race the last failure notices.
     sim.run(sim.now_s + p.settle_s)
@@ -462,13 +501,19 @@ def run_partition(p: Params) -> Result:
     healed_at.append(heal_s)
     healed = Curve("full view after heal", p.nodes)
     healed_nodes: set[int] = set()
+    kinds_differ = [0]
+    same_at_s: list[float] = []
 
     def check_healed() -> bool:
         for node in sim.nodes:
             if node.index not in healed_nodes and node.up_count == p.nodes:
                 healed_nodes.add(node.index)
                 healed.add(sim.now_s - heal_s)
-        return len(healed_nodes) == p.nodes
+        digests = {n.store.digest() for n in sim.nodes if n.store is not None}
+        kinds_differ[0] = len(digests)
+        if len(digests) == 1 and not same_at_s:
+            same_at_s.append(sim.now_s - heal_s)
+        return len(healed_nodes) == p.nodes and bool(same_at_s)
 
     _poll(sim, 0.1, check_healed, sim.stop)
     limit_s = p.duration_s if p.duration_s is not None else 120.0
@@ -476,10 +521,28 @@ def run_partition(p: Params) -> Result:
     result.curves.append(healed)
     result.lines.append("heal " + coverage_line(healed))
     result.lines.append(f"false positives (same side, or after heal): {len(wrongly_dead)}")
+    c = sim.counters
+    result.lines.append(
+        f"store: {len(writes)} writes during the split; replicas identical "
+        + (f"{same_at_s[0]:.2f}s after the heal" if same_at_s else "NEVER")
+        + f" ({c.anti_entropy_done} anti-entropy rounds done, {c.anti_entropy_failed} failed, "
+        f"{c.anti_entropy_skipped} skipped as busy)"
+    )
     if healed.covered < p.nodes:
         result.failures.append(
             f"{p.nodes - healed.covered} nodes had no full view {limit_s:.0f}s after the heal"
         )
+    if not same_at_s:
+        result.failures.append(
+            f"{kinds_differ[0]} different replica digests {limit_s:.0f}s after the heal"
+        )
+    else:
+        result.figures["replicas_same_s"] = same_at_s[0]
+    final = {n.store.digest() for n in sim.nodes if n.store is not None}
+    winner = sim.nodes[0].store.get(INTENTION_KIND, INTENTION_KEY) if sim.nodes[0].store else None
+    expected = max((e for e in writes if e.kind == INTENTION_KIND), key=lambda e: e.version)
+    if len(final) != 1 or winner is None or winner.version != expected.version:
+        result.failures.append("the replicas do not all hold the last writer's intention")
     result.figures["heal_100_s"] = healed.time_to(1.0) or -1.0
     result.figures["split_100_s"] = detected.time_to(1.0) or -1.0
     return _finish(sim, result)

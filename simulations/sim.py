@@ -11,8 +11,15 @@ Rules that live here:
   sealed by the real `Wire` (AES-256-GCM with `encrypt=True`);
 - every delivered or dropped packet and every core event is folded into a
   sha256 trace, which is the run's fingerprint;
-- the simulated application re-broadcasts a user payload the first time it
-  sees it, as serf's user events and the replicated store's updates do.
+- every node holds a real replicated `Store`; a write is broadcast as the
+  agent does (a gossip `User` payload: channel byte 0x03 + `store_codec`'s
+  entry) and every node relays an entry the first time it changes its replica
+  (meshnode/replication.py's `_merge_and_relay`); other user payloads are
+  re-broadcast the first time they are seen, as serf's user events are;
+- each node runs the store's anti-entropy round (gossip/anti_entropy.py) with
+  a random alive member every `anti_entropy_interval_s` (jittered), after its
+  join, and with a member that returns from failure, as the agent does: four
+  stream halves through the network, each a real sealed step of messages.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import heapq
 import random
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshnode.gossip import codec
+from meshnode.gossip import codec, store_codec
+from meshnode.gossip.anti_entropy import Initiator, Responder, StepReader, encode_step
 from meshnode.gossip.config import GossipConfig
 from meshnode.gossip.errors import RemoteProtocolError
 from meshnode.gossip.events import (
@@ -41,6 +49,7 @@ from meshnode.gossip.events import (
 from meshnode.gossip.keyring import Keyring
 from meshnode.gossip.membership import Membership
 from meshnode.gossip.messages import Addr, NodeState, PushPull, State
+from meshnode.gossip.store import Entry, Store
 from meshnode.gossip.wire import FrameReader, Wire
 
 from .network import Network, NetworkConfig, Partition
@@ -50,6 +59,7 @@ _PACKET = 1
 _PP_REQUEST = 2
 _PP_RESPONSE = 3
 _ACTION = 4
+_AE_STEP = 5
 
 # Trace record kinds.
 _T_DELIVER = 1
@@ -57,6 +67,8 @@ _T_DROP = 2
 _T_REJECT = 3
 _T_EVENT = 4
 _T_PP = 5
+_T_STORE = 6
+_T_AE = 7
 _EVENT_CODES: dict[type, int] = {
     MemberJoined: 1,
     MemberUpdated: 2,
@@ -69,6 +81,16 @@ _INF = float("inf")
 _SIM_KEY = bytes(range(32))
 # A SIGSTOPped process's socket buffer holds about this many datagrams.
 _PAUSE_BACKLOG_MAX = 2_000
+# meshnode/replication.py's CHANNEL_STORE_ENTRY (that module needs trio, this
+# one must not; tests/simulations checks they agree).
+CHANNEL_STORE_ENTRY = 0x03
+# meshnode/replication.py's ReplicationConfig defaults, for the same reasons.
+ANTI_ENTROPY_INTERVAL_S = 10.0
+_EXCHANGE_TIMEOUT_S = 30.0
+_BROADCAST_MAX_BYTES = 1000
+_CONCURRENT_EXCHANGES_MAX = 4
+# Rejection sampling of a random alive peer: tries before giving up this round.
+_PEER_TRIES = 16
 
 
 @dataclass(slots=True)
@@ -90,6 +112,15 @@ class SimNode:
     down: dict[str, State] = field(default_factory=dict)
     user_seen: dict[bytes, float] = field(default_factory=dict)
     full_view_at_s: float | None = None
+    # The replica survives crashes: the agent persists it in SQLite.
+    store: Store | None = None
+    # The application's own randomness (anti-entropy jitter and peers), from the node's seed.
+    app_rng: random.Random | None = None
+    exchanges: int = 0  # anti-entropy rounds this node initiated that are in flight
+
+    def queued_datagrams(self) -> int:
+        """Datagrams waiting in a paused node's socket buffer (stream data queues apart)."""
+        return sum(1 for kind, _, _ in self.backlog if kind == _PACKET)
 
     @property
     def up_count(self) -> int:
@@ -109,9 +140,34 @@ class Counters:
     push_pull_bytes: int = 0
     events: int = 0
     heap_pops: int = 0
+    store_merged: int = 0
+    store_relayed: int = 0
+    store_rejected: int = 0
+    anti_entropy_started: int = 0
+    anti_entropy_skipped: int = 0
+    anti_entropy_failed: int = 0
+    anti_entropy_done: int = 0
+    anti_entropy_bytes: int = 0
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One anti-entropy round in flight: both ends' sessions and the lives they began in."""
+
+    initiator: int
+    responder: int
+    initiator_life: int
+    started_s: float
+    session: Initiator
+    responder_life: int = -1
+    answer: Responder | None = None
+    step: int = 1  # the step travelling now (1 digest, 2 versions, 3 push, 4 wanted entries)
+    ended: bool = False  # the initiator is done with it (a late step is still traced)
 
 
 EventHook = Callable[["Simulator", SimNode, Event], None]
+# Called when a node's replica changed: the node and its entry now.
+StoreHook = Callable[["Simulator", SimNode, Entry], None]
 
 
 class Simulator:
@@ -126,6 +182,7 @@ class Simulator:
         pause_drops: bool = False,
         push_pull_timeout_s: float = 10.0,
         join_retry_s: float = 2.0,
+        anti_entropy_interval_s: float | None = ANTI_ENTROPY_INTERVAL_S,
     ) -> None:
         self.seed = seed
         self.n_nodes = n_nodes
@@ -136,6 +193,8 @@ class Simulator:
         # The agent's -retry-join interval, shortened: a join storm under loss
         # loses some join exchanges, and the agent retries them.
         self.join_retry_s = join_retry_s
+        # None: no periodic rounds (the rounds after a join or a return still run).
+        self.anti_entropy_interval_s = anti_entropy_interval_s
         master = random.Random(seed)
         self._node_seeds = [master.getrandbits(64) for _ in range(n_nodes)]
         self.net = Network(
@@ -157,6 +216,7 @@ class Simulator:
         self._trace = hashlib.sha256()
         self.counters = Counters()
         self.hooks: list[EventHook] = []
+        self.store_hooks: list[StoreHook] = []
         self.stopped = False
         self.full_view_nodes = 0
         self.on_full_view: Callable[[], None] | None = None
@@ -204,6 +264,8 @@ class Simulator:
                 self._serve_push_pull(payload)
             elif kind == _PP_RESPONSE:
                 self._finish_push_pull(payload)
+            elif kind == _AE_STEP:
+                self._anti_entropy_arrive(payload)
             else:
                 payload()
         if not self.stopped:
@@ -233,9 +295,15 @@ class Simulator:
         node.down = {}
         node.user_seen = {}
         node.full_view_at_s = None
+        if node.store is None:
+            node.store = Store(node.name)
+        node.app_rng = random.Random(seed ^ 0xAE)
+        node.exchanges = 0
         if join:
             node.core.join([self.nodes[j].addr for j in join], self.now_s)
         self._flush(node)
+        if self.anti_entropy_interval_s is not None:
+            self._schedule_anti_entropy(index, node.life)
 
     def warm_start(self) -> None:
         """Boot every node already knowing every other, with nothing left to gossip.
@@ -267,6 +335,7 @@ class Simulator:
         node.wake_at_s = _INF
         node.paused = False
         node.backlog = []
+        node.exchanges = 0
 
     def pause(self, index: int, duration_s: float) -> None:
         """The process stops (GC pause, SIGSTOP): it handles nothing until resumed."""
@@ -288,6 +357,8 @@ class Simulator:
                 break
             if kind == _PACKET:
                 self._deliver(payload)
+            elif kind == _AE_STEP:
+                self._anti_entropy_arrive(payload)
             else:
                 self._serve_push_pull(payload)
         if node.core is not None:
@@ -469,14 +540,203 @@ class Simulator:
             return
         node.core.merge_remote_state(msg, self.now_s)
         self._flush(node)
+        if join and node.core is not None:
+            # The agent's _join: once in, the joiner reconciles its store with one member.
+            self.start_anti_entropy(client)
+
+    # ------------------------------------------------------------------ the replicated store
+
+    def store_put(self, index: int, kind: str, key: str, value: bytes) -> Entry:
+        """A local write on a live node, broadcast as the agent's Replicator.put does."""
+        node = self.nodes[index]
+        if node.core is None or node.store is None:
+            raise ValueError(f"node {index} is down: it cannot take a write")
+        entry = node.store.put(kind, key, value)
+        self._record(_T_STORE, index, entry.version.lamport & 0xFFFFFFFF, len(value), 0)
+        self._broadcast_entry(node, entry)
+        self._flush(node)
+        return entry
+
+    def _broadcast_entry(self, node: SimNode, entry: Entry) -> None:
+        payload = bytes((CHANNEL_STORE_ENTRY,)) + store_codec.encode_entry(entry)
+        if len(payload) > _BROADCAST_MAX_BYTES:
+            # The agent sends a notice and the receivers fetch; the simulated
+            # writes are small, so this would be a scenario's mistake.
+            raise ValueError(f"a {len(payload)}-byte entry needs the notice path")
+        assert node.core is not None
+        node.core.broadcast_user(payload, key=("store", entry.kind, entry.key))
+
+    def _on_store_payload(self, node: SimNode, payload: bytes) -> None:
+        """Replicator.on_user and _merge_and_relay: merge, and relay what was news."""
+        try:
+            entry = store_codec.decode_entry(payload[1:])
+        except RemoteProtocolError:
+            self.counters.store_rejected += 1
+            return
+        for current in self._merge(node, [entry]):
+            if current.version == entry.version:
+                self.counters.store_relayed += 1
+                self._broadcast_entry(node, current)
+
+    def _merge(self, node: SimNode, entries: Iterable[Entry]) -> list[Entry]:
+        """Replicator.merge: the entries (as they are now) whose keys changed our replica."""
+        store = node.store
+        assert store is not None
+        changed: dict[tuple[str, str], None] = {}
+        for entry in entries:
+            try:
+                if store.merge(entry):
+                    changed[(entry.kind, entry.key)] = None
+            except RemoteProtocolError:
+                self.counters.store_rejected += 1
+        out: list[Entry] = []
+        for kind, key in changed:
+            current = store.get(kind, key, tombstones=True)
+            if current is None:
+                continue
+            out.append(current)
+            self.counters.store_merged += 1
+            crc = zlib.crc32(f"{kind}\xff{key}".encode())
+            self._record(_T_STORE, node.index, current.version.lamport & 0xFFFFFFFF, 1, crc)
+            for hook in self.store_hooks:
+                hook(self, node, current)
+        return out
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def _schedule_anti_entropy(self, index: int, life: int) -> None:
+        """The agent's loop: sleep interval x U(0.5, 1.5), then one round with a random peer."""
+        node = self.nodes[index]
+        assert node.app_rng is not None and self.anti_entropy_interval_s is not None
+        delay_s = self.anti_entropy_interval_s * (0.5 + node.app_rng.random())
+
+        def tick() -> None:
+            if node.life != life or node.core is None:
+                return
+            if not node.paused:
+                self.start_anti_entropy(index)
+            self._schedule_anti_entropy(index, life)
+
+        self.at(self.now_s + delay_s, tick)
+
+    def _random_alive_peer(self, node: SimNode) -> int | None:
+        """A uniformly random member this node believes alive (rejection sampling, O(1))."""
+        assert node.core is not None and node.app_rng is not None
+        if self.n_nodes < 2:
+            return None
+        for _ in range(_PEER_TRIES):
+            other = node.app_rng.randrange(self.n_nodes - 1)
+            other += other >= node.index
+            m = node.core.member(self.nodes[other].name)
+            if m is not None and m.state == State.ALIVE:
+                return other
+        return None
+
+    def start_anti_entropy(self, index: int, peer: int | None = None) -> None:
+        """Start one round from `index` (with `peer`, or a random alive member) unless busy."""
+        node = self.nodes[index]
+        if node.core is None or node.store is None or node.paused:
+            return
+        if peer is None:
+            peer = self._random_alive_peer(node)
+            if peer is None:
+                return
+        if node.exchanges >= _CONCURRENT_EXCHANGES_MAX:
+            self.counters.anti_entropy_skipped += 1
+            return
+        node.exchanges += 1
+        self.counters.anti_entropy_started += 1
+        session = Initiator(node.store)
+        ex = _Exchange(index, peer, node.life, self.now_s, session)
+        self._anti_entropy_send(ex, index, peer, session.opening())
+
+    def _anti_entropy_send(self, ex: _Exchange, src: int, dst: int, messages: list[bytes]) -> None:
+        wire = self.nodes[src].wire
+        assert wire is not None
+        data = encode_step(wire, messages)
+        self.counters.anti_entropy_bytes += len(data)
+        delay_s = self.net.stream_delay_s(src, dst, len(data))
+        if delay_s is None:
+            self._record(_T_AE, src, dst, len(data), ex.step)
+            self._anti_entropy_end(ex, ok=False)
+            return
+        self._push(self.now_s + delay_s, _AE_STEP, (ex, dst, data))
+
+    def _anti_entropy_end(self, ex: _Exchange, *, ok: bool) -> None:
+        if ex.ended:
+            return
+        ex.ended = True
+        if ok:
+            self.counters.anti_entropy_done += 1
+        else:
+            self.counters.anti_entropy_failed += 1
+        node = self.nodes[ex.initiator]
+        if node.life == ex.initiator_life and node.exchanges > 0:
+            node.exchanges -= 1
+
+    def _anti_entropy_arrive(self, payload: tuple[_Exchange, int, bytes]) -> None:
+        """One step reaches its end of the stream: read it whole, answer with the next."""
+        ex, dst, data = payload
+        node = self.nodes[dst]
+        at_initiator = dst == ex.initiator
+        life = ex.initiator_life if at_initiator else ex.responder_life
+        if node.core is None or (life >= 0 and node.life != life):
+            self._record(_T_AE, ex.initiator, ex.responder, len(data), 10 + ex.step)
+            self._anti_entropy_end(ex, ok=False)
+            return
+        if node.paused:
+            node.backlog.append((_AE_STEP, 0, payload))
+            return
+        if self.now_s - ex.started_s > _EXCHANGE_TIMEOUT_S:
+            self._record(_T_AE, ex.initiator, ex.responder, len(data), 20 + ex.step)
+            self._anti_entropy_end(ex, ok=False)
+            return
+        self._record(_T_AE, ex.initiator, ex.responder, len(data), zlib.crc32(data))
+        assert node.wire is not None and node.store is not None
+        reader = StepReader(node.wire)
+        reader.feed(data)
+        other = ex.responder if at_initiator else ex.initiator
+        try:
+            step = reader.next_step(self.now_s)
+            if step is None:
+                raise AssertionError("a simulated step always arrives whole")
+            if ex.step == 1:
+                ex.responder_life = node.life
+                ex.answer = Responder(node.store)
+                ex.step = 2
+                self._anti_entropy_send(ex, dst, other, ex.answer.on_digest(step))
+            elif ex.step == 2:
+                push = ex.session.on_bucket_versions(step)
+                ex.step = 3
+                self._anti_entropy_send(ex, dst, other, push)
+                if not ex.session.expects_entries:
+                    # The initiator is done once it has sent; the responder merges on arrival.
+                    self._anti_entropy_end(ex, ok=True)
+            elif ex.step == 3:
+                assert ex.answer is not None
+                self._merge(node, ex.answer.on_push(step))
+                answer = ex.answer.answer()
+                if answer is not None:
+                    ex.step = 4
+                    self._anti_entropy_send(ex, dst, other, answer)
+            else:
+                self._merge(node, ex.session.on_entries(step))
+                self._anti_entropy_end(ex, ok=True)
+        except RemoteProtocolError:
+            self.counters.packets_rejected += 1
+            self._record(_T_REJECT, ex.initiator, ex.responder, len(data), 30 + ex.step)
+            self._anti_entropy_end(ex, ok=False)
 
     # ------------------------------------------------------------------ events and trace
 
     def _on_event(self, node: SimNode, event: Event) -> None:
         self.counters.events += 1
         if isinstance(event, UserMessage):
-            self._record(_T_EVENT, node.index, 6, len(event.payload), zlib.crc32(event.payload))
-            if event.payload not in node.user_seen:
+            payload = event.payload
+            self._record(_T_EVENT, node.index, 6, len(payload), zlib.crc32(payload))
+            if payload and payload[0] == CHANNEL_STORE_ENTRY:
+                self._on_store_payload(node, payload)
+            elif payload not in node.user_seen:
                 node.user_seen[event.payload] = self.now_s
                 # The application's rule: pass news on once (serf user events, store updates).
                 assert node.core is not None
@@ -493,6 +753,11 @@ class Simulator:
             if isinstance(event, MemberJoined):
                 if m.name in node.down:
                     del node.down[m.name]
+                    # The agent: a member back from failure (a restart, a pause, a
+                    # healed partition) may hold writes we lack, and lack ours.
+                    returning = self.index_of.get(m.name)
+                    if returning is not None:
+                        self.start_anti_entropy(node.index, returning)
                 else:
                     node.known += 1
             elif isinstance(event, MemberFailed | MemberLeft):
