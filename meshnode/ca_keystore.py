@@ -1,0 +1,127 @@
+"""Root private keys at rest, encrypted, in ``<data-dir>/ca/``.
+
+Only signer-eligible agents keep root keys; the replicated store never holds
+one. Each key is one file ``root-<hex id>.key``:
+``b"MNCA1" | nonce(12) | AES-256-GCM(PKCS#8 PEM)``, with the associated data
+``node id | root id`` so a file copied to another node or renamed to another
+root does not open.
+
+The AES key is HKDF-SHA256 of a 32-byte random secret kept next to the keys
+(``ca/kek.secret``, mode 0600), salted with the node id. This protects a root
+key that leaves the node on its own: a key file in a backup of ``ca/``, a
+file copied for debugging, a tarball of the keys. It does not protect
+against anyone who can read the whole data dir (the secret is there) or the
+agent's memory, or who runs as the agent's user; an HSM or an external
+provider is the answer to those.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = ["KeyStore", "KeyStoreError"]
+
+_MAGIC = b"MNCA1"
+_NONCE_BYTES = 12
+_SECRET_BYTES = 32
+_INFO = b"meshnode ca root key at rest v1"
+_ID = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){0,63}$")
+
+
+class KeyStoreError(Exception):
+    """A key file cannot be read or written (one line for the log)."""
+
+
+class KeyStore:
+    """Encrypted root keys of one node, by root id."""
+
+    def __init__(self, directory: Path, node_id: str) -> None:
+        self.directory = directory
+        self._node_id = node_id
+        self._aead: AESGCM | None = None
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            secret_path = self.directory / "kek.secret"
+            try:
+                secret = secret_path.read_bytes()
+            except FileNotFoundError:
+                secret = os.urandom(_SECRET_BYTES)
+                _write_private(secret_path, secret)
+            if len(secret) != _SECRET_BYTES:
+                raise KeyStoreError(f"{secret_path} is not a {_SECRET_BYTES}-byte secret")
+            key = HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=self._node_id.encode("utf-8"),
+                info=_INFO,
+            ).derive(secret)
+            self._aead = AESGCM(key)
+        return self._aead
+
+    def _path(self, root_id: str) -> Path:
+        if not _ID.match(root_id):
+            raise KeyStoreError(f"root id {root_id[:80]!r} is not colon hex")
+        return self.directory / f"root-{root_id.replace(':', '')}.key"
+
+    def _aad(self, root_id: str) -> bytes:
+        return f"{self._node_id}|{root_id}".encode()
+
+    def save(self, root_id: str, key_pem: str) -> None:
+        """Write (or replace) the key of `root_id`, durable on return."""
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._cipher().encrypt(nonce, key_pem.encode("ascii"), self._aad(root_id))
+        _write_private(self._path(root_id), _MAGIC + nonce + sealed)
+
+    def load(self, root_id: str) -> str | None:
+        """The PEM key of `root_id`, None when this node does not hold it."""
+        path = self._path(root_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _NONCE_BYTES + 16:
+            raise KeyStoreError(f"{path} is not a meshnode root key file")
+        nonce = data[len(_MAGIC) : len(_MAGIC) + _NONCE_BYTES]
+        try:
+            plain = self._cipher().decrypt(
+                nonce, data[len(_MAGIC) + _NONCE_BYTES :], self._aad(root_id)
+            )
+        except InvalidTag:
+            raise KeyStoreError(f"{path} does not open with this node's key") from None
+        return plain.decode("ascii")
+
+    def held(self) -> set[str]:
+        """Root ids with a key file here."""
+        if not self.directory.is_dir():
+            return set()
+        found = set()
+        for path in self.directory.glob("root-*.key"):
+            hex_id = path.name[len("root-") : -len(".key")]
+            found.add(":".join(hex_id[i : i + 2] for i in range(0, len(hex_id), 2)))
+        return found
+
+    def delete(self, root_id: str) -> None:
+        self._path(root_id).unlink(missing_ok=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` readable by the owner only, via a rename (never half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

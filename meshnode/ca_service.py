@@ -1,0 +1,685 @@
+"""The agent side of the CA: bootstrap, signers, root keys, intermediates, leaf requests.
+
+Every agent runs a `CAService`. What it does depends on the node:
+
+- Any agent: follows the CA records in the store (`ca_state.CAView`), sends
+  its services' CSRs to the current signers (`issue`, in signer order, the
+  next one when one is down, refuses or is no longer elected), answers the
+  roots and configuration reads, and forwards configuration changes and
+  rotations to a signer.
+- A signer-eligible agent (``--signer``; ``"signer": true`` in its gossip
+  meta) also: bootstraps the CA when the cluster has none; holds the active
+  root key, encrypted in its data dir (`KeyStore`), fetching it from an
+  eligible peer over CA RPC when it lacks it; answers peers' root key
+  requests; applies configuration changes and rotations.
+- An active signer (one of the `ca_signers` eligible alive members with the
+  highest rendezvous hash): holds its own intermediate (a key in memory
+  only, the certificate in the store) and signs leaves with it after
+  checking that the requesting node owns the service in the catalog, rate
+  limiting CSRs and validating them.
+- The best-ranked active signer does the cluster's housekeeping: it retires
+  the intermediates of nodes that lost their election, prunes roots whose
+  leaves have all expired, and deletes roots left by a losing bootstrap.
+
+Nothing here talks to another node except through `ca_rpc`. Every decision
+is re-made from the store and the member list in `reconcile`, which runs on
+every change of either and at least every `reconcile_interval_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+import trio
+
+from . import ca_rpc
+from .ca.csr import CSRError, validate_csr
+from .ca.leaf_manager import Issued, LeafError, Roots
+from .ca.pem import PemError, cert_from_pem, generate_key, key_from_pem, key_to_pem
+from .ca.provider import ROOT_TTL_S, BuiltinProvider, CAProvider, ProviderError, RootCA
+from .ca.spiffe import ServiceID, SpiffeError, trust_domain_for
+from .ca_keystore import KeyStore, KeyStoreError
+from .ca_rpc import (
+    Configured,
+    ConfigureRequest,
+    Refusal,
+    Reply,
+    Request,
+    RootKey,
+    RootKeyRequest,
+    RpcUnreachable,
+    Signed,
+    SignRequest,
+)
+from .ca_state import (
+    CONFIG_KEY,
+    KIND,
+    CAConfigRecord,
+    CAView,
+    IntermediateRecord,
+    RootRecord,
+    TokenBucket,
+    eligible_nodes,
+    encode_config,
+    encode_intermediate,
+    encode_root,
+    intermediate_key,
+    read_view,
+    root_key,
+    signers_for,
+)
+from .catalog.records import ServiceRecord
+from .catalog.views import ServiceView
+from .gossip.driver import DriverCounters
+from .gossip.errors import LocalProtocolError
+from .gossip.messages import Addr
+from .gossip.store import Entry
+from .gossip.wire import Wire
+from .logs import log
+from .state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
+
+__all__ = ["CAError", "CAService", "CASettings", "ConfigChange", "owned_service_names"]
+
+_log = logging.getLogger("meshnode.ca")
+
+
+class CAError(Exception):
+    """A CA operation asked of this agent cannot be done; one line for the user."""
+
+
+class ServiceOwners(Protocol):
+    """The catalog as the signer asks it: who runs an instance (or a proxy) of a service."""
+
+    def service_nodes(
+        self, name: str, tag: str | None = None, *, connect: bool = False
+    ) -> list[ServiceView]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CASettings:
+    # --signer: this node may hold the root key and be elected to sign.
+    eligible: bool = False
+    # Cluster-wide settings written at bootstrap (the store's config wins after):
+    # Consul's 72 h leaf, its CSRMaxPerSecond of 50, three signers.
+    leaf_ttl_s: int = 72 * 3600
+    csr_max_per_second: float = 50.0
+    ca_signers: int = 3
+    # Leaves re-issue within this window after a root change (DESIGN.md: 30 s),
+    # so a rotation does not bring every agent's CSR in the same second.
+    reissue_jitter_s: float = 30.0
+    # An eligible node waits this long (times its rank among eligible alive
+    # members, plus one) for an existing CA to arrive by gossip before making
+    # one: long enough for a join's anti-entropy pull, short for a lone node.
+    bootstrap_wait_s: float = 2.0
+    # One RPC to one signer; on loopback or a LAN an answer takes milliseconds.
+    rpc_timeout_s: float = 3.0
+    # How long a leaf request keeps trying signers (a failed signer, an election
+    # in progress, a catalog write still spreading) before it gives up.
+    issue_deadline_s: float = 15.0
+    # Decisions are re-made on every store or member change; this bounds the
+    # delay of the time-driven ones (pruning, intermediate renewal, retries).
+    reconcile_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """A configuration request (PUT /v1/connect/ca/configuration); None keeps a setting."""
+
+    leaf_ttl_s: int | None = None
+    csr_max_per_second: float | None = None
+    ca_signers: int | None = None
+    rotate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _OwnIntermediate:
+    root_id: str
+    cert_pem: str
+    key_pem: str
+    not_after_s: float
+
+
+# An intermediate is renewed when less than this many leaf lives remain.
+_INTERMEDIATE_RENEW_LEAF_LIVES = 3
+# Passes over the signer list a leaf request makes before giving up.
+_ISSUE_PASSES_MAX = 20
+# Every signer saying "not the owner" for this long ends a request: the
+# catalog write it waits for has had ample time to spread.
+_NOT_OWNER_GIVE_UP_S = 3.0
+
+
+class CAService:
+    """This agent's part in the cluster's CA (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: ReplicatedState,
+        nodes: NodeSource,
+        catalog: ServiceOwners,
+        *,
+        node_name: str,
+        datacenter: str,
+        wire: Wire,
+        counters: DriverCounters,
+        keystore: KeyStore,
+        member_addr: Callable[[str], Addr | None],
+        local_host: Callable[[], str | None],
+        settings: CASettings = CASettings(),
+        provider: CAProvider | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        connect: ca_rpc.Connect | None = None,
+    ) -> None:
+        self.state = state
+        self.nodes = nodes
+        self.catalog = catalog
+        self.node_name = node_name
+        self.datacenter = datacenter
+        self.wire = wire
+        self.counters = counters
+        self.keystore = keystore
+        self.settings = settings
+        self.provider: CAProvider = provider or BuiltinProvider()
+        self._member_addr = member_addr
+        self._local_host = local_host
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self._connect = connect
+        self._started_at = trio.current_time()
+        self._intermediate: _OwnIntermediate | None = None
+        self._bucket = TokenBucket(
+            settings.csr_max_per_second, max(1.0, settings.csr_max_per_second), trio.current_time()
+        )
+        self._listeners: list[Callable[[], None]] = []
+        self._wakeup = trio.Event()
+        self.view = CAView()
+        self._refresh()
+        state.tracker.subscribe(KIND, self._on_change)
+
+    # --- following the store ---------------------------------------------------------------
+
+    def on_view_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change of the CA records (the leaf manager's hook)."""
+        self._listeners.append(listener)
+
+    def _on_change(self, entries: list[Entry]) -> None:
+        self._refresh()
+        for listener in self._listeners:
+            listener()
+        self._wakeup.set()
+
+    def _refresh(self) -> None:
+        view, skipped = read_view(self.state)
+        for key, exc in skipped:
+            self.counters.add("ca.malformed_records")
+            log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=exc)
+        self.view = view
+        if view.config is not None:
+            self._bucket.set_rate(view.config.csr_max_per_second)
+
+    def index(self) -> int:
+        """The blocking-query index of CA reads (at least 1)."""
+        return max(1, self.state.tracker.topic_index(KIND))
+
+    async def wait(self, index: int, timeout_s: float) -> int:
+        return max(1, await self.state.tracker.wait(KIND, index, timeout_s))
+
+    def signers(self) -> list[str]:
+        """Node names of the active signers, best first."""
+        return signers_for(self.view, self.nodes.nodes())
+
+    def roots(self) -> Roots | None:
+        """The trust bundle now: active root first, then those still trusted."""
+        view = self.view
+        if view.config is None or view.active is None:
+            return None
+        trusted = view.trusted(self._wall_clock())
+        return Roots(view.active.id, view.config.trust_domain, tuple(r.cert_pem for r in trusted))
+
+    def spiffe_id(self, service: str) -> str:
+        config = self.view.config
+        if config is None:
+            raise LeafError("the cluster has no CA yet (no signer-eligible agent has started)")
+        try:
+            return ServiceID(config.trust_domain, self.datacenter, service).uri
+        except SpiffeError as exc:
+            raise LeafError(str(exc)) from None
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_clock(), UTC)
+
+    def _count(self, name: str) -> None:
+        self.counters.add(f"ca.{name}")
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile on every store or member change, and every `reconcile_interval_s`."""
+        task_status.started()
+        seen = 0
+        while True:
+            try:
+                await self.reconcile()
+            except (KeyStoreError, ProviderError, PemError, LocalProtocolError) as exc:
+                self._count("reconcile.failed")
+                log(_log, "warning", "CA reconcile failed", reason=str(exc))
+            self._wakeup = trio.Event()
+            with trio.move_on_after(self.settings.reconcile_interval_s):
+                async with trio.open_nursery() as nursery:
+
+                    async def watch(index: int = seen) -> None:
+                        await self.state.tracker.wait(TOPIC_MEMBERS, index, 1e9)
+                        nursery.cancel_scope.cancel()
+
+                    async def poked() -> None:
+                        await self._wakeup.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(watch)
+                    nursery.start_soon(poked)
+            seen = self.state.tracker.topic_index(TOPIC_MEMBERS)
+
+    async def reconcile(self) -> None:
+        """Re-make every decision from the store and the member list."""
+        view = self.view
+        if view.config is None:
+            if self.settings.eligible and self._bootstrap_due():
+                self.bootstrap()
+            return
+        if self.settings.eligible:
+            await self._keep_root_keys(view)
+        signers = self.signers()
+        if self.node_name in signers:
+            self._ensure_intermediate(self.view)
+        else:
+            self._retire_own_intermediate()
+        if signers and signers[0] == self.node_name:
+            self._housekeeping(self.view, set(signers))
+
+    # --- bootstrap ---------------------------------------------------------------------------
+
+    def _bootstrap_due(self) -> bool:
+        names = sorted({n.name for n in eligible_nodes(self.nodes.nodes())} | {self.node_name})
+        rank = names.index(self.node_name)
+        waited_s = trio.current_time() - self._started_at
+        return waited_s >= self.settings.bootstrap_wait_s * (1 + rank)
+
+    def bootstrap(self) -> CAConfigRecord:
+        """Make a cluster id, trust domain and root; the key stays in this node's data dir."""
+        cluster_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        trust_domain = trust_domain_for(cluster_id)
+        root = self.provider.generate_root(trust_domain, now=self._now(), ttl_s=ROOT_TTL_S)
+        # Key first: a root in the store always has a key somewhere.
+        self.keystore.save(root.id, root.key_pem)
+        now_s = self._wall_clock()
+        record = RootRecord(
+            id=root.id,
+            cluster_id=cluster_id,
+            cert_pem=root.cert_pem,
+            generation=1,
+            created_at_s=now_s,
+            created_by=self.node_name,
+        )
+        config = CAConfigRecord(
+            cluster_id=cluster_id,
+            trust_domain=trust_domain,
+            leaf_ttl_s=self.settings.leaf_ttl_s,
+            csr_max_per_second=self.settings.csr_max_per_second,
+            ca_signers=self.settings.ca_signers,
+            updated_by=self.node_name,
+            updated_at_s=now_s,
+        )
+        self.state.put(KIND, root_key(root.id), encode_root(record))
+        self.state.put(KIND, CONFIG_KEY, encode_config(config))
+        self._count("bootstrapped")
+        log(_log, "info", "CA bootstrapped", cluster_id=cluster_id, root=root.id[:23])
+        return config
+
+    # --- root keys ---------------------------------------------------------------------------
+
+    async def _keep_root_keys(self, view: CAView) -> None:
+        """Hold the active root key; drop keys of roots gone from the store."""
+        live = {r.id for r in view.roots}
+        for held in self.keystore.held() - live:
+            self.keystore.delete(held)
+            log(_log, "info", "dropped the key of a root no longer in the store", root=held[:23])
+        mine_stray = [r for r in view.stray_roots if r.created_by == self.node_name]
+        if mine_stray:
+            # Our bootstrap lost to another node's (a higher store version).
+            self.state.delete_many(KIND, [root_key(r.id) for r in mine_stray])
+        active = view.active
+        if active is not None and self.keystore.load(active.id) is None:
+            await self._fetch_root_key(active)
+
+    async def _fetch_root_key(self, root: RootRecord) -> bool:
+        signers = self.signers()
+        peers = [n.name for n in eligible_nodes(self.nodes.nodes()) if n.name != self.node_name]
+        order = [s for s in signers if s != self.node_name] + [p for p in peers if p not in signers]
+        for name in order:
+            reply = await self._ask(name, RootKeyRequest(self.node_name, root.id))
+            if not isinstance(reply, RootKey) or reply.root_id != root.id:
+                continue
+            try:
+                key = key_from_pem(reply.key_pem)
+                if key.public_key() != cert_from_pem(root.cert_pem).public_key():
+                    self._count("root_key.mismatch")
+                    continue
+            except PemError:
+                self._count("root_key.mismatch")
+                continue
+            self.keystore.save(root.id, reply.key_pem)
+            self._count("root_key.fetched")
+            log(_log, "info", "root key fetched", root=root.id[:23], peer=name)
+            return True
+        return False
+
+    # --- intermediates -----------------------------------------------------------------------
+
+    def _ensure_intermediate(self, view: CAView) -> None:
+        active, config = view.active, view.config
+        if active is None or config is None:
+            return
+        own = self._intermediate
+        renew_before_s = _INTERMEDIATE_RENEW_LEAF_LIVES * config.leaf_ttl_s
+        if (
+            own is None
+            or own.root_id != active.id
+            or own.not_after_s - self._wall_clock() < renew_before_s
+        ):
+            key_pem = self.keystore.load(active.id)
+            if key_pem is None:
+                return  # not ready until the root key is fetched; peers sign meanwhile
+            key = generate_key()
+            cert_pem = self.provider.sign_intermediate(
+                RootCA(active.cert_pem, key_pem),
+                key.public_key(),
+                signer_node=self.node_name,
+                now=self._now(),
+                ttl_s=config.intermediate_ttl_s,
+            )
+            not_after_s = cert_from_pem(cert_pem).not_valid_after_utc.timestamp()
+            own = _OwnIntermediate(active.id, cert_pem, key_to_pem(key), not_after_s)
+            self._intermediate = own
+            self._count("intermediate.issued")
+            log(_log, "info", "intermediate issued", root=active.id[:23])
+        published = view.intermediate(self.node_name)
+        if published is None or published.cert_pem != own.cert_pem:
+            record = IntermediateRecord(
+                self.node_name, own.root_id, own.cert_pem, self._wall_clock()
+            )
+            self.state.put(KIND, intermediate_key(self.node_name), encode_intermediate(record))
+
+    def _retire_own_intermediate(self) -> None:
+        self._intermediate = None
+        if self.view.intermediate(self.node_name) is not None:
+            self.state.delete_many(KIND, [intermediate_key(self.node_name)])
+            self._count("intermediate.retired")
+
+    def _housekeeping(self, view: CAView, signers: set[str]) -> None:
+        now_s = self._wall_clock()
+        retired = [intermediate_key(i.node) for i in view.intermediates if i.node not in signers]
+        stale = [
+            intermediate_key(i.node)
+            for i in view.intermediates
+            if i.node in signers and view.root(i.root_id) is None
+        ]
+        if retired or stale:
+            self.state.delete_many(KIND, retired + stale)
+            self.counters.add("ca.intermediate.retired", len(retired) + len(stale))
+        doomed = [root_key(r.id) for r in view.expired(now_s)]
+        doomed += [root_key(r.id) for r in view.stray_roots]
+        if doomed:
+            self.state.delete_many(KIND, doomed)
+            self.counters.add("ca.root.pruned", len(doomed))
+            log(_log, "info", "pruned roots", count=len(doomed))
+
+    # --- serving peers -----------------------------------------------------------------------
+
+    async def serve(self, stream: trio.abc.Stream, peer: Addr, first: bytes) -> None:
+        """The gossip driver's handler for `ca_rpc.STREAM_CA` streams."""
+        await ca_rpc.serve_stream(
+            stream,
+            peer,
+            first,
+            wire=self.wire,
+            handle=self.handle,
+            counters=self.counters,
+            timeout_s=self.settings.rpc_timeout_s * 3,
+        )
+
+    async def handle(self, request: Request, peer: Addr) -> Reply:
+        """Answer one request; the TCP peer must be the address its node gossips."""
+        reply = self._answer(request, peer)
+        if isinstance(reply, Refusal):
+            self._count(f"refused.{reply.code}")
+            log(
+                _log,
+                "info",
+                "refused a CA request",
+                op=type(request).__name__,
+                node=request.node[:80],
+                code=reply.code,
+                reason=reply.reason,
+            )
+        return reply
+
+    def _answer(self, request: Request, peer: Addr) -> Reply:
+        node = self.nodes.node(request.node)
+        if node is None:
+            return Refusal("forbidden", f"{request.node[:80]!r} is not a member of this cluster")
+        if node.address != peer.host:
+            return Refusal(
+                "forbidden",
+                f"the request comes from {peer.host}, but node {node.name} gossips {node.address}",
+            )
+        match request:
+            case SignRequest():
+                return self._sign(request, node)
+            case RootKeyRequest():
+                return self._give_root_key(request, node)
+            case ConfigureRequest():
+                return self._configure_here(request)
+
+    def _sign(self, request: SignRequest, node: NodeInfo) -> Reply:
+        view, config = self.view, self.view.config
+        if config is None or view.active is None:
+            return Refusal("no_ca", "the cluster has no CA yet")
+        if self.node_name not in self.signers():
+            return Refusal("not_signer", f"{self.node_name} is not an elected signer")
+        if not self._bucket.take(trio.current_time()):
+            return Refusal("rate_limited", "rate limited, retry")
+        own = self._intermediate
+        if own is None or own.root_id != view.active.id:
+            return Refusal("not_ready", f"{self.node_name} has no intermediate for the active root")
+        owners = {v.node.name for v in self.catalog.service_nodes(request.service)}
+        owners |= {v.node.name for v in self.catalog.service_nodes(request.service, connect=True)}
+        if node.name not in owners:
+            where = ", ".join(sorted(owners)) or "no node"
+            return Refusal(
+                "not_owner",
+                f"node {node.name} does not own service {request.service[:80]!r} "
+                f"in the catalog (registered on {where})",
+            )
+        try:
+            expected = ServiceID(config.trust_domain, node.datacenter, request.service)
+            csr = validate_csr(request.csr_pem, expected=expected)
+        except (CSRError, SpiffeError) as exc:
+            self._count("csr.bad")
+            return Refusal("bad_csr", str(exc))
+        leaf = self.provider.sign_leaf(
+            own.cert_pem, own.key_pem, csr, now=self._now(), ttl_s=config.leaf_ttl_s
+        )
+        self._count("sign.ok")
+        chain = (own.cert_pem,) + ((view.active.cross_pem,) if view.active.cross_pem else ())
+        return Signed(leaf, chain, view.active.id)
+
+    def _give_root_key(self, request: RootKeyRequest, node: NodeInfo) -> Reply:
+        if node.state != "alive" or node.meta.get("signer") is not True:
+            return Refusal("forbidden", f"node {node.name} is not a signer-eligible alive member")
+        key_pem = self.keystore.load(request.root_id)
+        if key_pem is None:
+            return Refusal("no_key", f"{self.node_name} does not hold root {request.root_id[:23]}")
+        self._count("root_key.served")
+        log(_log, "info", "root key sent", root=request.root_id[:23], to=node.name)
+        return RootKey(request.root_id, key_pem)
+
+    # --- configuration and rotation ----------------------------------------------------------
+
+    def _configure_here(self, request: ConfigureRequest) -> Reply:
+        """Apply a change on this node, which must be eligible (and hold the key to rotate)."""
+        view, config = self.view, self.view.config
+        if not self.settings.eligible:
+            return Refusal("forbidden", f"{self.node_name} is not signer-eligible")
+        if config is None or view.active is None:
+            return Refusal("no_ca", "the cluster has no CA yet")
+        active = view.active
+        if request.rotate:
+            key_pem = self.keystore.load(active.id)
+            if key_pem is None:
+                return Refusal("no_key", f"{self.node_name} does not hold the active root key")
+            new_root = self.provider.generate_root(
+                config.trust_domain, now=self._now(), ttl_s=ROOT_TTL_S
+            )
+            cross_pem = self.provider.cross_sign(
+                RootCA(active.cert_pem, key_pem), new_root.cert_pem, now=self._now()
+            )
+            self.keystore.save(new_root.id, new_root.key_pem)
+            record = RootRecord(
+                id=new_root.id,
+                cluster_id=config.cluster_id,
+                cert_pem=new_root.cert_pem,
+                generation=active.generation + 1,
+                created_at_s=self._wall_clock(),
+                created_by=self.node_name,
+                cross_pem=cross_pem,
+                previous_id=active.id,
+            )
+            self.state.put(KIND, root_key(new_root.id), encode_root(record))
+            self._count("root.rotated")
+            log(_log, "info", "root rotated", old=active.id[:23], new=new_root.id[:23])
+            active = record
+        changed = replace(
+            config,
+            leaf_ttl_s=request.leaf_ttl_s or config.leaf_ttl_s,
+            csr_max_per_second=request.csr_max_per_second or config.csr_max_per_second,
+            ca_signers=request.ca_signers or config.ca_signers,
+        )
+        if changed != config:
+            stamped = replace(changed, updated_by=self.node_name, updated_at_s=self._wall_clock())
+            self.state.put(KIND, CONFIG_KEY, encode_config(stamped))
+        return Configured(active.id)
+
+    async def configure(self, change: ConfigChange) -> str:
+        """Apply `change` here if this node can, else on a signer; the active root id after."""
+        request = ConfigureRequest(
+            self.node_name,
+            leaf_ttl_s=change.leaf_ttl_s,
+            csr_max_per_second=change.csr_max_per_second,
+            ca_signers=change.ca_signers,
+            rotate=change.rotate,
+        )
+        if self.view.config is None:
+            raise CAError("the cluster has no CA yet (no signer-eligible agent has started)")
+        reasons: list[str] = []
+        if self.settings.eligible:
+            reply = self._configure_here(request)
+            if isinstance(reply, Configured):
+                return reply.active_root_id
+            reasons.append(f"{self.node_name}: {_reason(reply)}")
+        others = [n for n in self.signers() if n != self.node_name]
+        others += [
+            n.name
+            for n in eligible_nodes(self.nodes.nodes())
+            if n.name != self.node_name and n.name not in others
+        ]
+        for name in others:
+            reply = await self._ask(name, request)
+            if isinstance(reply, Configured):
+                return reply.active_root_id
+            reasons.append(f"{name}: {_reason(reply)}")
+        if not reasons:
+            raise CAError("no signer-eligible agent is alive to apply the change")
+        raise CAError(
+            "no signer-eligible agent could apply the change (" + "; ".join(reasons) + ")"
+        )
+
+    # --- leaf requests -----------------------------------------------------------------------
+
+    async def _ask(self, name: str, request: Request) -> Reply:
+        """One RPC to member `name`; unreachable peers become a refusal-like reply."""
+        if name == self.node_name:
+            me = self._member_addr(name)
+            return await self.handle(request, me or Addr(self._local_host() or "", 0))
+        addr = self._member_addr(name)
+        if addr is None:
+            return Refusal("bad_request", f"{name} is not a known member")
+        try:
+            return await ca_rpc.call(
+                addr,
+                request,
+                wire=self.wire,
+                local_host=self._local_host(),
+                timeout_s=self.settings.rpc_timeout_s,
+                connect=self._connect or ca_rpc.open_tcp,
+            )
+        except RpcUnreachable as exc:
+            self._count("rpc.unreachable")
+            return Refusal("not_ready", f"unreachable: {exc}")
+
+    async def issue(self, service: str, csr_pem: str) -> Issued:
+        """Send a CSR to the current signers in order until one signs it (the leaf manager's)."""
+        deadline = trio.current_time() + self.settings.issue_deadline_s
+        not_owner_since: float | None = None
+        reasons: dict[str, str] = {}
+        codes: dict[str, str] = {}
+        for _ in range(_ISSUE_PASSES_MAX):
+            signers = self.signers()
+            if not signers:
+                reasons["cluster"] = "no signer is elected (no signer-eligible alive member)"
+            for name in signers:
+                reply = await self._ask(name, SignRequest(self.node_name, service, csr_pem))
+                if isinstance(reply, Signed):
+                    return Issued(reply.leaf_pem, reply.chain_pems, reply.root_id)
+                if not isinstance(reply, Refusal):
+                    continue
+                if reply.code in ("bad_csr", "bad_request"):
+                    raise LeafError(f"{name} refused the CSR: {reply.reason}")
+                # A transient "retry" must not hide why this signer said no before.
+                if reply.code != "rate_limited" or codes.get(name) is None:
+                    reasons[name], codes[name] = reply.reason, reply.code
+            all_not_owner = bool(signers) and all(codes.get(n) == "not_owner" for n in signers)
+            now = trio.current_time()
+            if all_not_owner:
+                not_owner_since = now if not_owner_since is None else not_owner_since
+                if now - not_owner_since >= _NOT_OWNER_GIVE_UP_S:
+                    break
+            else:
+                not_owner_since = None
+            if now >= deadline:
+                break
+            await trio.sleep(min(0.25, max(0.0, deadline - now)))
+        self._count("issue.failed")
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no signer answered"
+        raise LeafError(f"no signer issued a leaf for {service!r} ({detail})")
+
+
+def _reason(reply: Reply) -> str:
+    return reply.reason if isinstance(reply, Refusal) else f"unexpected {type(reply).__name__}"
+
+
+def owned_service_names(records: Iterable[ServiceRecord]) -> set[str]:
+    """Names a node may get leaves for: its services and the destinations of its proxies."""
+    names: set[str] = set()
+    for record in records:
+        names.add(record.name)
+        proxy = record.proxy
+        if proxy is not None and proxy.destination_service_name:
+            names.add(proxy.destination_service_name)
+    return names
