@@ -96,8 +96,12 @@ def _load(pem: str | bytes, max_bytes: int) -> x509.CertificateSigningRequest:
     else:
         data = pem
     blocks = data.count(b"-----BEGIN ")
-    if blocks == 0 or _PEM_BEGIN not in data:
+    if blocks == 0:
         raise CSRError("CSR is not a PEM 'CERTIFICATE REQUEST' block")
+    if _PEM_BEGIN not in data:
+        start = data.index(b"-----BEGIN ") + len(b"-----BEGIN ")
+        label = data[start : data.find(b"-----", start)][:40].decode("ascii", "replace")
+        raise CSRError(f"CSR input is a PEM {label!r} block, not a 'CERTIFICATE REQUEST'")
     if blocks > 1:
         raise CSRError(f"CSR input holds {blocks} PEM blocks, want exactly one")
     try:
