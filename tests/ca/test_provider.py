@@ -218,7 +218,8 @@ def test_name_constraints_constrain(chain: Chain, chain_no_nc: Chain, tmp_path: 
     """The root's constraints stop a rogue intermediate's leaf for another trust domain."""
     evil = ServiceID("evil.mesh", "dc1", "web").uri
     rogue_pem, rogue_key = _rogue(chain.root)
-    for uri, ok in ((evil, False), (WEB.uri, True)):
+    subdomain = ServiceID(f"x.{TD}", "dc1", "web").uri  # an exact host, not a domain
+    for uri, ok in ((evil, False), (subdomain, False), (WEB.uri, True)):
         result = openssl_verify(
             tmp_path,
             _forge_leaf(rogue_pem, rogue_key, uri),
