@@ -67,10 +67,18 @@ def _bad_local(what: str, why: str) -> NoReturn:
     raise LocalProtocolError(f"cannot encode {what}: {why}")
 
 
+# Every one-byte head, so the commonest case allocates nothing.
+_ONE_BYTE = tuple(bytes((i,)) for i in range(256))
+# Caches of interned, immutable wire pieces: a cluster has about as many names
+# and addresses as members, and sharing them keeps one copy per process rather
+# than one per message (or per member list, in a simulation of many nodes).
+_CACHE_ENTRIES_MAX = 1 << 16
+
+
 def _head(major: int, n: int) -> bytes:
     """A CBOR item head in its shortest form (RFC 8949 section 3)."""
     if n < 24:
-        return bytes((major | n,))
+        return _ONE_BYTE[major | n]
     if n < 0x100:
         return bytes((major | 24, n))
     if n < 0x10000:
@@ -90,7 +98,22 @@ def _e_u64(value: int, what: str) -> bytes:
     return _head(_MAJOR_UINT, value)
 
 
+@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
+def _name_item(value: str) -> bytes | None:
+    """A valid name's encoded item (cached: names repeat in every message), else None."""
+    if len(value) > NAME_MAX_CHARS:
+        return None
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        return None
+    return _head(_MAJOR_TEXT, len(raw)) + raw
+
+
 def _e_name(value: str, what: str) -> bytes:
+    item = _name_item(value)
+    if item is not None:
+        return item
     if len(value) > NAME_MAX_CHARS:
         _bad_local(what, f"longer than {NAME_MAX_CHARS} characters")
     try:
@@ -106,7 +129,7 @@ def _e_bytes(value: bytes, what: str, max_bytes: int | None = None) -> bytes:
     return _head(_MAJOR_BYTES, len(value)) + value
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
 def _e_addr(addr: Addr) -> bytes:
     """`[ip, port]`; cached because a cluster has few addresses."""
     try:
@@ -119,14 +142,18 @@ def _e_addr(addr: Addr) -> bytes:
 
 
 def _e_node_state(n: NodeState) -> bytes:
+    meta = n.meta
+    if len(meta) > META_MAX_BYTES:
+        _bad_local("NodeState.meta", f"longer than {META_MAX_BYTES} bytes")
     return b"".join(
         (
             b"\x85",
             _e_name(n.node, "NodeState.node"),
             _e_addr(n.addr),
-            _e_bytes(n.meta, "NodeState.meta", META_MAX_BYTES),
+            _head(_MAJOR_BYTES, len(meta)),
+            meta,
             _e_u64(n.incarnation, "NodeState.incarnation"),
-            _head(_MAJOR_UINT, int(n.state)),
+            _ONE_BYTE[int(n.state)],  # _MAJOR_UINT | state: every State is < 24
         )
     )
 
@@ -246,12 +273,18 @@ def _d_bool(value: object, what: str) -> bool:
     return value
 
 
+@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
+def _shared_name(name: str) -> str:
+    """One string object per distinct name, however many messages carried it."""
+    return name
+
+
 def _d_name(value: object, what: str) -> str:
     if type(value) is not str:
         _bad(what, f"expected a text string, got {_type_name(value)}")
     if len(value) > NAME_MAX_CHARS:
         _bad(what, f"longer than {NAME_MAX_CHARS} characters")
-    return value
+    return _shared_name(value)
 
 
 def _d_bytes(value: object, what: str, max_bytes: int | None = None) -> bytes:
@@ -281,7 +314,7 @@ def _d_addr(value: object, what: str) -> Addr:
     return _addr_from_wire(ip, port)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
 def _addr_from_wire(ip: bytes, port: int) -> Addr:
     """Cached: a cluster has few addresses and `ipaddress` is slow. Addr is immutable."""
     return Addr(str(ipaddress.ip_address(ip)), port)
@@ -295,7 +328,36 @@ def _d_state(value: object, what: str) -> State:
         _bad(what, f"unknown member state {number}")
 
 
+_STATES = {int(s): s for s in State}
+
+
 def _d_node_state(value: object) -> NodeState:
+    # The common, valid entry in one pass (a push/pull carries thousands);
+    # anything unusual takes the field-by-field path below for its error.
+    if type(value) is list and len(value) == 5:
+        node, addr, meta, incarnation, state = value
+        if (
+            type(node) is str
+            and len(node) <= NAME_MAX_CHARS
+            and type(meta) is bytes
+            and len(meta) <= META_MAX_BYTES
+            and type(incarnation) is int
+            and 0 <= incarnation <= _UINT64_MAX
+            and type(state) is int
+            and state in _STATES
+            and type(addr) is list
+            and len(addr) == 2
+        ):
+            ip, port = addr
+            if (
+                type(ip) is bytes
+                and len(ip) in (4, 16)
+                and type(port) is int
+                and 0 < port <= _PORT_MAX
+            ):
+                return NodeState(
+                    _shared_name(node), _addr_from_wire(ip, port), meta, incarnation, _STATES[state]
+                )
     f = _d_array(value, "NodeState")
     if len(f) != 5:
         _bad("NodeState", f"expected 5 fields, got {len(f)}")

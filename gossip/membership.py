@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -147,6 +147,9 @@ class Membership:
         # Alive or suspect members, kept by _set_state: the formulas ask for
         # it on every packet, and counting cost O(N) each time.
         self._n_live = 1
+        # Others that are dead or left (or anything not live), kept by _set_state
+        # too: reaping and reconnecting scan all members only when there are some.
+        self._n_others_down = 0
         self._queue = BroadcastQueue()
         self._awareness = Awareness(self.config.awareness_max_multiplier)
         self._suspicions: dict[str, Suspicion] = {}
@@ -251,6 +254,33 @@ class Membership:
             self._push_pulls.append((addr, True))
         self._quick_push_pulls_s = sorted(now + d for d in self.config.join_push_pull_delays_s)
 
+    def restore(self, members: Iterable[NodeState], now: float) -> int:
+        """Load members from a snapshot quietly: no events, nothing queued to gossip.
+
+        For a start that is already converged (the simulator's warm start; an
+        agent reloading the member list it saved), where replaying the list as
+        gossip would broadcast every member to everyone again. Only members we
+        do not know are added, as alive, or dead/left as recorded (a suspect is
+        loaded alive: our own probes decide); entries about ourselves are
+        skipped. They join the probe order at the next round. Returns how many
+        were added; raises `LocalProtocolError` for oversized metadata.
+        """
+        added = 0
+        for ns in members:
+            if ns.node == self.name or ns.node in self._members:
+                continue
+            if len(ns.meta) > self.config.meta_max_bytes:
+                raise LocalProtocolError(f"restored member {ns.node!r} has oversized metadata")
+            down = ns.state in (State.DEAD, State.LEFT)
+            state = ns.state if down else State.ALIVE
+            self._members[ns.node] = _MemberState(
+                ns.node, ns.addr, ns.meta, ns.incarnation, state, now
+            )
+            self._n_live += not down
+            self._n_others_down += down
+            added += 1
+        return added
+
     def leave(self, now: float) -> None:
         """Announce a graceful leave; `leave_done` turns True when it has spread."""
         if self._leaving:
@@ -336,7 +366,19 @@ class Membership:
         # must not cost us the rest of the peer's state: merge everything
         # else, then report the first rejection.
         error: RemoteProtocolError | None = None
+        members, meta_max_bytes = self._members, self.config.meta_max_bytes
         for ns in msg.nodes:
+            if ns.state is State.ALIVE:
+                # Most of a full state is news we already have: an alive claim no
+                # newer than ours changes nothing (_apply_alive's first return).
+                m = members.get(ns.node)
+                if (
+                    m is not None
+                    and m is not self._self
+                    and ns.incarnation <= m.incarnation
+                    and len(ns.meta) <= meta_max_bytes
+                ):
+                    continue
             try:
                 if ns.state in (State.ALIVE, State.LEAVING):
                     self._apply_alive(Alive(ns.incarnation, ns.node, ns.addr, ns.meta), now)
@@ -387,7 +429,11 @@ class Membership:
             peer = self._random_members(1, states=(State.ALIVE,))
             if peer:
                 self._push_pulls.append((peer[0].addr, False))
-        if now >= self._next_reconnect_s:
+        if now >= self._next_reconnect_s and not self._n_others_down:
+            # No one failed: nothing to offer (the scans below would find no one
+            # and draw no random number).
+            self._next_reconnect_s = now + cfg.reconnect_interval_s
+        elif now >= self._next_reconnect_s:
             failed = self._random_members(1, states=(State.DEAD,))
             # serf's odds, failed / alive: the cluster as a whole tries each
             # failed member about once an interval. Without them every member
@@ -566,11 +612,16 @@ class Membership:
     def _set_state(self, m: _MemberState, state: State, now: float) -> None:
         """The one place a member's state changes, so the live count stays exact."""
         if m.state != state:
-            self._n_live += (state in _LIVE) - (m.state in _LIVE)
+            live_change = (state in _LIVE) - (m.state in _LIVE)
+            self._n_live += live_change
+            if m is not self._self:
+                self._n_others_down -= live_change
             m.state = state
             m.state_change_s = now
 
     def _reap(self, now: float) -> None:
+        if not self._n_others_down:
+            return
         cutoff = now - self.config.dead_reap_s
         for name in [
             n
@@ -578,6 +629,7 @@ class Membership:
             if m.state in (State.DEAD, State.LEFT) and m.state_change_s <= cutoff and n != self.name
         ]:
             del self._members[name]
+            self._n_others_down -= 1
             self._events.append(MemberReaped(name))
 
     # ------------------------------------------------------------------ probing
