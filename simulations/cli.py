@@ -7,6 +7,7 @@ reproduce it), 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import resource
 import shlex
 import sys
 import time
@@ -165,11 +166,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations")
         for line in result.lines:
             print(line)
         c = result.counters
-        messages = c.packets_sent + 2 * c.push_pulls_started
+        # A datagram, a push/pull half or an anti-entropy step: one message each.
+        messages = c.packets_sent + 2 * c.push_pulls_started + c.anti_entropy_steps
         per_message_us = wall_s / max(messages, 1) * 1e6
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"wall: {wall_s:.2f}s for {result.virtual_s:.1f} virtual s; {messages} messages "
-            f"simulated, {per_message_us:.1f} us wall per message"
+            f"simulated, {per_message_us:.1f} us wall per message; peak RSS {peak_rss_mib:.0f} MiB"
         )
         if result.curves:
             plotted.append((n_nodes, result.curves[result.headline]))

@@ -48,7 +48,7 @@ from meshnode.gossip.events import (
 )
 from meshnode.gossip.keyring import Keyring
 from meshnode.gossip.membership import Membership
-from meshnode.gossip.messages import Addr, NodeState, PushPull, State
+from meshnode.gossip.messages import Addr, NodeState, State
 from meshnode.gossip.store import Entry, Store
 from meshnode.gossip.wire import FrameReader, Wire
 
@@ -148,6 +148,7 @@ class Counters:
     anti_entropy_failed: int = 0
     anti_entropy_done: int = 0
     anti_entropy_bytes: int = 0
+    anti_entropy_steps: int = 0
 
 
 @dataclass(slots=True)
@@ -310,19 +311,19 @@ class Simulator:
 
         This is the cluster after a long quiet period, and it skips the join
         storm, whose O(N^2 log N) update deliveries dominate the wall time of a
-        large run. The core has no public way to load a snapshot quietly, so
-        this is the one place the simulator reaches inside it: the updates
-        that merging the snapshot queued are dropped (see README).
+        large run. `Membership.restore` loads the member list quietly; the
+        records are shared by every node (names, addresses, metadata), so a
+        node's list costs its own per-member state and little else.
         """
-        everyone = PushPull(
-            join=False,
-            nodes=tuple(NodeState(n.name, n.addr, b"", 0, State.ALIVE) for n in self.nodes),
-        )
+        everyone = [NodeState(n.name, n.addr, b"", 0, State.ALIVE) for n in self.nodes]
         for node in self.nodes:
             self.start_node(node.index)
             assert node.core is not None
-            node.core.merge_remote_state(everyone, self.now_s)
-            node.core._queue.prune(0)
+            node.core.restore(everyone, self.now_s)
+            node.known = self.n_nodes - 1
+            if node.up_count == self.n_nodes:
+                node.full_view_at_s = self.now_s
+                self.full_view_nodes += 1
             self._flush(node)
 
     def crash(self, index: int) -> None:
@@ -655,6 +656,7 @@ class Simulator:
         assert wire is not None
         data = encode_step(wire, messages)
         self.counters.anti_entropy_bytes += len(data)
+        self.counters.anti_entropy_steps += 1
         delay_s = self.net.stream_delay_s(src, dst, len(data))
         if delay_s is None:
             self._record(_T_AE, src, dst, len(data), ex.step)
