@@ -274,6 +274,9 @@ class _Issuer:
     key: ec.EllipticCurvePrivateKey
     authority_key_id: x509.AuthorityKeyIdentifier
     trust_domain: str | None
+    # The part of every leaf that only depends on the issuer, built once:
+    # CertificateBuilder copies its extension list on each add.
+    leaf_template: x509.CertificateBuilder
 
 
 def _load_issuer(cert_pem: str, key_pem: str) -> _Issuer:
@@ -291,7 +294,17 @@ def _load_issuer(cert_pem: str, key_pem: str) -> _Issuer:
         trust_domain: str | None = trust_domain_of(cert)
     except ProviderError:
         trust_domain = None
-    return _Issuer(cert, key, _authority_key_id(cert), trust_domain)
+    authority_key_id = _authority_key_id(cert)
+    leaf_template = (
+        x509.CertificateBuilder()
+        .issuer_name(cert.subject)
+        .subject_name(_EMPTY_NAME)
+        .add_extension(_LEAF_BASIC, critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(_LEAF_EKU, critical=False)
+        .add_extension(authority_key_id, critical=False)
+    )
+    return _Issuer(cert, key, authority_key_id, trust_domain, leaf_template)
 
 
 def _root_subject(trust_domain: str) -> x509.Name:
@@ -445,18 +458,11 @@ class BuiltinProvider:
             raise ProviderError(f"issuer certificate expired at {issuer_end.isoformat()}")
         not_before, not_after = _validity(now, ttl_s, issuer_end)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_EMPTY_NAME)
-            .issuer_name(issuer.cert.subject)
-            .public_key(csr.public_key)
+            issuer.leaf_template.public_key(csr.public_key)
             .serial_number(_serial())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(_LEAF_BASIC, critical=True)
-            .add_extension(_LEAF_KEY_USAGE, critical=True)
-            .add_extension(_LEAF_EKU, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key), False)
-            .add_extension(issuer.authority_key_id, critical=False)
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]),
                 critical=True,
