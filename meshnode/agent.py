@@ -27,6 +27,7 @@ from .addr import AddressError, format_host_port, parse_host_port
 from .api import build_router
 from .api.agent_service_endpoints import register_agent_service_routes
 from .api.auth import token_guard
+from .api.ca_endpoints import register_ca_routes
 from .api.catalog_endpoints import register_catalog_routes
 from .api.event_endpoints import register_event_routes
 from .api.facade import (
@@ -44,6 +45,8 @@ from .api.facade import (
     UnknownMember,
 )
 from .api.intention_endpoints import register_intention_routes
+from .ca_agent import build_ca
+from .ca_state import META_SIGNER
 from .catalog.catalog import Catalog
 from .catalog.definitions import DefinitionError, parse_config_services
 from .catalog.dns_view import CatalogDnsView
@@ -165,6 +168,8 @@ class Agent:
             "http": config.http[1],
             "tags": dict(config.tags),
         }
+        if config.ca_signer:
+            self._meta[META_SIGNER] = True
         self.core = Membership(
             name=config.node_name,
             addr=self.transport.local_addr,
@@ -191,12 +196,27 @@ class Agent:
             raise AgentStartError(f"cannot load the replicated store: {exc}") from None
         self.nodes = MemberNodes(self.core)
         # After the store is loaded: the state reads it once at construction.
-        self.intentions = IntentionState(self.replicator)
+        # Client certificate URIs must be in our trust domain (the CA's check).
+        self.intentions = IntentionState(
+            self.replicator, service_from_uri=lambda uri: self.ca.service_from_uri(uri)
+        )
         self.catalog = Catalog(
             self.replicator,
             self.nodes,
             node_name=config.node_name,
             datacenter=config.datacenter,
+        )
+        self.ca, self.leaves = build_ca(
+            config,
+            self.node_id,
+            data_dir,
+            self.replicator,
+            self.nodes,
+            self.catalog,
+            self.core,
+            self.driver,
+            self.wire,
+            self.transport,
         )
         try:
             self._config_services = parse_config_services(config.services)
@@ -258,6 +278,8 @@ class Agent:
             await nursery.start(self.replicator.run)
             await nursery.start(self.catalog.checks.run)
             await nursery.start(self.event_runner.run)
+            await nursery.start(self.ca.run)
+            await nursery.start(self.leaves.run)
             try:
                 self.catalog.sync_config(self._config_services)
             except (DefinitionError, LocalProtocolError) as exc:
@@ -270,6 +292,13 @@ class Agent:
             register_event_routes(router, self.events)
             register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
+            register_ca_routes(
+                router,
+                self.ca,
+                self.leaves,
+                self.catalog.local_services,
+                current_token=lambda: self.config.api_token,
+            )
             self.http_port = await nursery.start(
                 functools.partial(
                     serve_http, router, host=self.config.http[0], port=self.config.http[1]

@@ -44,7 +44,7 @@ from .ca.csr import CSRError, validate_csr
 from .ca.leaf_manager import Issued, LeafError, Roots
 from .ca.pem import PemError, cert_from_pem, generate_key, key_from_pem, key_to_pem
 from .ca.provider import ROOT_TTL_S, BuiltinProvider, CAProvider, ProviderError, RootCA
-from .ca.spiffe import ServiceID, SpiffeError, trust_domain_for
+from .ca.spiffe import ServiceID, SpiffeError, parse_spiffe_id, trust_domain_for
 from .ca_keystore import KeyStore, KeyStoreError
 from .ca_rpc import (
     Configured,
@@ -82,6 +82,8 @@ from .gossip.errors import LocalProtocolError
 from .gossip.messages import Addr
 from .gossip.store import Entry
 from .gossip.wire import Wire
+from .intention_state import InvalidCertURI
+from .intentions import IntentionError, validate_name
 from .logs import log
 from .state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 
@@ -252,6 +254,31 @@ class CAService:
         except SpiffeError as exc:
             raise LeafError(str(exc)) from None
 
+    def service_from_uri(self, uri: str) -> str:
+        """The service of a client certificate URI in *our* trust domain (authorize's parser).
+
+        `InvalidCertURI` (one line) for anything else: not a SPIFFE service ID,
+        an agent ID, another cluster's trust domain, or no CA yet.
+        """
+        try:
+            parsed = parse_spiffe_id(uri)
+        except SpiffeError as exc:
+            raise InvalidCertURI(f"client certificate URI: {exc}") from None
+        if not isinstance(parsed, ServiceID):
+            raise InvalidCertURI(f"client certificate URI {uri[:100]!r} is not a service ID")
+        config = self.view.config
+        if config is None:
+            raise InvalidCertURI("this cluster has no CA yet: no trust domain to check against")
+        if parsed.trust_domain != config.trust_domain:
+            raise InvalidCertURI(
+                f"client certificate URI is in trust domain {parsed.trust_domain[:100]!r}, "
+                f"not this cluster's {config.trust_domain!r}"
+            )
+        try:
+            return validate_name(parsed.service, "service")
+        except IntentionError as exc:
+            raise InvalidCertURI(f"client certificate URI: {exc}") from None
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), UTC)
 
@@ -265,13 +292,14 @@ class CAService:
         task_status.started()
         seen = 0
         while True:
+            # A fresh event first: a change during the reconcile must wake the next one.
+            self._wakeup = trio.Event()
             try:
                 await self.reconcile()
             except (KeyStoreError, ProviderError, PemError, LocalProtocolError) as exc:
                 self._count("reconcile.failed")
                 log(_log, "warning", "CA reconcile failed", reason=str(exc))
-            self._wakeup = trio.Event()
-            with trio.move_on_after(self.settings.reconcile_interval_s):
+            with trio.move_on_after(self._next_reconcile_in_s()):
                 async with trio.open_nursery() as nursery:
 
                     async def watch(index: int = seen) -> None:
@@ -286,13 +314,21 @@ class CAService:
                     nursery.start_soon(poked)
             seen = self.state.tracker.topic_index(TOPIC_MEMBERS)
 
+    def _next_reconcile_in_s(self) -> float:
+        """The regular interval, or sooner when a bootstrap falls due before it."""
+        interval_s = self.settings.reconcile_interval_s
+        if self.view.config is not None or not self.settings.eligible:
+            return interval_s
+        due_in_s = self._bootstrap_at() - trio.current_time()
+        return min(interval_s, max(0.05, due_in_s))
+
     async def reconcile(self) -> None:
         """Re-make every decision from the store and the member list."""
+        if self.view.config is None:
+            if not (self.settings.eligible and self._bootstrap_due()):
+                return
+            self.bootstrap()
         view = self.view
-        if view.config is None:
-            if self.settings.eligible and self._bootstrap_due():
-                self.bootstrap()
-            return
         if self.settings.eligible:
             await self._keep_root_keys(view)
         signers = self.signers()
@@ -305,11 +341,14 @@ class CAService:
 
     # --- bootstrap ---------------------------------------------------------------------------
 
-    def _bootstrap_due(self) -> bool:
+    def _bootstrap_at(self) -> float:
+        """When this node may bootstrap: later for each eligible member ranked before it."""
         names = sorted({n.name for n in eligible_nodes(self.nodes.nodes())} | {self.node_name})
         rank = names.index(self.node_name)
-        waited_s = trio.current_time() - self._started_at
-        return waited_s >= self.settings.bootstrap_wait_s * (1 + rank)
+        return self._started_at + self.settings.bootstrap_wait_s * (1 + rank)
+
+    def _bootstrap_due(self) -> bool:
+        return trio.current_time() >= self._bootstrap_at()
 
     def bootstrap(self) -> CAConfigRecord:
         """Make a cluster id, trust domain and root; the key stays in this node's data dir."""

@@ -30,6 +30,7 @@ __all__ = [
     "ConfigOrigin",
     "default_node_name",
     "load_config",
+    "parse_duration_s",
     "reload_config",
     "validate_node_name",
 ]
@@ -124,6 +125,20 @@ class AgentConfig:
     dns: DnsConfig | None = field(default_factory=DnsConfig)
     # dns_config.service_ttl entries other than "*": lowercased service name -> TTL.
     dns_service_ttls: dict[str, int] = field(default_factory=dict)
+    # Signer-eligible (--signer, connect.ca_signer): may hold the root key and
+    # be elected to sign leaves. Off by default: the root key should live on a
+    # few chosen hosts, not on every node. --dev turns it on.
+    ca_signer: bool = False
+    # Cluster-wide CA settings written by the node that bootstraps the CA
+    # (connect.ca_config); later changes go through /v1/connect/ca/configuration.
+    # Consul's defaults: 3 signers survive two failures, 50 CSRs/s per signer,
+    # 72 h leaves.
+    ca_signers: int = 3
+    csr_max_per_second: float = 50.0
+    leaf_cert_ttl_s: int = 72 * 3600
+    # Leaves re-issue at a random point of this window after a root rotation
+    # (DESIGN.md: 30 s), so a rotation does not bring every CSR at once.
+    ca_reissue_jitter_s: float = 30.0
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -140,6 +155,11 @@ def _parse_duration_s(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"{value!r} must be a positive duration")
     return seconds
+
+
+def parse_duration_s(value: object) -> float:
+    """A positive Consul duration (``30s``, ``1m``, ``72h``, bare seconds); `ValueError` else."""
+    return _parse_duration_s(value)
 
 
 def _parse_tag(text: str) -> tuple[str, str]:
@@ -185,6 +205,7 @@ class _Builder:
         self.dns: dict[str, Any] = {}  # DnsConfig keyword arguments
         self.dns_disabled = False
         self.dns_service_ttls: dict[str, int] = {}
+        self.ca: dict[str, Any] = {}  # AgentConfig's CA fields by name
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -285,6 +306,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             b.dns["recursors"] = tuple(_str_list(value))
         elif key == "dns_config":
             _apply_dns_config(b, _object(value), fail)
+        elif key == "connect":
+            _apply_connect(b, _object(value), fail)
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -368,6 +391,65 @@ def _apply_dns_config(
                         b.dns[target] = ttl_s
                     else:
                         b.dns_service_ttls[service.lower()] = ttl_s
+        except ValueError as exc:
+            raise fail(name, exc) from None
+
+
+def _positive_int(value: object, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise ValueError(f"must be an integer in 1..{limit}, not {value!r}")
+    return value
+
+
+def _positive_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e6:
+        raise ValueError(f"must be a number in (0, 1000000], not {value!r}")
+    return float(value)
+
+
+def _leaf_ttl_s(value: object) -> int:
+    seconds = int(_parse_duration_s(value))
+    if not 60 <= seconds <= 10 * 365 * 86400:
+        raise ValueError(f"{value!r} must be between 1m and 10 years")
+    return seconds
+
+
+def _jitter_s(value: object) -> float:
+    return 0.0 if value in (0, "0", "0s") else _parse_duration_s(value)
+
+
+# connect.ca_config keys (Consul's names) -> (AgentConfig field, checker).
+_CA_CONFIG_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "leaf_cert_ttl": ("leaf_cert_ttl_s", _leaf_ttl_s),
+    "csr_max_per_second": ("csr_max_per_second", _positive_number),
+    "ca_signers": ("ca_signers", lambda v: _positive_int(v, 64)),
+}
+
+
+def _apply_connect(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    """``connect``: ``ca_signer`` (bool), ``ca_config`` {...}, ``leaf_reissue_jitter``."""
+    for sub, value in obj.items():
+        name = f"connect.{sub}"
+        try:
+            if sub == "ca_signer":
+                if not isinstance(value, bool):
+                    raise ValueError(f"must be true or false, not {_type_name(value)}")
+                b.ca["ca_signer"] = value
+            elif sub == "leaf_reissue_jitter":
+                b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
+            elif sub == "ca_config":
+                for key, raw in _object(value).items():
+                    if key not in _CA_CONFIG_KEYS:
+                        raise fail(f"{name}.{key}", "unknown field")
+                    target, check = _CA_CONFIG_KEYS[key]
+                    try:
+                        b.ca[target] = check(raw)
+                    except ValueError as exc:
+                        raise fail(f"{name}.{key}", exc) from None
+            else:
+                raise fail(name, "unknown field")
         except ValueError as exc:
             raise fail(name, exc) from None
 
@@ -485,6 +567,16 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.dns[name] = value
     elif name == "recursor":
         b.dns["recursors"] = tuple(b.dns.get("recursors", ())) + tuple(value)
+    elif name == "signer":
+        b.ca["ca_signer"] = bool(value)
+    elif name == "ca_signers":
+        b.ca["ca_signers"] = _positive_int(value, 64)
+    elif name == "csr_max_per_second":
+        b.ca["csr_max_per_second"] = _positive_number(value)
+    elif name == "leaf_cert_ttl":
+        b.ca["leaf_cert_ttl_s"] = _leaf_ttl_s(value)
+    elif name == "ca_reissue_jitter":
+        b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
     else:
         raise ValueError(f"unknown setting {name!r}")
 
@@ -515,6 +607,9 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
     optional: dict[str, Any] = {}
     if b.retry_join_interval_s is not None:
         optional["retry_join_interval_s"] = b.retry_join_interval_s
+    optional.update(b.ca)
+    if b.dev:
+        optional.setdefault("ca_signer", True)  # a dev agent is a working CA on its own
     return AgentConfig(
         node_name=b.node_name or default_node_name(),
         bind=(bind_host, bind_port),
@@ -551,7 +646,8 @@ def load_config(
 
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
-    datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list);
+    datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
+    signer, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter;
     None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
     (default: look in the data dir's database).

@@ -42,6 +42,19 @@ from .app import cli
     metavar="SCRIPT",
     help="Run SCRIPT (sh -c) for each user event, payload on stdin (repeatable).",
 )
+@click.option(
+    "--signer", is_flag=True, default=None, help="Eligible to hold the CA root key and sign."
+)
+@click.option("--ca-signers", type=int, metavar="N", help="CA signers to elect [default: 3].")
+@click.option(
+    "--csr-max-per-second", type=float, metavar="N", help="CSRs a signer accepts per second [50]."
+)
+@click.option("--leaf-cert-ttl", metavar="DURATION", help="Leaf certificate TTL [default: 72h].")
+@click.option(
+    "--ca-reissue-jitter",
+    metavar="DURATION",
+    help="Re-issue leaves within this window after a root rotation [default: 30s].",
+)
 @click.option("--dev", is_flag=True, default=None, help="Loopback, throwaway state, no key.")
 @click.option(
     "--log-level",

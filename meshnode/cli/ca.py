@@ -1,0 +1,129 @@
+"""`meshnode ca ...`: the cluster CA through the local agent's HTTP API.
+
+`roots` lists the trusted roots, `rotate` makes a new cross-signed root
+active, `signers` prints the active signers one per line, and `leaf SERVICE`
+fetches the leaf of a service registered on this agent (with ``--out DIR``
+it writes cert.pem, key.pem (0600), chain.pem and roots.pem for other tools).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from ..ca.pem import PemError, cert_to_pem, certs_from_pem
+from ..client import AgentClient, ClientError
+from .app import cli
+from .dashopts import DashGroup
+from .options import http_addr_option
+from .render import format_table
+
+__all__ = ["ca"]
+
+
+@cli.group("ca", cls=DashGroup)
+def ca() -> None:
+    """The cluster's certificate authority: roots, rotation, signers, leaves."""
+
+
+def _roots(client: AgentClient) -> dict[str, Any]:
+    found = client.request("GET", "/v1/agent/connect/ca/roots")
+    if not isinstance(found, dict) or not isinstance(found.get("Roots"), list):
+        raise ClientError("unexpected answer from /v1/agent/connect/ca/roots")
+    return found
+
+
+@ca.command("roots")
+@http_addr_option
+@click.option("--pem", is_flag=True, help="Print the trust bundle as PEM instead of a table.")
+def ca_roots(http_addr: str | None, pem: bool) -> None:
+    """List the trusted root certificates; the active one is marked."""
+    client = AgentClient.from_flag(http_addr)
+    found = _roots(client)
+    if pem:
+        click.echo("".join(r["RootCert"] for r in found["Roots"]), nl=False)
+        return
+    if not found["Roots"]:
+        raise ClientError("the cluster has no CA yet (start an agent with -signer)")
+    click.echo(f"Trust domain: {found['TrustDomain']}")
+    rows = [
+        [r["ID"][:23] + "...", "yes" if r["Active"] else "", r["NotBefore"], r["NotAfter"]]
+        for r in found["Roots"]
+    ]
+    click.echo("\n".join(format_table(["ID", "Active", "NotBefore", "NotAfter"], rows)))
+
+
+@ca.command("rotate")
+@http_addr_option
+def ca_rotate(http_addr: str | None) -> None:
+    """Make a new root, cross-signed by the current one, and make it active.
+
+    Leaves are re-issued under it within the re-issue window (30 s); the old
+    root stays trusted until every leaf it signed has expired (2 x leaf TTL).
+    """
+    client = AgentClient.from_flag(http_addr)
+    body = {"Provider": "meshnode", "Config": {"RotateRoot": True}}
+    client.request("PUT", "/v1/connect/ca/configuration", body)
+    found = _roots(client)
+    click.echo(f"Rotated: the active root is now {found['ActiveRootID']}")
+
+
+@ca.command("signers")
+@http_addr_option
+def ca_signers(http_addr: str | None) -> None:
+    """Print the node names of the active signers, one per line, best first."""
+    names = AgentClient.from_flag(http_addr).request("GET", "/v1/connect/ca/signers")
+    if not isinstance(names, list):
+        raise ClientError("unexpected answer from /v1/connect/ca/signers")
+    for name in names:
+        click.echo(name)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+    os.chmod(path, mode)  # an existing file keeps its old mode through O_CREAT
+
+
+@ca.command("leaf")
+@http_addr_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Write cert.pem, key.pem (0600), chain.pem and roots.pem into DIR.",
+)
+@click.argument("service")
+def ca_leaf(http_addr: str | None, out: Path | None, service: str) -> None:
+    """Get the leaf certificate of SERVICE, which must be registered on this agent."""
+    client = AgentClient.from_flag(http_addr)
+    leaf = client.request("GET", f"/v1/agent/connect/ca/leaf/{quote(service, safe='')}")
+    if not isinstance(leaf, dict) or not isinstance(leaf.get("CertPEM"), str):
+        raise ClientError("unexpected answer from /v1/agent/connect/ca/leaf")
+    try:
+        certs = certs_from_pem(leaf["CertPEM"])
+    except PemError as exc:
+        raise ClientError(f"the agent sent a bad certificate: {exc}") from None
+    if out is None:
+        click.echo(f"Service:     {leaf['Service']}")
+        click.echo(f"URI:         {leaf['ServiceURI']}")
+        click.echo(f"Serial:      {leaf['SerialNumber']}")
+        click.echo(f"ValidBefore: {leaf['ValidBefore']}")
+        click.echo(leaf["CertPEM"], nl=False)
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        roots = "".join(r["RootCert"] for r in _roots(client)["Roots"])
+        _write(out / "cert.pem", cert_to_pem(certs[0]), 0o644)
+        _write(out / "key.pem", leaf["PrivateKeyPEM"], 0o600)
+        _write(out / "chain.pem", "".join(cert_to_pem(c) for c in certs[1:]), 0o644)
+        _write(out / "roots.pem", roots, 0o644)
+    except OSError as exc:
+        raise ClientError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    for name in ("cert.pem", "key.pem", "chain.pem", "roots.pem"):
+        click.echo(f"Wrote {out / name}")
