@@ -42,6 +42,7 @@ test: debs install-test lint typecheck pytest
 bench: install-test
 	bash scripts/install-debs.sh bench
 	$(BIN)/python bench/intentions.py
+	$(BIN)/python bench/ca.py
 	$(BIN)/python bench/dns_vs_dnsmasq.py
 	$(BIN)/python bench/dissemination_vs_serf.py
 	$(BIN)/python bench/gossip_vs_serf.py
