@@ -150,6 +150,9 @@ class _OwnIntermediate:
 
 # An intermediate is renewed when less than this many leaf lives remain.
 _INTERMEDIATE_RENEW_LEAF_LIVES = 3
+# A change applied on another node reaches this one by gossip in well under
+# a second; the caller waits that long to read its own write.
+_FORWARDED_CHANGE_WAIT_S = 5.0
 # Passes over the signer list a leaf request makes before giving up.
 _ISSUE_PASSES_MAX = 20
 # Every signer saying "not the owner" for this long ends a request: the
@@ -641,6 +644,7 @@ class CAService:
         for name in others:
             reply = await self._ask(name, request)
             if isinstance(reply, Configured):
+                await self._see_active_root(reply.active_root_id)
                 return reply.active_root_id
             reasons.append(f"{name}: {_reason(reply)}")
         if not reasons:
@@ -648,6 +652,12 @@ class CAService:
         raise CAError(
             "no signer-eligible agent could apply the change (" + "; ".join(reasons) + ")"
         )
+
+    async def _see_active_root(self, root_id: str) -> None:
+        """Wait (bounded) until gossip brings a change made elsewhere: read-your-writes."""
+        with trio.move_on_after(_FORWARDED_CHANGE_WAIT_S):
+            while self.view.active is None or self.view.active.id != root_id:
+                await self.state.tracker.wait(KIND, self.state.tracker.topic_index(KIND), 1e9)
 
     # --- leaf requests -----------------------------------------------------------------------
 
