@@ -56,6 +56,21 @@ def test_intention_update_reaches_every_replica() -> None:
     assert result.figures["bcast_50_s"] <= result.figures["bcast_99_s"]
 
 
+def test_intention_update_sealed_under_loss_and_duplication() -> None:
+    """Broadcasts and anti-entropy steps through AES-GCM, with lost and duplicated packets."""
+    result = run_convergence(Params(nodes=60, seed=SEED, loss=0.05, duplicate=0.02, encrypt=True))
+    assert result.ok, explain(result)
+    assert result.curves[-1].covered == 60
+    assert result.counters.packets_rejected > 0  # duplicates are replays to the real Wire
+
+
+def test_partition_heals_to_identical_replicas_under_loss() -> None:
+    result = run_partition(Params(nodes=50, seed=SEED + 1, loss=0.02, encrypt=True))
+    assert result.ok, explain(result)
+    assert result.counters.anti_entropy_done > 0
+    assert result.figures["replicas_same_s"] < 30.0, explain(result)
+
+
 def test_every_survivor_detects_every_crash_and_reboots_refute() -> None:
     result = run_failure(Params(nodes=100, seed=SEED, faulty=3))
     assert result.ok, explain(result)
@@ -123,7 +138,9 @@ def test_thousand_node_convergence() -> None:
     # Warm: a 1,000-node join storm alone costs minutes of codec work (see README).
     result = run_convergence(Params(nodes=1000, seed=SEED, warm=True))
     assert result.ok, explain(result)
-    assert result.figures["bcast_100_s"] < 5.0, explain(result)
+    assert result.curves[-1].covered == 1000
+    # O(log N): well within serf's model for the same N, fanout and interval (1.84 s to 99.9 %).
+    assert result.figures["bcast_100_s"] < 2.0, explain(result)
 
 
 def test_scheduled_asymmetric_partition_heals() -> None:
