@@ -1,0 +1,171 @@
+"""Managed sidecars: a `Proxy` per local connect-proxy service, following the catalog.
+
+The agent feeds `SidecarManager.update` with this node's service records
+(`Catalog.local_services()`), after every catalog change. Records of kind
+``connect-proxy`` with a ``Proxy`` block become proxies (the catalog makes
+one ``<id>-sidecar-proxy`` per ``connect.sidecar_service``); a record that
+disappears stops its proxy and closes its connections; a record whose
+proxy settings changed restarts its proxy (its live connections end: the
+listener may have moved).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from ..catalog.records import ServiceRecord
+from ..logs import get_logger, log
+from .sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
+from .sources import Authorizer, CertSource, Resolver
+
+__all__ = ["FollowingCertSource", "ProxyRegistry", "SidecarManager", "sidecar_configs"]
+
+_log = get_logger("proxy")
+
+
+class FollowingCertSource(CertSource, Protocol):
+    """A `CertSource` that keeps itself current while its `run` is running."""
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+
+class ProxyRegistry(Protocol):
+    """What `GET /v1/agent/connect/proxies` lists: each proxy's `Proxy.snapshot()`."""
+
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+
+def sidecar_configs(
+    records: Iterable[ServiceRecord], *, default_address: str, limits: Limits
+) -> dict[str, ProxyConfig]:
+    """Proxy configs of the connect-proxy records among `records`, by proxy service ID.
+
+    The public listener binds the record's address, else `default_address`
+    (the agent's advertised IP), which is where other agents will dial it.
+    """
+    found: dict[str, ProxyConfig] = {}
+    for record in records:
+        proxy = record.proxy
+        if record.kind != "connect-proxy" or proxy is None or record.port <= 0:
+            continue
+        found[record.service_id] = ProxyConfig(
+            proxy_id=record.service_id,
+            service=proxy.destination_service_name,
+            listen_address=record.address or default_address,
+            listen_port=record.port,
+            local_service_address=proxy.local_service_address or "127.0.0.1",
+            local_service_port=proxy.local_service_port,
+            upstreams=tuple(
+                UpstreamConfig(u.destination_name, u.local_bind_port, u.local_bind_address)
+                for u in proxy.upstreams
+            ),
+            limits=limits,
+        )
+    return found
+
+
+@dataclass(slots=True)
+class _Running:
+    config: ProxyConfig
+    proxy: Proxy
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class SidecarManager:
+    """The agent's sidecars; `run` in the agent's nursery, then `update` on catalog changes."""
+
+    def __init__(
+        self,
+        *,
+        certs_for: Callable[[str], FollowingCertSource],
+        authorizer: Authorizer,
+        resolver: Resolver,
+        default_address: str,
+        limits: Limits | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._certs_for = certs_for
+        self._authorizer = authorizer
+        self._resolver = resolver
+        self.default_address = default_address
+        self.limits = limits or Limits()
+        self._rng = rng or random.Random()
+        self._running: dict[str, _Running] = {}
+        self._nursery: trio.Nursery | None = None
+        self._pending: list[ServiceRecord] | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the sidecars until cancelled (then every one stops)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._pending is not None:
+                self.update(self._pending)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def update(self, records: Iterable[ServiceRecord]) -> None:
+        """Reconcile with this node's service records: start, restart and stop sidecars."""
+        records = list(records)
+        if self._nursery is None:
+            self._pending = records  # applied when `run` starts
+            return
+        wanted = sidecar_configs(records, default_address=self.default_address, limits=self.limits)
+        for proxy_id, running in list(self._running.items()):
+            if wanted.get(proxy_id) != running.config:
+                self._stop(proxy_id, "sidecar removed" if proxy_id not in wanted else "restarted")
+        for proxy_id, config in wanted.items():
+            if proxy_id not in self._running:
+                self._start(config)
+
+    def _start(self, config: ProxyConfig) -> None:
+        assert self._nursery is not None
+        certs = self._certs_for(config.service)
+        proxy = Proxy(
+            config,
+            certs=certs,
+            authorizer=self._authorizer,
+            resolver=self._resolver,
+            rng=random.Random(self._rng.random()),
+        )
+        running = _Running(config, proxy)
+        self._running[config.proxy_id] = running
+        self._nursery.start_soon(self._serve, running, certs)
+
+    async def _serve(self, running: _Running, certs: FollowingCertSource) -> None:
+        with running.scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(certs.run)
+                    await nursery.start(running.proxy.run)
+            except* OSError as group:  # the port is taken: its catalog check fails too
+                log(
+                    _log,
+                    "error",
+                    "sidecar could not start",
+                    id=running.config.proxy_id,
+                    error=group.exceptions[0],
+                )
+        if self._running.get(running.config.proxy_id) is running:
+            del self._running[running.config.proxy_id]
+
+    def _stop(self, proxy_id: str, reason: str) -> None:
+        running = self._running.pop(proxy_id)
+        running.proxy.stop(reason)
+        running.scope.cancel()
+        log(_log, "info", "sidecar stopped", id=proxy_id, reason=reason)
+
+    def proxies(self) -> list[Proxy]:
+        return [r.proxy for _, r in sorted(self._running.items())]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [p.snapshot() for p in self.proxies()]

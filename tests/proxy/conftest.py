@@ -1,0 +1,146 @@
+"""Fixtures for the proxy tests: a CA from meshnode.ca, servers and proxies on port 0."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
+from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def ca() -> TestCA:
+    return TestCA("c1.mesh")
+
+
+@pytest.fixture(scope="session")
+def other_ca() -> TestCA:
+    """A second CA with the same trust domain: its leaves must not be accepted."""
+    return TestCA("c1.mesh")
+
+
+async def serve(nursery: trio.Nursery, handler: object) -> int:
+    """A trio TCP server on 127.0.0.1:0; its port."""
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    """Echo until EOF, then close (a half-closed client still gets everything)."""
+    try:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+
+
+async def hash_then_reply(stream: trio.SocketStream) -> None:
+    """Read to EOF, then answer the SHA-256 of what came and a 1 MiB tail, then close."""
+    digest = hashlib.sha256()
+    try:
+        while data := await stream.receive_some(65536):
+            digest.update(data)
+        await stream.send_all(digest.digest() + bytes(range(256)) * 4096)
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def read_all(stream: trio.SocketStream, limit_bytes: int = 1 << 30) -> bytes:
+    got = bytearray()
+    try:
+        while data := await stream.receive_some(65536):
+            got += data
+            assert len(got) <= limit_bytes
+    except trio.BrokenResourceError:
+        pass
+    return bytes(got)
+
+
+async def round_trip(port: int, payload: bytes = b"ping") -> bytes:
+    """Connect, send, read back as many bytes (or fewer at EOF), close."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        try:
+            await stream.send_all(payload)
+            got = b""
+            while len(got) < len(payload):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                got += data
+        except trio.BrokenResourceError:
+            return b""
+        return got
+
+
+class Pair:
+    """An outbound proxy for `web` and inbound proxies for `db` instances, all in-process."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        ca: TestCA,
+        *,
+        authorizer: StaticAuthorizer | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.nursery = nursery
+        self.ca = ca
+        self.authorizer = authorizer or StaticAuthorizer()
+        self.resolver = StaticResolver()
+        self.limits = limits or Limits()
+        self.web_certs = StaticCertSource(ca.material("web"))
+        self.outbound: Proxy | None = None
+        self.inbound: list[Proxy] = []
+
+    async def add_db(
+        self, service_port: int, *, certs: StaticCertSource | None = None, service: str = "db"
+    ) -> Proxy:
+        proxy = Proxy(
+            ProxyConfig(
+                proxy_id=f"{service}-sidecar-proxy",
+                service=service,
+                listen_address=HOST,
+                listen_port=0,
+                local_service_address=HOST,
+                local_service_port=service_port,
+                limits=self.limits,
+            ),
+            certs=certs or StaticCertSource(self.ca.material(service)),
+            authorizer=self.authorizer,
+            resolver=self.resolver,
+        )
+        await self.nursery.start(proxy.run)
+        self.inbound.append(proxy)
+        return proxy
+
+    def route(self, destination: str, proxies: Sequence[Proxy | int]) -> None:
+        self.resolver.set(
+            destination,
+            [Instance(HOST, p if isinstance(p, int) else p.inbound_port or 0) for p in proxies],
+        )
+
+    async def start_outbound(self, destinations: Sequence[str] = ("db",)) -> int:
+        """Start the web proxy with one upstream per destination; the first upstream's port."""
+        self.outbound = Proxy(
+            ProxyConfig(
+                proxy_id="web-sidecar-proxy",
+                service="web",
+                upstreams=tuple(UpstreamConfig(d, 0) for d in destinations),
+                limits=self.limits,
+            ),
+            certs=self.web_certs,
+            authorizer=self.authorizer,
+            resolver=self.resolver,
+        )
+        await self.nursery.start(self.outbound.run)
+        return self.outbound.upstream_ports[destinations[0]]
