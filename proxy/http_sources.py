@@ -17,7 +17,7 @@ what was last fetched stays in use meanwhile.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -142,6 +142,7 @@ async def _follow(
     apply: Any,
     what: str,
     first: trio.Event | None = None,
+    note_error: Callable[[HttpError], None] | None = None,
 ) -> None:
     """Blocking-query `path` forever, calling `apply(body)` with each new answer."""
     index = 0
@@ -153,6 +154,8 @@ async def _follow(
             body, new_index = await agent.request("GET", query, wait_s=_WAIT_S if index else 0)
         except HttpError as exc:
             log(_log, "warning", f"cannot follow {what}", error=exc)
+            if note_error is not None:
+                note_error(exc)
             if first is not None:
                 first.set()
             await trio.sleep(delay_s)
@@ -179,12 +182,16 @@ class HttpCertSource:
         self._material: TlsMaterial | None = None
         self._leaf: dict[str, Any] | None = None
         self._roots: dict[str, Any] | None = None
+        self.last_error: HttpError | None = None  # why there is no material, for the CLI
 
     def current(self) -> TlsMaterial | None:
         return self._material
 
     async def wait_changed(self, since_generation: int, timeout_s: float) -> int:
         return await self._versions.wait_changed(since_generation, timeout_s)
+
+    def _note_error(self, exc: HttpError) -> None:
+        self.last_error = exc
 
     def _set_leaf(self, body: Any) -> None:
         if isinstance(body, dict) and isinstance(body.get("CertPEM"), str):
@@ -225,7 +232,13 @@ class HttpCertSource:
         leaf_path = f"/v1/agent/connect/ca/leaf/{quote(self.service, safe='')}"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                _follow, self._agent, leaf_path, self._set_leaf, "the leaf", leaf_tried
+                _follow,
+                self._agent,
+                leaf_path,
+                self._set_leaf,
+                "the leaf",
+                leaf_tried,
+                self._note_error,
             )
             nursery.start_soon(
                 _follow,
@@ -234,6 +247,7 @@ class HttpCertSource:
                 self._set_roots,
                 "the CA roots",
                 roots_tried,
+                self._note_error,
             )
             await leaf_tried.wait()
             await roots_tried.wait()

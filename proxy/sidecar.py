@@ -489,7 +489,7 @@ class Proxy:
             if self.config.listen_port is None
             else {
                 "Address": self.config.listen_address,
-                "Port": self.inbound_port,
+                "Port": self.inbound_port or self.config.listen_port,
                 "LocalServiceAddress": self.config.local_service_address,
                 "LocalServicePort": self.config.local_service_port,
                 **live_in.as_json(),

@@ -1,0 +1,192 @@
+"""Managed sidecars from catalog records, the proxies endpoint and `meshnode connect`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import pytest
+import trio
+from click.testing import CliRunner
+
+import meshnode.cli.connect as connect_cli
+from meshnode.api.proxy_endpoints import register_proxy_routes
+from meshnode.catalog.checks import CheckSpec, Report
+from meshnode.catalog.definitions import parse_service
+from meshnode.catalog.records import ServiceRecord
+from meshnode.cli import cli
+from meshnode.http import Router
+from meshnode.http.testing import serve_in_thread
+from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
+from meshnode.proxy.manager import SidecarManager, sidecar_configs
+from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+
+from .conftest import HOST, echo, read_all, round_trip, serve
+
+
+class FakeRunner:
+    """The catalog's check runner, doing nothing (the tests set no checks)."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def set(self, specs: list[CheckSpec]) -> None:
+        pass
+
+    def ttl_update(self, check_id: str, status: str, output: str) -> None:
+        pass
+
+
+def sidecar_record(port: int, app_port: int, upstreams: list[dict[str, Any]]) -> ServiceRecord:
+    definition = parse_service(
+        {
+            "Name": "db-sidecar-proxy",
+            "Kind": "connect-proxy",
+            "Port": port,
+            "Address": HOST,
+            "Proxy": {
+                "DestinationServiceName": "db",
+                "LocalServicePort": app_port,
+                "Upstreams": upstreams,
+            },
+        }
+    )
+    return ServiceRecord("n1", definition, sidecar_of="db")
+
+
+def test_sidecar_configs_take_connect_proxies_only() -> None:
+    plain = ServiceRecord("n1", parse_service({"Name": "db", "Port": 5432}))
+    record = sidecar_record(21000, 5432, [{"DestinationName": "cache", "LocalBindPort": 9191}])
+    configs = sidecar_configs([plain, record], default_address="10.0.0.1", limits=Limits())
+    assert configs == {
+        "db-sidecar-proxy": ProxyConfig(
+            proxy_id="db-sidecar-proxy",
+            service="db",
+            listen_address=HOST,
+            listen_port=21000,
+            local_service_address="127.0.0.1",
+            local_service_port=5432,
+            upstreams=(UpstreamConfig("cache", 9191),),
+        )
+    }
+
+
+async def test_manager_starts_and_stops_sidecars_closing_their_connections(ca: TestCA) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            app_port = await serve(nursery, echo)
+            with trio.socket.socket() as probe:
+                await probe.bind((HOST, 0))
+                sidecar_port = probe.getsockname()[1]
+            resolver = StaticResolver({"db": [Instance(HOST, sidecar_port)]})
+            manager = SidecarManager(
+                certs_for=lambda service: StaticCertSource(ca.material(service)),
+                authorizer=StaticAuthorizer(),
+                resolver=resolver,
+                default_address=HOST,
+            )
+            manager.update([sidecar_record(sidecar_port, app_port, [])])  # before run: kept
+            await nursery.start(manager.run)
+            # A client proxy for "web", outside the manager, dials the managed sidecar.
+            web = Proxy(
+                ProxyConfig("web-sidecar-proxy", "web", upstreams=(UpstreamConfig("db", 0),)),
+                certs=StaticCertSource(ca.material("web")),
+                authorizer=StaticAuthorizer(),
+                resolver=resolver,
+            )
+            await nursery.start(web.run)
+            port = web.upstream_ports["db"]
+            with trio.fail_after(3):
+                while await round_trip(port) != b"ping":
+                    await trio.sleep(0.05)
+            live = await trio.open_tcp_stream(HOST, port)
+            async with live:
+                await live.send_all(b"x")
+                assert await live.receive_some(1) == b"x"
+                assert [p["ID"] for p in manager.snapshot()] == ["db-sidecar-proxy"]
+                manager.update([])  # the service was deregistered
+                with trio.fail_after(3):
+                    assert await read_all(live) == b""
+            assert manager.snapshot() == []
+            assert await round_trip(port) == b""
+            nursery.cancel_scope.cancel()
+
+
+def test_parse_upstream() -> None:
+    assert connect_cli.parse_upstream("db:9191") == UpstreamConfig("db", 9191)
+    assert connect_cli.parse_upstream("db:127.0.0.2:9191") == UpstreamConfig(
+        "db", 9191, "127.0.0.2"
+    )
+    for bad in ("db", "db:0", "db:x", "*:80", "db:70000"):
+        with pytest.raises(click.BadParameter):
+            connect_cli.parse_upstream(bad)
+
+
+class CannedRegistry:
+    def __init__(self, snapshot: list[dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return self._snapshot
+
+
+def test_connect_ls_lists_the_agent_proxies(ca: TestCA) -> None:
+    proxy = Proxy(
+        ProxyConfig(
+            "web-sidecar-proxy",
+            "web",
+            listen_address=HOST,
+            listen_port=21000,
+            local_service_port=8080,
+            upstreams=(UpstreamConfig("db", 9191),),
+        ),
+        certs=StaticCertSource(),
+        authorizer=StaticAuthorizer(),
+        resolver=StaticResolver(),
+    )
+    router = Router()
+    register_proxy_routes(router, CannedRegistry([proxy.snapshot()]))
+    runner = CliRunner()
+    with serve_in_thread(router) as port:
+        result = runner.invoke(cli, ["connect", "ls", "-http-addr", f"{HOST}:{port}"])
+        as_json = runner.invoke(
+            cli, ["connect", "ls", "--http-addr", f"{HOST}:{port}", "--format", "json"]
+        )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == [
+        "Proxy",
+        "Listener",
+        "Address",
+        "Target",
+        "Live",
+        "Accepted",
+        "Denied",
+        "Failed",
+    ]
+    assert lines[1].split() == [
+        "web-sidecar-proxy",
+        "inbound",
+        "127.0.0.1:21000",
+        "127.0.0.1:8080",
+        "0",
+        "0",
+        "0",
+        "0",
+    ]
+    assert lines[2].split()[:4] == ["web-sidecar-proxy", "upstream", "127.0.0.1:9191", "db"]
+    assert as_json.exit_code == 0 and '"DestinationName": "db"' in as_json.output
+
+
+def test_connect_proxy_refuses_bad_flags() -> None:
+    runner = CliRunner()
+    for args, message in (
+        (["-service", "web"], "nothing to do"),
+        (["-service", "web", "-listen", "127.0.0.1:21000"], "go together"),
+        (["-service", "web", "-upstream", "db:9191", "-register"], "-register needs -listen"),
+    ):
+        result = runner.invoke(cli, ["connect", "proxy", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
