@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(openssl bind9-dnsutils iproute2 procps)
 if [[ "${1:-}" == "bench" ]]; then
-    packages+=(serf dnsperf dnsmasq)
+    packages+=(serf dnsperf dnsmasq stunnel4 iperf3)
 fi
 
 missing=()
