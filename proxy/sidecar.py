@@ -309,6 +309,11 @@ class Proxy:
                 if timer.cancelled_caught:
                     raise PeerError(f"no handshake within {limits.handshake_timeout_s:g} s")
                 source = peer_service(peer_uri(tls.getpeercert()), contexts.material.trust_domain)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+                # Closed before a handshake: a TCP health check, or a port scan.
+                stats.handshake_failed_total += 1
+                log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
+                return
             except (OSError, PeerError) as exc:  # ssl.SSLError is an OSError
                 stats.handshake_failed_total += 1
                 self._refused(

@@ -193,12 +193,14 @@ def connect_proxy(
                     break
 
     try:
-        try:
-            trio.run(main)
-        except* ClientError as group:  # raised inside the nursery: one line for the user
-            raise group.exceptions[0] from None
+        trio.run(main)
     except KeyboardInterrupt:  # Ctrl-C before the signal receiver was up
         pass
+    except BaseExceptionGroup as group:  # raised inside the nursery: one line for the user
+        found = _client_error(group)
+        if found is None:
+            raise
+        raise found from None
     finally:
         if register:
             path = f"/v1/agent/service/deregister/{quote(config.proxy_id, safe='')}"
@@ -208,6 +210,17 @@ def connect_proxy(
                 click.echo(f"Warning: could not deregister {config.proxy_id}: {exc}", err=True)
     if proxy is not None:
         _print_state(proxy)
+
+
+def _client_error(group: BaseExceptionGroup[BaseException]) -> ClientError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, ClientError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _client_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def proxy_table(proxies: list[dict[str, Any]]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import click
@@ -190,3 +191,21 @@ def test_connect_proxy_refuses_bad_flags() -> None:
     ):
         result = runner.invoke(cli, ["connect", "proxy", *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_connect_proxy_without_a_leaf_exits_1_with_the_agent_reason() -> None:
+    runner = CliRunner()
+    with serve_in_thread(Router()) as port:  # an agent that knows nothing: 404 everywhere
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))  # a free port for the upstream listener
+            free = probe.getsockname()[1]
+        result = runner.invoke(
+            cli,
+            [
+                *("connect", "proxy", "-http-addr", f"{HOST}:{port}", "-service", "web"),
+                *("-upstream", f"db:{free}", "-log-level", "error"),
+            ],
+        )
+    assert result.exit_code == 1, result.output
+    assert "no certificate for service 'web'" in result.output
+    assert "404" in result.output
