@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import random
@@ -559,7 +560,19 @@ class Agent:
                     "encrypted": str(self.keyring is not None).lower(),
                     "event_queue": str(self.core.pending_broadcasts()),
                 },
+                "store": self._store_stats(),
             },
+        }
+
+    def _store_stats(self) -> dict[str, str]:
+        """Entries and a digest of the replica: equal digests on two agents mean equal
+        replicas (up to 64-bit collisions per bucket), without reading every key."""
+        store = self.replicator.store
+        packed = b"".join(b.to_bytes(8, "big") for b in store.digest().buckets)
+        return {
+            "entries": str(len(store)),
+            "index": str(store.index),
+            "digest": hashlib.blake2b(packed, digest_size=16).hexdigest(),
         }
 
     def metrics(self) -> dict[str, Any]:
