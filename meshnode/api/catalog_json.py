@@ -66,6 +66,11 @@ def _proxy_json(record: ServiceRecord) -> Json:
     }
 
 
+def _connect_json(record: ServiceRecord) -> Json:
+    """Consul's ``Connect`` of a service: ``{"Native": true}`` for a native one, else empty."""
+    return {"Native": True} if record.definition.connect_native else {}
+
+
 def _weights(record: ServiceRecord) -> Json:
     d = record.definition
     return {"Passing": d.weights_passing, "Warning": d.weights_warning}
@@ -84,7 +89,7 @@ def service_json(record: ServiceRecord) -> Json:
         "EnableTagOverride": False,
         "Kind": record.kind,
         "Proxy": _proxy_json(record),
-        "Connect": {},
+        "Connect": _connect_json(record),
     }
 
 
@@ -113,7 +118,7 @@ def catalog_service_json(view: ServiceView, members_index: int) -> Json:
         "ServicePort": record.port,
         "ServiceEnableTagOverride": False,
         "ServiceProxy": _proxy_json(record),
-        "ServiceConnect": {},
+        "ServiceConnect": _connect_json(record),
         "CreateIndex": view.create_index,
         "ModifyIndex": view.modify_index,
     }

@@ -334,10 +334,16 @@ class Catalog:
     def _matches(view: ServiceView, name: str, tags: tuple[str, ...], connect: bool) -> bool:
         record = view.record
         if connect:
+            # The connect endpoints of `name`: its sidecars, and its native
+            # instances, each its own endpoint at its own address (Consul's rule).
             proxy = record.proxy
-            if record.kind != "connect-proxy" or proxy is None:
-                return False
-            if proxy.destination_service_name != name:
+            native = record.definition.connect_native and record.name == name
+            proxied = (
+                record.kind == "connect-proxy"
+                and proxy is not None
+                and proxy.destination_service_name == name
+            )
+            if not native and not proxied:
                 return False
         elif record.name != name:
             return False

@@ -137,6 +137,9 @@ class ServiceDefinition:
     checks: tuple[CheckDefinition, ...] = ()
     sidecar: SidecarDefinition | None = None
     proxy: ProxyDefinition | None = None
+    # ``connect.native``: the service speaks mTLS itself (meshnode.connect), so it is
+    # its own connect endpoint: dialled at its address and port, with no sidecar.
+    connect_native: bool = False
 
 
 # Snake-case spellings of fields that error messages may name before the user did.
@@ -499,14 +502,21 @@ def _proxy(service: _Fields) -> ProxyDefinition:
     )
 
 
-def _sidecar(f: _Fields) -> SidecarDefinition | None:
+def _connect(f: _Fields) -> tuple[SidecarDefinition | None, bool]:
+    """``connect``: (the sidecar to expand, whether the service is native)."""
     if not f.has("connect"):
-        return None
+        return None, False
     connect = f.sub(f.values["connect"], f.name("connect"), ("sidecarservice", "native"))
-    if connect.boolean("native"):
-        raise connect.fail("native", "is not supported: use a sidecar_service")
+    native = connect.boolean("native")
+    if native and connect.has("sidecarservice"):
+        # A native service is its own endpoint: a sidecar would be a second one (Consul too).
+        raise connect.fail("native", "cannot be combined with a sidecar_service")
     if not connect.has("sidecarservice"):
-        return None
+        return None, native
+    return _sidecar(connect), False
+
+
+def _sidecar(connect: _Fields) -> SidecarDefinition:
     side = connect.sub(
         connect.values["sidecarservice"], connect.name("sidecarservice"), ("port", "proxy")
     )
@@ -555,9 +565,9 @@ def parse_service(data: object, where: str = "") -> ServiceDefinition:
         raise DefinitionError(f"a connect-proxy needs a {f.name('proxy')!r} with its destination")
     if proxy is not None and kind != "connect-proxy":
         raise f.fail("proxy", 'is only for a service of kind "connect-proxy"')
-    sidecar = _sidecar(f)
-    if sidecar is not None and kind:
-        raise f.fail("connect", "cannot give a proxy its own sidecar")
+    sidecar, native = _connect(f)
+    if (sidecar is not None or native) and kind:
+        raise f.fail("connect", "cannot give a proxy its own sidecar or make it native")
     address = f.text("address", max_chars=255)
     if any(c.isspace() for c in address):
         raise f.fail("address", "must not contain spaces")
@@ -575,6 +585,7 @@ def parse_service(data: object, where: str = "") -> ServiceDefinition:
         checks=_checks(f),
         sidecar=sidecar,
         proxy=proxy,
+        connect_native=native,
     )
 
 

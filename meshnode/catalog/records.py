@@ -161,6 +161,8 @@ def _service_value(r: ServiceRecord) -> dict[str, Any]:
     }
     if r.proxy is not None:
         value["proxy"] = _proxy_value(r.proxy)
+    if r.definition.connect_native:
+        value["native"] = True  # absent when false: older records stay byte-identical
     return value
 
 
@@ -316,6 +318,7 @@ def decode_service(key: str, raw: bytes) -> ServiceRecord:
         weights_passing=r.integer("wp"),
         weights_warning=r.integer("ww"),
         proxy=_decode_proxy(r.value["proxy"]) if "proxy" in r.value else None,
+        connect_native=r.flag("native") if "native" in r.value else False,
     )
     record = ServiceRecord(node, definition, source=r.text("src"), sidecar_of=r.text("side"))
     _canonical(raw, encode_service(record), "service")

@@ -86,6 +86,19 @@ def test_register_read_and_deregister() -> None:
         catalog.deregister("web1")
 
 
+def test_a_native_instance_is_its_own_connect_endpoint() -> None:
+    catalog, _, _ = make()
+    catalog.register(svc(Name="db", ID="db-native", Port=9443, Connect={"Native": True}))
+    catalog.register(svc(Name="db", ID="db-proxied", Port=5432, Connect={"SidecarService": {}}))
+    catalog.register(svc(Name="api", Port=81, Connect={"Native": True}))
+    endpoints = {
+        v.record.service_id: v.record.port for v in catalog.service_nodes("db", connect=True)
+    }
+    # The native instance at its own port, the proxied one through its sidecar; never api.
+    assert endpoints == {"db-native": 9443, "db-proxied-sidecar-proxy": SIDECAR_PORT_MIN}
+    assert [v.record.service_id for v in catalog.service_nodes("api", connect=True)] == ["api"]
+
+
 def test_sidecar_expansion_and_port_allocation() -> None:
     catalog, _, _ = make()
     upstreams = [{"DestinationName": "db", "LocalBindPort": 9191}]

@@ -147,7 +147,20 @@ def test_services_list_and_config_pairs() -> None:
         ({"Name": "web", "Kind": "mesh-gateway"}, "'Kind' must be"),
         ({"Name": "web", "Kind": "connect-proxy"}, "needs a 'Proxy'"),
         ({"Name": "web", "Proxy": {"DestinationServiceName": "x"}}, "only for a service of kind"),
-        ({"Name": "web", "Connect": {"Native": True}}, "'Connect.Native' is not supported"),
+        (
+            {"Name": "web", "Connect": {"Native": True, "SidecarService": {}}},
+            "'Connect.Native' cannot be combined with a sidecar_service",
+        ),
+        (
+            {
+                "Name": "p",
+                "Kind": "connect-proxy",
+                "Proxy": {"DestinationServiceName": "web"},
+                "Connect": {"Native": True},
+            },
+            "cannot give a proxy its own sidecar or make it native",
+        ),
+        ({"Name": "web", "Connect": {"Native": "yes"}}, "'Connect.Native' must be true or false"),
         (
             {"Name": "web", "Connect": {"SidecarService": {"Proxy": {"Upstreams": [{}]}}}},
             "missing field 'Connect.SidecarService.Proxy.Upstreams[0].DestinationName'",
@@ -232,3 +245,11 @@ def test_any_json_is_parsed_or_refused_with_definition_error(data: dict[str, Any
         parse_service(data)
     except DefinitionError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("spelling", [{"connect": {"native": True}}, {"Connect": {"Native": True}}])
+def test_native_connect_is_accepted_with_no_sidecar(spelling: dict[str, Any]) -> None:
+    found = parse_service({"name": "web", "port": 8443, **spelling})
+    assert found.connect_native is True
+    assert found.sidecar is None
+    assert parse_service({"name": "web"}).connect_native is False

@@ -46,6 +46,7 @@ services = st.builds(
         kind=st.sampled_from(["", "connect-proxy"]),
         weights_passing=st.integers(1, 100),
         weights_warning=st.integers(0, 100),
+        connect_native=st.booleans(),
         proxy=st.none()
         | st.builds(
             ProxyDefinition,
