@@ -250,15 +250,23 @@ async def _tcp_connect(port: int) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", port)
 
 
-async def _tcp_read_message(stream: trio.SocketStream) -> bytes | None:
+async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
+    """Never read past the message: pipelined answers may share one segment."""
     buffer = b""
+    while len(buffer) < size:
+        chunk = await stream.receive_some(size - len(buffer))
+        if not chunk:
+            return None
+        buffer += chunk
+    return buffer
+
+
+async def _tcp_read_message(stream: trio.SocketStream) -> bytes | None:
     with trio.fail_after(5):
-        while len(buffer) < 2 or len(buffer) < 2 + struct.unpack("!H", buffer[:2])[0]:
-            chunk = await stream.receive_some(65535)
-            if not chunk:
-                return None
-            buffer += chunk
-    return buffer[2:]
+        prefix = await _receive_exactly(stream, 2)
+        if prefix is None:
+            return None
+        return await _receive_exactly(stream, struct.unpack("!H", prefix)[0])
 
 
 async def _tcp_ask(stream: trio.SocketStream, data: bytes) -> dnslib.DNSRecord:
