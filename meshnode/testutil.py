@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,20 @@ from typing import Any
 
 MESHNODE = str(Path(sys.executable).with_name("meshnode"))
 
-_subnets = itertools.count(1)
+_subnets = itertools.count(os.getpid() * 7)
+
+
+def _free_subnet() -> int:
+    """A 127.0.X.0/24 no other test process holds: parallel pytest runs share loopback."""
+    for _ in range(250):
+        subnet = 2 + next(_subnets) % 250
+        with socket.socket() as probe:
+            try:
+                probe.bind((f"127.0.{subnet}.1", 8500))
+            except OSError:
+                continue
+        return subnet
+    raise RuntimeError("no free 127.0.X.0/24 for a test cluster")
 
 
 def new_key() -> str:
@@ -115,7 +129,7 @@ class AgentProc:
 class Cluster:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.subnet = next(_subnets) + 100
+        self.subnet = _free_subnet()
         self.key = new_key()
         self.agents: list[AgentProc] = []
 
