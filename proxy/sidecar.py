@@ -35,17 +35,17 @@ import trio
 
 from ..logs import get_logger, log
 from .balancer import Balancer, BalancerConfig
+from .handshake import ClosedEarly, client_handshake_any, server_handshake
 from .pump import (
     SpliceError,
     accept,
     close_quietly,
     connect,
-    handshake,
     listen,
     splice,
 )
 from .sources import Authorizer, CertSource, Instance, Resolver
-from .tls import ContextCache, PeerError, peer_service, peer_uri
+from .tls import ContextCache, PeerError
 from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = ["Limits", "ListenerStats", "Proxy", "ProxyConfig", "UpstreamConfig"]
@@ -301,20 +301,13 @@ class Proxy:
                 self._refused("inbound refused: no certificate yet", trio.current_time(), peer=peer)
                 return
             try:
-                tls = contexts.server.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-                with trio.move_on_after(limits.handshake_timeout_s) as timer:
-                    await handshake(tls)
-                if timer.cancelled_caught:
-                    raise PeerError(f"no handshake within {limits.handshake_timeout_s:g} s")
-                source = peer_service(peer_uri(tls.getpeercert()), contexts.material.trust_domain)
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+                tls, source = await server_handshake(sock, contexts, limits.handshake_timeout_s)
+            except ClosedEarly as exc:
                 # Closed before a handshake: a TCP health check, or a port scan.
                 stats.handshake_failed_total += 1
                 log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
                 return
-            except (OSError, PeerError) as exc:  # ssl.SSLError is an OSError
+            except PeerError as exc:
                 stats.handshake_failed_total += 1
                 self._refused(
                     "inbound handshake refused", trio.current_time(), peer=peer, error=exc
@@ -378,52 +371,11 @@ class Proxy:
         """A verified TLS connection to an instance of the upstream, or None after the tries."""
         destination = upstream.config.destination
         limits = self.config.limits
-        tried: set[tuple[str, int]] = set()
-        for _ in range(limits.upstream_attempts):
-            contexts = self._contexts.current()
-            if contexts is None:
-                self._refused("outbound refused: no certificate yet", trio.current_time())
-                return None
-            with trio.move_on_at(deadline_s):
-                instances = await self.resolver.instances(destination)
-            now = trio.current_time()
-            if now >= deadline_s:
-                return None
-            instance = upstream.balancer.pick(instances, now, tried)
-            if instance is None:
-                if not tried:
-                    self._refused("no healthy instance", now, destination=destination)
-                return None
-            tried.add(instance.key)
-            upstream.balancer.started(instance)
-            raw: socket.socket | None = None
-            tls: ssl.SSLSocket | None = None
-            error: BaseException | None = None
-            attempt_deadline_s = min(
-                deadline_s, now + limits.connect_timeout_s + limits.handshake_timeout_s
-            )
-            with trio.move_on_at(attempt_deadline_s) as timer:
-                try:
-                    raw = await connect(instance.address, instance.port)
-                    tls = contexts.client.wrap_socket(raw, do_handshake_on_connect=False)
-                    await handshake(tls)
-                    found = peer_service(
-                        peer_uri(tls.getpeercert()), contexts.material.trust_domain
-                    )
-                    if found.service != destination:
-                        raise PeerError(
-                            f"server is {found.uri!r}, not the destination {destination!r}"
-                        )
-                    upstream.balancer.succeeded(instance)
-                    return instance, tls
-                except (OSError, PeerError) as exc:
-                    error = exc
-            if timer.cancelled_caught:
-                error = TimeoutError("no connection and handshake in time")
-            close_quietly(tls)
-            close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
-            upstream.balancer.finished(instance)
-            ejected = upstream.balancer.failed(instance, trio.current_time())
+        failures = 0
+
+        def failed(instance: Instance, ejected: bool, error: BaseException) -> None:
+            nonlocal failures
+            failures += 1
             self._refused(
                 "upstream instance failed",
                 trio.current_time(),
@@ -432,7 +384,22 @@ class Proxy:
                 ejected=ejected,
                 error=error,
             )
-        return None
+
+        found = await client_handshake_any(
+            destination,
+            contexts=self._contexts,
+            resolver=self.resolver,
+            balancer=upstream.balancer,
+            attempts=limits.upstream_attempts,
+            attempt_timeout_s=limits.connect_timeout_s + limits.handshake_timeout_s,
+            deadline_s=deadline_s,
+            on_failure=failed,
+        )
+        if isinstance(found, str):
+            if not failures:  # each failed attempt is logged already
+                self._refused("outbound refused", trio.current_time(), reason=found)
+            return None
+        return found
 
     async def _outbound(self, upstream: _Upstream, sock: socket.socket) -> None:
         stats = upstream.stats

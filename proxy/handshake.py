@@ -1,0 +1,121 @@
+"""The two verified handshakes of the mesh, shared by the proxy and native services (connect/).
+
+Rules that live here:
+
+- Server side: TLS 1.3 within a timeout against the current contexts, then
+  the client's URI SAN must be a service ID of our trust domain. A peer that
+  closes before any handshake (a TCP health check, a port scan) is
+  `ClosedEarly`, not a refusal; everything else is `PeerError` with a
+  one-line reason.
+- Client side: pick an instance of the destination (`Balancer`), dial it
+  with our leaf, require the server's ID to be the destination service; on a
+  connect, handshake or identity failure move on to another instance, at most
+  `attempts` within the deadline. Each failure is reported to `on_failure`
+  (for the log) and to the balancer (for ejection).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+
+import trio
+
+from ..ca.spiffe import ServiceID
+from .balancer import Balancer
+from .pump import close_quietly, connect, handshake
+from .sources import Instance, Resolver
+from .tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
+
+__all__ = ["ClosedEarly", "client_handshake_any", "server_handshake"]
+
+
+class ClosedEarly(Exception):
+    """The peer closed before a TLS handshake: a TCP check, not an attack (logged at debug)."""
+
+
+async def server_handshake(
+    sock: socket.socket, contexts: TlsContexts, timeout_s: float
+) -> tuple[ssl.SSLSocket, ServiceID]:
+    """The verified TLS socket over `sock` and the client's service ID; `PeerError`/`ClosedEarly`.
+
+    On an exception the TLS socket is closed; `sock` is the caller's to close.
+    """
+    tls: ssl.SSLSocket | None = None
+    try:
+        tls = contexts.server.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with trio.move_on_after(timeout_s) as timer:
+            await handshake(tls)
+        if timer.cancelled_caught:
+            raise PeerError(f"no handshake within {timeout_s:g} s")
+        source = peer_service(peer_uri(tls.getpeercert()), contexts.material.trust_domain)
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+        close_quietly(tls)
+        raise ClosedEarly(str(exc)) from None
+    except OSError as exc:  # ssl.SSLError is an OSError: a bad or missing certificate
+        close_quietly(tls)
+        raise PeerError(str(exc)) from None
+    except BaseException:
+        close_quietly(tls)
+        raise
+    return tls, source
+
+
+# (instance, ejected, error) of one failed attempt, for the caller's log.
+FailureHook = Callable[[Instance, bool, BaseException], None]
+
+
+async def client_handshake_any(
+    destination: str,
+    *,
+    contexts: ContextCache,
+    resolver: Resolver,
+    balancer: Balancer,
+    attempts: int,
+    attempt_timeout_s: float,
+    deadline_s: float,
+    on_failure: FailureHook,
+) -> tuple[Instance, ssl.SSLSocket] | str:
+    """A verified TLS connection to an instance of `destination`, or why there is none."""
+    tried: set[tuple[str, int]] = set()
+    why = f"no healthy instance of {destination!r}"
+    for _ in range(attempts):
+        current = contexts.current()
+        if current is None:
+            return "no certificate yet"
+        with trio.move_on_at(deadline_s):
+            instances = await resolver.instances(destination)
+        now = trio.current_time()
+        if now >= deadline_s:
+            return f"no instance of {destination!r} reached in time ({why})"
+        instance = balancer.pick(instances, now, tried)
+        if instance is None:
+            return why
+        tried.add(instance.key)
+        balancer.started(instance)
+        raw: socket.socket | None = None
+        tls: ssl.SSLSocket | None = None
+        error: BaseException | None = None
+        with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
+            try:
+                raw = await connect(instance.address, instance.port)
+                tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
+                await handshake(tls)
+                found = peer_service(peer_uri(tls.getpeercert()), current.material.trust_domain)
+                if found.service != destination:
+                    raise PeerError(f"server is {found.uri!r}, not the destination {destination!r}")
+                balancer.succeeded(instance)
+                return instance, tls
+            except (OSError, PeerError) as exc:
+                error = exc
+        if timer.cancelled_caught or error is None:
+            error = TimeoutError("no connection and handshake in time")
+        close_quietly(tls)
+        close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
+        balancer.finished(instance)
+        ejected = balancer.failed(instance, trio.current_time())
+        on_failure(instance, ejected, error)
+        where = f"{instance.address}:{instance.port}"
+        why = f"{len(tried)} instance(s) of {destination!r} failed, the last {where}: {error}"
+    return why
