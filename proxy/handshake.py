@@ -79,6 +79,7 @@ async def client_handshake_any(
 ) -> tuple[Instance, ssl.SSLSocket] | str:
     """A verified TLS connection to an instance of `destination`, or why there is none."""
     tried: set[tuple[str, int]] = set()
+    errors: list[str] = []
     why = f"no healthy instance of {destination!r}"
     for _ in range(attempts):
         current = contexts.current()
@@ -116,6 +117,6 @@ async def client_handshake_any(
         balancer.finished(instance)
         ejected = balancer.failed(instance, trio.current_time())
         on_failure(instance, ejected, error)
-        where = f"{instance.address}:{instance.port}"
-        why = f"{len(tried)} instance(s) of {destination!r} failed, the last {where}: {error}"
+        errors.append(f"{instance.address}:{instance.port}: {error}")
+        why = f"{len(errors)} instance(s) of {destination!r} failed: " + "; ".join(errors)
     return why
