@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,21 +35,21 @@ import cbor2
 import trio
 
 from .gossip import store_codec
+from .gossip.anti_entropy import (
+    STEP_BYTES_MAX,
+    Initiator,
+    Responder,
+    StepReader,
+    UnexpectedStoreMessage,
+    encode_step,
+)
 from .gossip.driver import GossipDriver
-from .gossip.errors import DecodeError, RemoteProtocolError
+from .gossip.errors import RemoteProtocolError
 from .gossip.membership import Membership
 from .gossip.messages import Addr, State
-from .gossip.store import (
-    DEFAULT_LIMITS,
-    BucketVersions,
-    Digest,
-    Entry,
-    KeyVersion,
-    Store,
-    Version,
-)
+from .gossip.store import Digest, Entry, Store, Version
 from .gossip.transport import Transport
-from .gossip.wire import FrameReader, Wire
+from .gossip.wire import Wire
 from .logs import log
 from .persist import Persistence
 from .state import ChangeTracker
@@ -72,13 +71,6 @@ CHANNEL_STORE_NOTICE = 0x04
 # First byte of a TCP stream on the gossip port that carries store anti-entropy.
 STREAM_STORE = 0xA5
 
-_COUNT = struct.Struct(">I")
-# 256 MiB of store in 8 MiB messages is 32 frames; leave room for many small ones.
-_STEP_FRAMES_MAX = 4096
-_FRAME_MAX_BYTES = store_codec.STORE_MESSAGE_MAX_BYTES + 64  # + the AES-GCM envelope
-# A whole step may carry at most a full store plus encoding overhead: without
-# this, 4096 frames of 8 MiB from one peer could hold 32 GiB in memory.
-_STEP_BYTES_MAX = DEFAULT_LIMITS.store_max_bytes * 5 // 4
 _READ_CHUNK_BYTES = 65536
 _NOTICE_MAX_BYTES = 2048
 
@@ -105,8 +97,8 @@ class ReplicationConfig:
     concurrent_exchanges_max: int = 4
 
 
-class StoreMessageError(DecodeError):
-    """A store payload or stream from the network is malformed."""
+# One error for every malformed store payload, gossiped or streamed.
+StoreMessageError = UnexpectedStoreMessage
 
 
 def _decode_notice(payload: bytes) -> tuple[str, str, Version, Addr]:
@@ -132,7 +124,7 @@ def _decode_notice(payload: bytes) -> tuple[str, str, Version, Addr]:
 
 
 class _Steps:
-    """Frames of one store stream: each step is a count frame then that many messages."""
+    """`gossip.anti_entropy`'s step framing over one trio stream; the sessions stay sans-IO."""
 
     def __init__(
         self,
@@ -140,59 +132,26 @@ class _Steps:
         wire: Wire,
         initial: bytes = b"",
         *,
-        max_step_bytes: int = _STEP_BYTES_MAX,
+        max_step_bytes: int = STEP_BYTES_MAX,
     ) -> None:
         self.stream = stream
         self.wire = wire
-        self.max_step_bytes = max_step_bytes
-        self.reader = FrameReader(wire, max_frame_bytes=_FRAME_MAX_BYTES)
+        self.reader = StepReader(wire, max_step_bytes=max_step_bytes)
         if initial:
             self.reader.feed(initial)
 
-    async def _frame(self) -> bytes:
+    async def read(self) -> list[store_codec.StoreMessage]:
         while True:
-            frame = self.reader.next_frame(trio.current_time())
-            if frame is not None:
-                return frame
+            step = self.reader.next_step(trio.current_time())
+            if step is not None:
+                return step
             chunk = await self.stream.receive_some(_READ_CHUNK_BYTES)
             if not chunk:
                 raise trio.BrokenResourceError("peer closed the store stream mid-step")
             self.reader.feed(chunk)
 
-    async def read(self) -> list[store_codec.StoreMessage]:
-        head = await self._frame()
-        if len(head) != _COUNT.size:
-            raise StoreMessageError("store step must start with a 4-byte count")
-        (count,) = _COUNT.unpack(head)
-        if count > _STEP_FRAMES_MAX:
-            raise StoreMessageError(f"store step of {count} messages, limit {_STEP_FRAMES_MAX}")
-        messages = []
-        total_bytes = 0
-        for _ in range(count):
-            frame = await self._frame()
-            total_bytes += len(frame)
-            if total_bytes > self.max_step_bytes:
-                raise StoreMessageError(
-                    f"store step exceeds {self.max_step_bytes} bytes; refusing the rest"
-                )
-            messages.append(store_codec.decode_store_message(frame))
-        return messages
-
     async def send(self, messages: list[bytes], *, prefix: bytes = b"") -> None:
-        data = [prefix, self.wire.frame(_COUNT.pack(len(messages)))]
-        data += [self.wire.frame(m) for m in messages]
-        await self.stream.send_all(b"".join(data))
-
-
-def _merged_bucket_versions(messages: list[store_codec.StoreMessage]) -> BucketVersions:
-    buckets: list[int] = []
-    versions: list[KeyVersion] = []
-    for msg in messages:
-        if not isinstance(msg, BucketVersions):
-            raise StoreMessageError(f"expected BucketVersions, got {type(msg).__name__}")
-        buckets.extend(msg.buckets)
-        versions.extend(msg.versions)
-    return BucketVersions(tuple(buckets), tuple(versions))
+        await self.stream.send_all(prefix + encode_step(self.wire, messages))
 
 
 class Replicator:
@@ -450,23 +409,12 @@ class Replicator:
 
     async def _initiate(self, stream: trio.abc.Stream) -> list[Entry]:
         steps = _Steps(stream, self.wire)
-        store = self.store
-        await steps.send([store_codec.encode_digest(store.digest())], prefix=bytes([STREAM_STORE]))
-        bv = _merged_bucket_versions(await steps.read())
-        newer = store.entries_newer_than(bv)
-        wanted = store.wanted(bv)
-        out = store_codec.encode_entries(newer) if newer else []
-        out += store_codec.encode_want(wanted) if wanted else []
-        await steps.send(out)
-        if not wanted:
+        session = Initiator(self.store)
+        await steps.send(session.opening(), prefix=bytes([STREAM_STORE]))
+        await steps.send(session.on_bucket_versions(await steps.read()))
+        if not session.expects_entries:
             return []
-        reply = await steps.read()
-        entries: list[Entry] = []
-        for msg in reply:
-            if not isinstance(msg, store_codec.Entries):
-                raise StoreMessageError(f"expected Entries, got {type(msg).__name__}")
-            entries.extend(msg.entries)
-        return entries
+        return session.on_entries(await steps.read())
 
     async def _serve(self, stream: trio.abc.Stream, peer: Addr, first: bytes) -> None:
         """Answer a store stream: a digest round or a fetch (Want)."""
@@ -489,21 +437,12 @@ class Replicator:
             log(_log, "warning", "rejected a store stream", peer=str(peer), reason=str(exc))
 
     async def _answer_round(self, steps: _Steps, digest: Digest, peer: Addr) -> None:
-        store = self.store
-        bv = store.bucket_versions(store.diff_request(digest))
-        await steps.send(store_codec.encode_bucket_versions(bv))
-        entries: list[Entry] = []
-        wanted: list[tuple[str, str]] = []
-        for msg in await steps.read():
-            if isinstance(msg, store_codec.Entries):
-                entries.extend(msg.entries)
-            elif isinstance(msg, store_codec.Want):
-                wanted.extend(msg.keys)
-            else:
-                raise StoreMessageError(f"expected Entries or Want, got {type(msg).__name__}")
-        self.merge(entries, peer)
-        if wanted:
-            await steps.send(store_codec.encode_entries(store.entries_for(wanted)))
+        session = Responder(self.store)
+        await steps.send(session.on_digest([digest]))
+        self.merge(session.on_push(await steps.read()), peer)
+        answer = session.answer()
+        if answer is not None:
+            await steps.send(answer)
 
     # ------------------------------------------------------------------ tombstones
 

@@ -8,6 +8,7 @@ big entries, anti-entropy after a partition, restarts from SQLite, and garbage.
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -295,13 +296,13 @@ async def test_periodic_anti_entropy_repairs_a_missed_broadcast(
 
 async def test_a_store_step_larger_than_its_byte_cap_is_refused() -> None:
     """A peer with the key still cannot make us buffer an unbounded step."""
-    from meshnode.replication import _COUNT, StoreMessageError, _Steps
+    from meshnode.replication import StoreMessageError, _Steps
 
     wire = Wire(None)
     client, server = trio.testing.memory_stream_pair()
     entry = Entry("kv", "k", b"x" * 1000, Version(1, "n1"))
     (message,) = store_codec.encode_entries([entry])
-    frames = [wire.frame(_COUNT.pack(10))] + [wire.frame(message)] * 10
+    frames = [wire.frame(struct.pack(">I", 10))] + [wire.frame(message)] * 10
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.send_all, b"".join(frames))
         steps = _Steps(server, wire, max_step_bytes=5 * len(message))
