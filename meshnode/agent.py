@@ -46,6 +46,7 @@ from .api.facade import (
     UnknownMember,
 )
 from .api.intention_endpoints import register_intention_routes
+from .api.proxy_endpoints import register_proxy_routes
 from .ca_agent import build_ca
 from .ca_state import META_SIGNER
 from .catalog.catalog import Catalog
@@ -78,6 +79,8 @@ from .keys import KeyFormatError, decode_key
 from .logs import log, setup_logging
 from .members import MemberNodes, decode_meta, encode_meta
 from .persist import Persistence, PersistenceError
+from .proxy.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
+from .proxy.manager import SidecarManager
 from .replication import ReplicationConfig, Replicator
 from .state import TOPIC_MEMBERS
 from .user_events import UserEvents
@@ -206,6 +209,7 @@ class Agent:
             self.nodes,
             node_name=config.node_name,
             datacenter=config.datacenter,
+            node_address=advertise.host,
         )
         self.ca, self.leaves = build_ca(
             config,
@@ -223,6 +227,14 @@ class Agent:
             self._config_services = parse_config_services(config.services)
         except DefinitionError as exc:
             raise AgentStartError(str(exc)) from None
+        # Managed sidecars ask the local replicas directly (no HTTP hop); their
+        # public listeners bind the address other agents dial.
+        self.sidecars = SidecarManager(
+            certs_for=lambda service: LeafCertSource(self.leaves, service),
+            authorizer=IntentionAuthorizer(self.intentions),
+            resolver=CatalogResolver(self.catalog),
+            default_address=advertise.host,
+        )
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
             None
@@ -285,6 +297,8 @@ class Agent:
                 self.catalog.sync_config(self._config_services)
             except (DefinitionError, LocalProtocolError) as exc:
                 raise AgentStartError(f"cannot register the configured services: {exc}") from None
+            await nursery.start(self.sidecars.run)
+            nursery.start_soon(self._follow_sidecars)
             if self.dns_server is not None:
                 self.dns_bound = await nursery.start(self.dns_server.run)
             router = build_router(self)
@@ -293,6 +307,7 @@ class Agent:
             register_event_routes(router, self.events)
             register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
+            register_proxy_routes(router, self.sidecars)
             register_ca_routes(
                 router,
                 self.ca,
@@ -322,6 +337,13 @@ class Agent:
             task_status.started()
             await self._left.wait()
             nursery.cancel_scope.cancel()
+
+    async def _follow_sidecars(self) -> None:
+        """Run a proxy for every local connect-proxy record, after each catalog change."""
+        index = self.catalog.index()
+        while True:
+            self.sidecars.update(self.catalog.local_services())
+            index = await self.catalog.wait(index, 300.0)
 
     async def _initial_join(self, nursery: trio.Nursery) -> None:
         if self.config.join:

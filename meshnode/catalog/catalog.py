@@ -107,6 +107,7 @@ class Catalog:
         *,
         node_name: str,
         datacenter: str,
+        node_address: str = "127.0.0.1",
         runner: Callable[[Report], CheckRunnerLike] = CheckRunner,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -115,6 +116,7 @@ class Catalog:
         self._nodes = nodes
         self.node_name = node_name
         self.datacenter = datacenter
+        self.node_address = node_address  # where this agent's sidecars listen
         self._clock = clock
         self._cache = RecordCache(state)
         self._written_at: dict[str, float] = {}  # check ID -> clock of its last result write
@@ -162,6 +164,7 @@ class Catalog:
                 services=services,
                 checks=checks,
                 reserved_ports=reserved,
+                node_address=self.node_address,
             )
             for d in defs
         ]

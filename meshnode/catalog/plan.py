@@ -8,8 +8,9 @@ Rules that live here (Consul's, unless said):
 - ``connect.sidecar_service`` becomes a second service ``<id>-sidecar-proxy``
   (name ``<name>-sidecar-proxy``), kind ``connect-proxy``, with the parent's
   address, tags and meta, a port from 21000..21255 that no other local proxy
-  uses (kept across re-registrations), and a TCP check on that port named
-  "Connect Sidecar Listening".
+  uses (kept across re-registrations), and a TCP check named "Connect
+  Sidecar Listening" on that port at the address the sidecar listens on (the
+  service's address, else the agent's advertised one).
 - A re-registered check keeps its status and output unless the definition
   sets a status, so re-reading the config does not flap services to critical.
 - Planning writes nothing: every refusal happens before the first write.
@@ -129,6 +130,7 @@ def _sidecar(
     source: str,
     existing: Mapping[str, ServiceRecord],
     reserved: set[int],
+    node_address: str,
 ) -> tuple[ServiceRecord, CheckDefinition] | None:
     side = defn.sidecar
     if side is None:
@@ -166,7 +168,8 @@ def _sidecar(
     check = CheckDefinition(
         kind="tcp",
         name=SIDECAR_CHECK_NAME,
-        tcp=f"{defn.address or DEFAULT_LOCAL_ADDRESS}:{port}",
+        # Where the sidecar listens: the service's address, else the agent's.
+        tcp=f"{defn.address or node_address}:{port}",
         interval_s=SIDECAR_CHECK_INTERVAL_S,
     )
     return record, check
@@ -180,6 +183,7 @@ def plan_service(
     services: Mapping[str, ServiceRecord],
     checks: Mapping[str, CheckRecord],
     reserved_ports: set[int],
+    node_address: str = DEFAULT_LOCAL_ADDRESS,
 ) -> Plan:
     """The records registering `defn` writes, given this node's current services and checks.
 
@@ -196,7 +200,7 @@ def plan_service(
     plan.checks = _check_records(
         node, service, list(zip(_check_ids(defn), defn.checks, strict=True)), checks
     )
-    sidecar = _sidecar(defn, node, source, services, reserved_ports)
+    sidecar = _sidecar(defn, node, source, services, reserved_ports, node_address)
     if sidecar is not None:
         record, check = sidecar
         plan.services.append(record)
