@@ -23,7 +23,9 @@ It never reads a clock, a socket or the global random generator.
 
 from __future__ import annotations
 
+import functools
 import random
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -64,11 +66,24 @@ from .messages import (
     Suspect,
     User,
 )
+from .names import SHARED
 from .queue import BroadcastQueue
 from .suspicion import Suspicion
 
 _SEQ_MODULUS = 1 << 32
-_LIVE = (State.ALIVE, State.SUSPECT)
+# A member's state in its column is the `State` value; 0 is "not a member".
+_ABSENT = 0
+_ALIVE = int(State.ALIVE)
+_LEAVING = int(State.LEAVING)
+_LEFT = int(State.LEFT)
+_DEAD = int(State.DEAD)
+_SUSPECT = int(State.SUSPECT)
+_LIVE = (_ALIVE, _SUSPECT)
+_DOWN = (_DEAD, _LEFT)
+_STATE_OF: tuple[State, ...] = (State.ALIVE, *State)  # index 0 is never read
+# Incarnations are u64 on the wire but almost always small: the column holds
+# 32 bits, and this value in it means "the real one is in the overflow dict".
+_INC_BIG = 0xFFFFFFFF
 # Bounded memory under churn: beyond this many queued updates the most-sent go.
 _MAX_QUEUED_BROADCASTS = 20_000
 # Pruning walks a whole bucket, so it runs only once this many updates have
@@ -85,19 +100,10 @@ _INCARNATION_MAX = 2**64 - 1
 _REAP_CHECK_INTERVAL_S = 5.0
 
 
-@dataclass(slots=True)
-class _MemberState:
-    name: str
-    addr: Addr
-    meta: bytes
-    incarnation: int
-    state: State
-    state_change_s: float
-
-    def snapshot(self) -> Member:
-        return Member(
-            self.name, self.addr, self.meta, self.incarnation, self.state, self.state_change_s
-        )
+@functools.lru_cache(maxsize=1 << 16)
+def _addr_meta(addr: Addr, meta: bytes) -> tuple[Addr, bytes]:
+    """One shared pair per distinct (address, metadata): N cores that agree hold one copy."""
+    return (addr, meta)
 
 
 @dataclass(slots=True)
@@ -122,7 +128,14 @@ class _Relay:
 
 
 class Membership:
-    """One node's view of the cluster."""
+    """One node's view of the cluster.
+
+    Members live in columns indexed by a slot of the process-wide name table
+    (`names.SHARED`): state, incarnation and change time in arrays, the
+    (address, metadata) pair as a shared tuple. `_order` lists this core's
+    member slots in the order it learnt them, which is the order every scan
+    and every random choice iterates (a dict's order, as before the columns).
+    """
 
     def __init__(
         self,
@@ -142,8 +155,24 @@ class Membership:
             )
         self.name = name
         self._rng = rng
-        self._self = _MemberState(name, addr, meta, incarnation, State.ALIVE, now)
-        self._members: dict[str, _MemberState] = {name: self._self}
+        self._names = SHARED
+        # The columns, one entry per slot of the name table (grown on demand).
+        self._state = bytearray()  # State value, or _ABSENT
+        self._inc = array("I")  # incarnation, or _INC_BIG: see _inc_big
+        self._inc_big: dict[int, int] = {}
+        self._change_s = array("d")  # time of the last state change
+        self._am: list[tuple[Addr, bytes] | None] = []  # (addr, meta), shared
+        self._in_probe = bytearray()  # 1 while the slot is in `_probe_order`
+        # A slot is ours while it is a member here or in the probe round: the
+        # table frees only slots that no core marks in these two columns.
+        self._names.register(self, self._state, self._in_probe)
+        me = self._hold(name)
+        self._self_slot = me
+        self._state[me] = _ALIVE
+        self._set_inc(me, incarnation)
+        self._change_s[me] = now
+        self._am[me] = _addr_meta(addr, meta)
+        self._order = array("I", [me])
         # Alive or suspect members, kept by _set_state: the formulas ask for
         # it on every packet, and counting cost O(N) each time.
         self._n_live = 1
@@ -155,9 +184,9 @@ class Membership:
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe: _Probe | None = None
-        self._probe_order: list[str] = []
-        # Names in `_probe_order`, so a member that flaps is not queued twice.
-        self._probe_order_set: set[str] = set()
+        # Slots of this round's probe targets; `_in_probe` marks them, so a
+        # member that flaps is not queued twice.
+        self._probe_order = array("I")
         self._probe_index = 0
         self._seq = rng.randrange(_SEQ_MODULUS)
         self._out: list[tuple[Addr, bytes]] = []
@@ -177,15 +206,84 @@ class Membership:
         self._quick_push_pulls_s: list[float] = []
         self.counters: dict[str, int] = {}
 
+    # ------------------------------------------------------------------ the columns
+
+    def _grow(self, slot: int) -> None:
+        """Make the columns long enough for `slot` (to the table's size, or half as long again)."""
+        n = len(self._state)
+        if slot < n:
+            return
+        new = max(self._names.capacity, slot + 1, n + (n >> 1) + 8)
+        k = new - n
+        self._state.extend(bytes(k))
+        self._in_probe.extend(bytes(k))
+        self._inc.frombytes(bytes(k * self._inc.itemsize))
+        self._change_s.frombytes(bytes(k * self._change_s.itemsize))
+        self._am.extend([None] * k)
+
+    def _hold(self, name: str) -> int:
+        """The slot for a member about to be added here, the columns grown to reach it."""
+        slot = self._names.intern(name)
+        self._grow(slot)
+        return slot
+
+    def _lookup(self, name: str) -> int | None:
+        """The slot of a member of ours, or None."""
+        slot = self._names.slot_of.get(name)
+        if slot is None or slot >= len(self._state) or not self._state[slot]:
+            return None
+        return slot
+
+    def _get_inc(self, slot: int) -> int:
+        value = self._inc[slot]
+        return self._inc_big[slot] if value == _INC_BIG else value
+
+    def _set_inc(self, slot: int, value: int) -> None:
+        if value >= _INC_BIG:
+            self._inc[slot] = _INC_BIG
+            self._inc_big[slot] = value
+        else:
+            self._inc[slot] = value
+            if self._inc_big:
+                self._inc_big.pop(slot, None)
+
+    def _addr_of(self, slot: int) -> Addr:
+        pair = self._am[slot]
+        assert pair is not None
+        return pair[0]
+
+    def _snapshot(self, slot: int) -> Member:
+        pair = self._am[slot]
+        assert pair is not None
+        return Member(
+            self._names.name(slot),
+            pair[0],
+            pair[1],
+            self._get_inc(slot),
+            _STATE_OF[self._state[slot]],
+            self._change_s[slot],
+        )
+
+    def _add_member(
+        self, name: str, addr: Addr, meta: bytes, incarnation: int, state: int, now: float
+    ) -> int:
+        slot = self._hold(name)
+        self._state[slot] = state
+        self._set_inc(slot, incarnation)
+        self._change_s[slot] = now
+        self._am[slot] = _addr_meta(addr, meta)
+        self._order.append(slot)
+        return slot
+
     # ------------------------------------------------------------------ queries
 
     @property
     def incarnation(self) -> int:
-        return self._self.incarnation
+        return self._get_inc(self._self_slot)
 
     @property
     def local_addr(self) -> Addr:
-        return self._self.addr
+        return self._addr_of(self._self_slot)
 
     @property
     def awareness_score(self) -> int:
@@ -197,11 +295,11 @@ class Membership:
         return self._leave_done
 
     def members(self) -> list[Member]:
-        return [m.snapshot() for m in self._members.values()]
+        return [self._snapshot(s) for s in self._order]
 
     def member(self, name: str) -> Member | None:
-        m = self._members.get(name)
-        return None if m is None else m.snapshot()
+        slot = self._lookup(name)
+        return None if slot is None else self._snapshot(slot)
 
     def num_alive(self) -> int:
         """Members counted for the formulas: everyone not dead or left (memberlist's estimate)."""
@@ -266,15 +364,18 @@ class Membership:
         were added; raises `LocalProtocolError` for oversized metadata.
         """
         added = 0
+        meta_max_bytes = self.config.meta_max_bytes
+        slot_of, state = self._names.slot_of, self._state
         for ns in members:
-            if ns.node == self.name or ns.node in self._members:
+            node = ns.node
+            slot = slot_of.get(node)
+            if node == self.name or (slot is not None and slot < len(state) and state[slot]):
                 continue
-            if len(ns.meta) > self.config.meta_max_bytes:
-                raise LocalProtocolError(f"restored member {ns.node!r} has oversized metadata")
-            down = ns.state in (State.DEAD, State.LEFT)
-            state = ns.state if down else State.ALIVE
-            self._members[ns.node] = _MemberState(
-                ns.node, ns.addr, ns.meta, ns.incarnation, state, now
+            if len(ns.meta) > meta_max_bytes:
+                raise LocalProtocolError(f"restored member {node!r} has oversized metadata")
+            down = ns.state in _DOWN
+            self._add_member(
+                node, ns.addr, ns.meta, ns.incarnation, int(ns.state) if down else _ALIVE, now
             )
             self._n_live += not down
             self._n_others_down += down
@@ -286,8 +387,8 @@ class Membership:
         if self._leaving:
             return
         self._leaving = True
-        self._set_state(self._self, State.LEFT, now)
-        msg = Dead(self._self.incarnation, self.name, self.name)
+        self._set_state(self._self_slot, _LEFT, now)
+        msg = Dead(self.incarnation, self.name, self.name)
         if self.num_alive() == 0:
             self._leave_done = True
             return
@@ -304,25 +405,26 @@ class Membership:
 
         A member that is in fact alive hears of it and refutes, as in Consul.
         """
-        m = self._members.get(name)
-        if m is None or name == self.name:
+        slot = self._lookup(name)
+        if slot is None or name == self.name:
             raise LocalProtocolError(f"no member named {name!r}")
-        if m.state == State.LEFT:
+        if self._state[slot] == _LEFT:
             return
-        self._apply_dead(Dead(m.incarnation, name, name), now)
+        self._apply_dead(Dead(self._get_inc(slot), name, name), now)
 
     def update_meta(self, meta: bytes, now: float) -> None:
         if len(meta) > self.config.meta_max_bytes:
             raise LocalProtocolError(
                 f"node metadata is {len(meta)} bytes, limit is {self.config.meta_max_bytes}"
             )
-        self._self.meta = meta
+        me = self._self_slot
+        self._am[me] = _addr_meta(self._addr_of(me), meta)
         if self._leaving:
             # An Alive now would outrank our leave notice (higher incarnation)
             # and replace it in the queue, which also set leave_done before
             # the notice was ever sent.
             return
-        self._self.incarnation += 1
+        self._set_inc(me, self._get_inc(me) + 1)
         self._broadcast_self_alive()
 
     def broadcast_user(self, payload: bytes, *, key: object | None = None) -> None:
@@ -350,11 +452,23 @@ class Membership:
         return reply
 
     def local_state(self, *, join: bool) -> PushPull:
-        nodes = tuple(
-            NodeState(m.name, m.addr, m.meta, m.incarnation, m.state)
-            for m in self._members.values()
-        )
-        return PushPull(join=join, nodes=nodes, user_state=self.user_state)
+        names, am, state = self._names.names, self._am, self._state
+        inc, inc_big = self._inc, self._inc_big
+        nodes = []
+        for s in self._order:
+            pair = am[s]
+            assert pair is not None
+            value = inc[s]
+            nodes.append(
+                NodeState(
+                    names[s],  # type: ignore[arg-type]  # a member's slot always has a name
+                    pair[0],
+                    pair[1],
+                    inc_big[s] if value == _INC_BIG else value,
+                    _STATE_OF[state[s]],
+                )
+            )
+        return PushPull(join=join, nodes=tuple(nodes), user_state=self.user_state)
 
     def merge_remote_state(self, msg: PushPull, now: float) -> None:
         """Merge a peer's full state as if each entry had arrived by gossip.
@@ -366,19 +480,20 @@ class Membership:
         # must not cost us the rest of the peer's state: merge everything
         # else, then report the first rejection.
         error: RemoteProtocolError | None = None
-        members, meta_max_bytes = self._members, self.config.meta_max_bytes
+        meta_max_bytes = self.config.meta_max_bytes
+        slot_of, state, inc, inc_big = self._names.slot_of, self._state, self._inc, self._inc_big
+        me = self._self_slot
         for ns in msg.nodes:
             if ns.state is State.ALIVE:
                 # Most of a full state is news we already have: an alive claim no
                 # newer than ours changes nothing (_apply_alive's first return).
-                m = members.get(ns.node)
-                if (
-                    m is not None
-                    and m is not self._self
-                    and ns.incarnation <= m.incarnation
-                    and len(ns.meta) <= meta_max_bytes
-                ):
-                    continue
+                s = slot_of.get(ns.node)
+                if s is not None and s != me and s < len(state) and state[s]:
+                    value = inc[s]
+                    if value == _INC_BIG:
+                        value = inc_big[s]
+                    if ns.incarnation <= value and len(ns.meta) <= meta_max_bytes:
+                        continue
             try:
                 if ns.state in (State.ALIVE, State.LEAVING):
                     self._apply_alive(Alive(ns.incarnation, ns.node, ns.addr, ns.meta), now)
@@ -412,37 +527,37 @@ class Membership:
             self._start_probe(now)
         for name in [n for n, s in self._suspicions.items() if s.deadline() <= now]:
             suspicion = self._suspicions.pop(name)
-            m = self._members.get(name)
-            if m is not None and m.state == State.SUSPECT:
+            slot = self._lookup(name)
+            if slot is not None and self._state[slot] == _SUSPECT:
                 self._apply_dead(Dead(suspicion.incarnation, name, self.name), now)
         if now >= self._next_gossip_s:
             self._gossip_round(now)
             self._next_gossip_s = now + cfg.gossip_interval_s
         if now >= self._next_push_pull_s:
-            peer = self._random_members(1, states=(State.ALIVE,))
+            peer = self._random_members(1, states=(_ALIVE,))
             if peer:
-                self._push_pulls.append((peer[0].addr, False))
+                self._push_pulls.append((self._addr_of(peer[0]), False))
             interval_s = push_pull_interval_s(cfg.push_pull_interval_s, self.num_alive())
             self._next_push_pull_s = now + interval_s
         while self._quick_push_pulls_s and now >= self._quick_push_pulls_s[0]:
             self._quick_push_pulls_s.pop(0)
-            peer = self._random_members(1, states=(State.ALIVE,))
+            peer = self._random_members(1, states=(_ALIVE,))
             if peer:
-                self._push_pulls.append((peer[0].addr, False))
+                self._push_pulls.append((self._addr_of(peer[0]), False))
         if now >= self._next_reconnect_s and not self._n_others_down:
             # No one failed: nothing to offer (the scans below would find no one
             # and draw no random number).
             self._next_reconnect_s = now + cfg.reconnect_interval_s
         elif now >= self._next_reconnect_s:
-            failed = self._random_members(1, states=(State.DEAD,))
+            failed = self._random_members(1, states=(_DEAD,))
             # serf's odds, failed / alive: the cluster as a whole tries each
             # failed member about once an interval. Without them every member
             # did, so a returning node of a 1000-node cluster took 100 full
             # state exchanges a second. A partition (failed ~ alive) still
             # reconnects every interval.
-            n_failed = sum(1 for m in self._members.values() if m.state == State.DEAD)
+            n_failed = self._state.count(_DEAD)  # non-members are _ABSENT
             if failed and self._rng.random() < n_failed / max(self.num_alive(), 1):
-                self._push_pulls.append((failed[0].addr, False))
+                self._push_pulls.append((self._addr_of(failed[0]), False))
             self._next_reconnect_s = now + cfg.reconnect_interval_s
         if now >= self._next_reap_s:
             self._reap(now)
@@ -475,7 +590,7 @@ class Membership:
                     deadline_s=now + self.config.probe_timeout_s,
                     want_nack=msg.want_nack,
                 )
-                self._send(msg.target_addr, [Ping(seq, msg.target, self.name, self._self.addr)])
+                self._send(msg.target_addr, [Ping(seq, msg.target, self.name, self.local_addr)])
             case Ack():
                 relay = self._relays.pop(msg.seq, None)
                 if relay is not None:
@@ -503,58 +618,58 @@ class Membership:
         if len(msg.meta) > self.config.meta_max_bytes:
             raise RemoteProtocolError(f"alive for {msg.node!r} carries oversized metadata")
         if msg.node == self.name:
-            me = self._self
             if self._leaving:
                 return
-            if msg.incarnation > me.incarnation or (
-                msg.incarnation == me.incarnation and (msg.addr, msg.meta) != (me.addr, me.meta)
+            me = self._self_slot
+            mine = self._get_inc(me)
+            if msg.incarnation > mine or (
+                msg.incarnation == mine and (msg.addr, msg.meta) != self._am[me]
             ):
                 self._refute(msg.incarnation)
             return
-        m = self._members.get(msg.node)
-        if m is None:
-            m = _MemberState(msg.node, msg.addr, msg.meta, msg.incarnation, State.ALIVE, now)
-            self._members[msg.node] = m
+        s = self._lookup(msg.node)
+        if s is None:
+            s = self._add_member(msg.node, msg.addr, msg.meta, msg.incarnation, _ALIVE, now)
             self._n_live += 1
-            self._add_to_probe_order(msg.node)
+            self._add_to_probe_order(s)
             self._broadcast(msg, key=msg.node)
-            self._events.append(MemberJoined(m.snapshot()))
+            self._events.append(MemberJoined(self._snapshot(s)))
             return
-        if msg.incarnation <= m.incarnation:
+        if msg.incarnation <= self._get_inc(s):
             return
-        was = m.state
-        changed = (m.addr, m.meta) != (msg.addr, msg.meta)
-        m.incarnation = msg.incarnation
-        m.addr = msg.addr
-        m.meta = msg.meta
+        was = self._state[s]
+        changed = self._am[s] != (msg.addr, msg.meta)
+        self._set_inc(s, msg.incarnation)
+        self._am[s] = _addr_meta(msg.addr, msg.meta)
         self._suspicions.pop(msg.node, None)
-        self._set_state(m, State.ALIVE, now)
+        self._set_state(s, _ALIVE, now)
         self._broadcast(msg, key=msg.node)
-        if was in (State.DEAD, State.LEFT):
-            self._add_to_probe_order(msg.node)
-            self._events.append(MemberJoined(m.snapshot()))
-        elif changed or was == State.SUSPECT:
-            self._events.append(MemberUpdated(m.snapshot()))
+        if was in _DOWN:
+            self._add_to_probe_order(s)
+            self._events.append(MemberJoined(self._snapshot(s)))
+        elif changed or was == _SUSPECT:
+            self._events.append(MemberUpdated(self._snapshot(s)))
 
     def _apply_suspect(self, msg: Suspect, now: float) -> None:
         if msg.node == self.name:
-            if not self._leaving and msg.incarnation >= self._self.incarnation:
+            if not self._leaving and msg.incarnation >= self.incarnation:
                 self._refute(msg.incarnation)
             return
-        m = self._members.get(msg.node)
-        if m is None or msg.incarnation < m.incarnation:
+        s = self._lookup(msg.node)
+        if s is None or msg.incarnation < self._get_inc(s):
             return
-        if m.state == State.SUSPECT:
+        state = self._state[s]
+        if state == _SUSPECT:
             suspicion = self._suspicions.get(msg.node)
             if suspicion is not None and suspicion.confirm(msg.sender):
                 self._broadcast(msg, key=msg.node)
             return
-        if m.state != State.ALIVE:
+        if state != _ALIVE:
             return
-        m.incarnation = msg.incarnation
-        self._set_state(m, State.SUSPECT, now)
+        self._set_inc(s, msg.incarnation)
+        self._set_state(s, _SUSPECT, now)
         # The catalog counts a suspect node's services as critical at once.
-        self._events.append(MemberUpdated(m.snapshot()))
+        self._events.append(MemberUpdated(self._snapshot(s)))
         n = self.num_alive()
         cfg = self.config
         min_s = suspicion_timeout_s(cfg.suspicion_mult, n, cfg.probe_interval_s)
@@ -570,25 +685,27 @@ class Membership:
 
     def _apply_dead(self, msg: Dead, now: float) -> None:
         if msg.node == self.name:
-            if not self._leaving and msg.incarnation >= self._self.incarnation:
+            if not self._leaving and msg.incarnation >= self.incarnation:
                 self._refute(msg.incarnation)
             return
-        m = self._members.get(msg.node)
-        if m is None or msg.incarnation < m.incarnation:
+        s = self._lookup(msg.node)
+        if s is None or msg.incarnation < self._get_inc(s):
             return
-        if m.state in (State.DEAD, State.LEFT):
+        state = self._state[s]
+        if state in _DOWN:
             # A leave notice still upgrades a failure to left (force-leave).
-            if m.state == State.DEAD and msg.sender == msg.node:
-                self._set_state(m, State.LEFT, now)
+            if state == _DEAD and msg.sender == msg.node:
+                self._set_state(s, _LEFT, now)
                 self._broadcast(msg, key=msg.node)
-                self._events.append(MemberLeft(m.snapshot()))
+                self._events.append(MemberLeft(self._snapshot(s)))
             return
-        m.incarnation = msg.incarnation
+        self._set_inc(s, msg.incarnation)
         self._suspicions.pop(msg.node, None)
         left = msg.sender == msg.node
-        self._set_state(m, State.LEFT if left else State.DEAD, now)
+        self._set_state(s, _LEFT if left else _DEAD, now)
         self._broadcast(msg, key=msg.node)
-        self._events.append(MemberLeft(m.snapshot()) if left else MemberFailed(m.snapshot()))
+        member = self._snapshot(s)
+        self._events.append(MemberLeft(member) if left else MemberFailed(member))
 
     def _refute(self, accused_incarnation: int) -> None:
         if accused_incarnation >= _INCARNATION_MAX:
@@ -601,36 +718,43 @@ class Membership:
         # Lifeguard (memberlist's refute): any accusation, suspect, dead or a
         # conflicting alive, hints that our own health is poor.
         self._awareness.apply(1)
-        self._self.incarnation = max(self._self.incarnation, accused_incarnation) + 1
+        self._set_inc(self._self_slot, max(self.incarnation, accused_incarnation) + 1)
         self._count("refutations")
         self._broadcast_self_alive()
 
     def _broadcast_self_alive(self) -> None:
-        me = self._self
-        self._broadcast(Alive(me.incarnation, me.name, me.addr, me.meta), key=me.name)
+        pair = self._am[self._self_slot]
+        assert pair is not None
+        self._broadcast(Alive(self.incarnation, self.name, pair[0], pair[1]), key=self.name)
 
-    def _set_state(self, m: _MemberState, state: State, now: float) -> None:
+    def _set_state(self, slot: int, state: int, now: float) -> None:
         """The one place a member's state changes, so the live count stays exact."""
-        if m.state != state:
-            live_change = (state in _LIVE) - (m.state in _LIVE)
+        old = self._state[slot]
+        if old != state:
+            live_change = (state in _LIVE) - (old in _LIVE)
             self._n_live += live_change
-            if m is not self._self:
+            if slot != self._self_slot:
                 self._n_others_down -= live_change
-            m.state = state
-            m.state_change_s = now
+            self._state[slot] = state
+            self._change_s[slot] = now
 
     def _reap(self, now: float) -> None:
         if not self._n_others_down:
             return
         cutoff = now - self.config.dead_reap_s
-        for name in [
-            n
-            for n, m in self._members.items()
-            if m.state in (State.DEAD, State.LEFT) and m.state_change_s <= cutoff and n != self.name
-        ]:
-            del self._members[name]
+        state, change_s, me = self._state, self._change_s, self._self_slot
+        reaped = [s for s in self._order if state[s] in _DOWN and change_s[s] <= cutoff and s != me]
+        if not reaped:
+            return
+        for s in reaped:
+            name = self._names.name(s)
+            state[s] = _ABSENT
+            self._am[s] = None
+            self._set_inc(s, 0)
             self._n_others_down -= 1
             self._events.append(MemberReaped(name))
+        gone = set(reaped)
+        self._order = array("I", [s for s in self._order if s not in gone])
 
     # ------------------------------------------------------------------ probing
 
@@ -638,39 +762,43 @@ class Membership:
         self._seq = (self._seq + 1) % _SEQ_MODULUS
         return self._seq
 
-    def _add_to_probe_order(self, name: str) -> None:
+    def _add_to_probe_order(self, slot: int) -> None:
         # A member that died and came back within one round is still queued:
         # adding it again let a flapping member (or forged Dead/Alive pairs)
         # grow the round without bound and starve everyone else of probes.
-        if name in self._probe_order_set:
+        if self._in_probe[slot]:
             return
-        self._probe_order_set.add(name)
+        self._in_probe[slot] = 1
         # Put it at a random place among those not yet probed this round, so
         # it is probed within the round; the member there moves to the end
         # (memberlist's swap), which is O(1) where list.insert was O(N).
         order = self._probe_order
-        order.append(name)
+        order.append(slot)
         i = self._rng.randint(min(self._probe_index, len(order) - 1), len(order) - 1)
         order[i], order[-1] = order[-1], order[i]
 
-    def _next_probe_target(self) -> _MemberState | None:
+    def _new_probe_round(self) -> None:
+        """Every live member but us, shuffled (a reaped one in the last round is let go)."""
+        state, in_probe, me = self._state, self._in_probe, self._self_slot
+        targets = [s for s in self._order if s != me and state[s] in _LIVE]
+        self._rng.shuffle(targets)
+        for s in self._probe_order:
+            in_probe[s] = 0
+        for s in targets:
+            in_probe[s] = 1
+        self._probe_order = array("I", targets)
+        self._probe_index = 0
+
+    def _next_probe_target(self) -> int | None:
         for _ in range(len(self._probe_order) + 1):
             if self._probe_index >= len(self._probe_order):
-                self._probe_order = [
-                    n
-                    for n, m in self._members.items()
-                    if n != self.name and m.state in (State.ALIVE, State.SUSPECT)
-                ]
-                self._rng.shuffle(self._probe_order)
-                self._probe_order_set = set(self._probe_order)
-                self._probe_index = 0
+                self._new_probe_round()
                 if not self._probe_order:
                     return None
-            name = self._probe_order[self._probe_index]
+            slot = self._probe_order[self._probe_index]
             self._probe_index += 1
-            m = self._members.get(name)
-            if m is not None and m.state in (State.ALIVE, State.SUSPECT):
-                return m
+            if self._state[slot] in _LIVE:
+                return slot
         return None
 
     def _start_probe(self, now: float) -> None:
@@ -681,27 +809,33 @@ class Membership:
         if target is None:
             return
         seq = self._next_seq()
+        name = self._names.name(target)
         self._probe = _Probe(
-            target=target.name,
+            target=name,
             seq=seq,
             indirect_at_s=now + self._awareness.scale(cfg.probe_timeout_s),
             end_at_s=now + interval_s,
         )
-        self._send(target.addr, [Ping(seq, target.name, self.name, self._self.addr)])
+        self._send(self._addr_of(target), [Ping(seq, name, self.name, self.local_addr)])
 
     def _send_indirect_probes(self, probe: _Probe) -> None:
         probe.indirect_sent = True
-        target = self._members.get(probe.target)
+        target = self._lookup(probe.target)
         if target is None:
             return
         helpers = self._random_members(
-            self.config.indirect_checks, states=(State.ALIVE,), exclude=probe.target
+            self.config.indirect_checks, states=(_ALIVE,), exclude=target
+        )
+        msg = IndirectPing(
+            probe.seq,
+            probe.target,
+            self._addr_of(target),
+            self.name,
+            self.local_addr,
+            want_nack=True,
         )
         for helper in helpers:
-            msg = IndirectPing(
-                probe.seq, target.name, target.addr, self.name, self._self.addr, want_nack=True
-            )
-            self._send(helper.addr, [msg])
+            self._send(self._addr_of(helper), [msg])
         probe.expected_nacks = len(helpers)
 
     def _finish_failed_probe(self, probe: _Probe, now: float) -> None:
@@ -712,21 +846,17 @@ class Membership:
             self._awareness.apply(max(0, probe.expected_nacks - probe.nacks))
         else:
             self._awareness.apply(1)
-        m = self._members.get(probe.target)
-        if m is not None and m.state in (State.ALIVE, State.SUSPECT):
+        s = self._lookup(probe.target)
+        if s is not None and self._state[s] in _LIVE:
             # Already suspect: our failed probe is an independent confirmation,
             # which is what shortens the Lifeguard timer.
             self._count("probe_failures")
-            self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
+            self._apply_suspect(Suspect(self._get_inc(s), probe.target, self.name), now)
 
-    def _random_members(
-        self, k: int, *, states: tuple[State, ...], exclude: str | None = None
-    ) -> list[_MemberState]:
-        candidates = [
-            m
-            for n, m in self._members.items()
-            if n != self.name and n != exclude and m.state in states
-        ]
+    def _random_members(self, k: int, *, states: tuple[int, ...], exclude: int = -1) -> list[int]:
+        """Slots of up to k random members in `states`, us and `exclude` aside."""
+        state, me = self._state, self._self_slot
+        candidates = [s for s in self._order if s != me and s != exclude and state[s] in states]
         if len(candidates) <= k:
             self._rng.shuffle(candidates)
             return candidates
@@ -760,14 +890,12 @@ class Membership:
         # drawn alongside the live ones, as memberlist does: picking them only
         # when fewer than gossip_nodes were alive meant never, beyond 4 nodes.
         recent_dead_s = now - self.config.gossip_to_dead_s
+        state, change_s, me = self._state, self._change_s, self._self_slot
         candidates = [
-            m
-            for n, m in self._members.items()
-            if n != self.name
-            and (
-                m.state in (State.ALIVE, State.SUSPECT)
-                or (m.state == State.DEAD and m.state_change_s > recent_dead_s)
-            )
+            s
+            for s in self._order
+            if s != me
+            and (state[s] in _LIVE or (state[s] == _DEAD and change_s[s] > recent_dead_s))
         ]
         k = self.config.gossip_nodes
         if len(candidates) <= k:
@@ -781,4 +909,4 @@ class Membership:
             batch = self._queue.pop_batch(self._budget_bytes() - overhead, 0, limit)
             if not batch:
                 return
-            self._out.append((target.addr, codec.encode_packet(batch)))
+            self._out.append((self._addr_of(target), codec.encode_packet(batch)))
