@@ -62,6 +62,36 @@ class NameSlots:
             return slot
         if len(self.slot_of) >= self._sweep_at:
             self._sweep()
+        return self._add(name)
+
+    def name(self, slot: int) -> str:
+        name = self.names[slot]
+        assert name is not None, f"slot {slot} is free"
+        return name
+
+    def intern_many(self, names: list[str]) -> list[int]:
+        """The slots of `names`, sweeping (if due) once before any is added.
+
+        A sweep frees slots no core marks yet, so one between two interns of a
+        batch could hand the first name's slot to the second.
+        """
+        slot_of = self.slot_of
+        slots = [slot_of.get(name, -1) for name in names]
+        if -1 not in slots:
+            return slots
+        if len(slot_of) + slots.count(-1) >= self._sweep_at:
+            self._sweep()  # it may free slots just looked up: look again
+            slots = [slot_of.get(name, -1) for name in names]
+        for i, name in enumerate(names):
+            if slots[i] == -1:
+                slots[i] = self._add(name)
+        return slots
+
+    def _add(self, name: str) -> int:
+        """A slot for a name the table lacks, without sweeping."""
+        slot = self.slot_of.get(name)
+        if slot is not None:
+            return slot  # a repeat within one batch
         if self._free:
             slot = self._free.pop()
             self.names[slot] = name
@@ -70,11 +100,6 @@ class NameSlots:
             self.names.append(name)
         self.slot_of[name] = slot
         return slot
-
-    def name(self, slot: int) -> str:
-        name = self.names[slot]
-        assert name is not None, f"slot {slot} is free"
-        return name
 
     def _sweep(self) -> None:
         """Free every slot that no live core marks (amortised: the table doubled since)."""

@@ -123,3 +123,15 @@ def test_a_dropped_core_stops_marking_its_slots() -> None:
     gc.collect()
     table.intern("after")
     assert len(table) == 1
+
+
+def test_a_batch_never_gives_two_names_one_slot() -> None:
+    table = NameSlots()
+    owner = _Owner()
+    table.register(owner, bytearray(4096))  # marks nothing: every slot is free to sweep
+    for i in range(1000):
+        table.intern(f"b{i}")
+    names = [f"b{i}" for i in range(500)] + [f"c{i}" for i in range(600)]
+    slots = table.intern_many(names)
+    assert len(set(slots)) == len(names)
+    assert [table.name(s) for s in slots] == names
