@@ -13,9 +13,11 @@ import ssl
 import pytest
 import trio
 
-from meshnode.connect import ConnectError, Denied, MeshStream, ReplicaAuthorizer, Service
+from meshnode.connect import ConnectError, Denied, ReplicaAuthorizer, Service
 from meshnode.proxy import Instance, TlsMaterial
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+
+from .conftest import echo, exchange
 
 HOST = "127.0.0.1"
 _DEADLINE_S = 10.0
@@ -24,11 +26,6 @@ _DEADLINE_S = 10.0
 @pytest.fixture(scope="module")
 def ca() -> TestCA:
     return TestCA("c1.mesh")
-
-
-async def echo(stream: MeshStream) -> None:
-    while data := await stream.receive_some(65536):
-        await stream.send_all(data)
 
 
 class Mesh:
@@ -56,17 +53,6 @@ class Mesh:
         )
         self.resolver.set(destination or service.name, [Instance(HOST, port)])
         return port
-
-
-async def exchange(stream: MeshStream, payload: bytes) -> bytes:
-    await stream.send_all(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        got += data
-    return got
 
 
 async def refused(client: Service, destination: str) -> bool:
