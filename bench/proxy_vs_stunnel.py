@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,9 @@ async def _native_echo(stream: MeshStream) -> None:
 async def _native_sink(stream: MeshStream) -> None:
     """Count what arrives until EOF, answer the count: the sender's throughput proof."""
     count = 0
-    while data := await stream.receive_some(_BULK_BYTES):
-        count += len(data)
+    buffer = bytearray(_BULK_BYTES)
+    while n := await stream.receive_into(buffer):
+        count += n
     await stream.send_all(str(count).encode())
 
 
@@ -184,14 +185,22 @@ def iperf_gbps(port: int, streams: int, seconds: float) -> float:
     return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-async def _connection_rate(port: int, seconds: float, clients: int) -> int:
+# Opens one connection of a path: plain TCP to a port, or a native dial.
+Opener = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+def _tcp(port: int) -> Opener:
+    return functools.partial(trio.open_tcp_stream, _HOST, port)
+
+
+async def _connection_rate(open_stream: Opener, seconds: float, clients: int) -> int:
     done = 0
     deadline = trio.current_time() + seconds
 
     async def client() -> None:
         nonlocal done
         while trio.current_time() < deadline:
-            stream = await trio.open_tcp_stream(_HOST, port)
+            stream = await open_stream()
             async with stream:
                 await stream.send_all(b"x" * 16)
                 got = b""
@@ -208,8 +217,8 @@ async def _connection_rate(port: int, seconds: float, clients: int) -> int:
     return done
 
 
-async def _round_trips_us(port: int, count: int) -> list[float]:
-    stream = await trio.open_tcp_stream(_HOST, port)
+async def _round_trips_us(open_stream: Opener, count: int) -> list[float]:
+    stream = await open_stream()
     times: list[float] = []
     async with stream:
         payload = b"r" * 64
@@ -245,42 +254,11 @@ async def _native_gbps(service: Service, streams: int, seconds: float) -> float:
 
 
 async def _native_connection_rate(service: Service, seconds: float, clients: int) -> int:
-    done = 0
-    deadline = trio.current_time() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        while trio.current_time() < deadline:
-            stream = await service.dial("db-echo")
-            async with stream:
-                await stream.send_all(b"x" * 16)
-                got = b""
-                while len(got) < 16:
-                    chunk = await stream.receive_some(16 - len(got))
-                    if not chunk:
-                        raise RuntimeError("connection closed before the echo")
-                    got += chunk
-            done += 1
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(clients):
-            nursery.start_soon(client)
-    return done
+    return await _connection_rate(functools.partial(service.dial, "db-echo"), seconds, clients)
 
 
 async def _native_round_trips_us(service: Service, count: int) -> list[float]:
-    stream = await service.dial("db-echo")
-    times: list[float] = []
-    async with stream:
-        payload = b"r" * 64
-        for _ in range(count):
-            start = time.perf_counter()
-            await stream.send_all(payload)
-            got = 0
-            while got < len(payload):
-                got += len(await stream.receive_some(65536))
-            times.append((time.perf_counter() - start) * 1e6)
-    return times
+    return await _round_trips_us(functools.partial(service.dial, "db-echo"), count)
 
 
 async def _with_native_client(paths: Paths, measure: Any, *args: Any) -> Any:
@@ -483,12 +461,12 @@ def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[st
         result["gbps_4"] = iperf_gbps(iperf, 4, seconds)
     if "connections" in tests:
         cpu_before = _cpu_s(pids)
-        connections = trio.run(_connection_rate, echo, seconds, 4)
+        connections = trio.run(_connection_rate, _tcp(echo), seconds, 4)
         cpu_after = _cpu_s(pids)
         result["conn_per_s"] = connections / seconds
         result["cpu_ms_per_conn"] = (cpu_after - cpu_before) * 1000 / max(1, connections)
     if "latency" in tests:
-        rtts = trio.run(_round_trips_us, echo, 2000)
+        rtts = trio.run(_round_trips_us, _tcp(echo), 2000)
         result["rtt_p50_us"] = _percentile(rtts, 0.5)
         result["rtt_p99_us"] = _percentile(rtts, 0.99)
     return result
