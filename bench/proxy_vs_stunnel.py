@@ -171,18 +171,25 @@ async def _serve_native(spec: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------
 
 
-def iperf_gbps(port: int, streams: int, seconds: float) -> float:
-    out = subprocess.run(
-        ["iperf3", "-c", _HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"iperf3 failed: {out.stdout[-300:]} {out.stderr[-300:]}")
-    result = json.loads(out.stdout)
-    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
+def iperf_gbps(port: int, streams: int, seconds: float, attempts: int = 3) -> float:
+    """iperf3's received rate; a run that ends with no summary (the server still
+    busy with the last test, seen now and then) is retried, `attempts` in all."""
+    error = ""
+    for _ in range(attempts):
+        out = subprocess.run(
+            ["iperf3", "-c", _HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
+        )
+        result = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
+        summary = result.get("end", {}).get("sum_received")
+        if out.returncode == 0 and summary is not None:
+            return float(summary["bits_per_second"]) / 1e9
+        error = str(result.get("error", "")) or f"{out.stdout[-300:]} {out.stderr[-300:]}"
+        time.sleep(1.0)
+    raise RuntimeError(f"iperf3 failed {attempts} times, last: {error}")
 
 
 # Opens one connection of a path: plain TCP to a port, or a native dial.
