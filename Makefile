@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest debs install install-test bench clean
+.PHONY: run test lint typecheck pytest debs install install-test bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ pytest: install-test debs
 	$(BIN)/pytest
 
 test: debs install-test lint typecheck pytest
+
+# The multi-host cluster tests in network namespaces (root; see docs/chaos.md).
+chaos: install-test debs
+	$(BIN)/pytest tests/chaos
 
 bench: install-test
 	bash scripts/install-debs.sh bench

@@ -8,23 +8,32 @@ Three paths to the same servers on loopback, measured alternately in each run:
   from meshnode's own CA (root, intermediate, leaves), TLS 1.3;
 - meshnode: client -> outbound proxy (127.0.0.1:<bind port>) -> inbound proxy
   -> server, each proxy its own process (`--serve`), with static sources:
-  the material and the instance come from a JSON file, no agent.
+  the material and the instance come from a JSON file, no agent;
+- native: a `meshnode.connect` client (in this process) dials a
+  `meshnode.connect` server (its own process, `--native`): one mTLS hop, no
+  proxy. iperf3 cannot speak mTLS, so this path's throughput is a native
+  bulk sender and a native counting sink (both Python), and its CPU per
+  connection counts both ends' TLS (the server process and this one), where
+  the other paths count only their proxies.
 
 Measured per path: iperf3 throughput with 1 and 4 streams, new connections
 per second through the pair (each connect, 16-byte echo, close; 4 clients
 in parallel) with the CPU seconds of both proxy processes per connection,
 and the p50/p99 round trip of a 64-byte request/response on one connection
-(added latency = path minus direct). Medians over `--runs`; the ratio is
-meshnode / stunnel. The machine is shared: figures move by 10-20 % between
-runs, which is why the two are alternated and medians are reported.
+(added latency = path minus direct). Medians over `--runs`; the ratios are
+meshnode / stunnel, and native / meshnode (the sidecar pair). The machine
+is shared: figures move by 10-20 % between runs, which is why the paths are
+alternated and medians are reported.
 
 Run: .venv/bin/python bench/proxy_vs_stunnel.py [--runs 3] [--seconds 5] [--profile DIR]
+     [--paths direct,stunnel,meshnode,native]
 Needs: stunnel4 and iperf3 (`scripts/install-debs.sh bench`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -35,13 +44,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 from _harness import ProcessRegistry, log_tail, proc_cpu_seconds
 
+from meshnode.connect import MeshStream, ReplicaAuthorizer, Service
 from meshnode.logs import setup_logging
 from meshnode.proxy import Instance, Proxy, ProxyConfig, TlsMaterial, UpstreamConfig
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
@@ -116,32 +126,88 @@ async def _echo_server(port: int) -> None:
 
 
 # --------------------------------------------------------------------------
+# --native: the native server (an echo and a counting sink)
+# --------------------------------------------------------------------------
+
+_BULK_BYTES = 256 * 1024
+
+
+def native_service(material: TlsMaterial, instances: dict[str, int] | None = None) -> Service:
+    """A native service with static sources (no agent), allowing everything."""
+    return Service(
+        material.service,
+        certs=StaticCertSource(material),
+        decider=ReplicaAuthorizer(StaticAuthorizer()),
+        resolver=StaticResolver({d: [Instance(_HOST, p)] for d, p in (instances or {}).items()}),
+    )
+
+
+async def _native_echo(stream: MeshStream) -> None:
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+
+
+async def _native_sink(stream: MeshStream) -> None:
+    """Count what arrives until EOF, answer the count: the sender's throughput proof."""
+    count = 0
+    buffer = bytearray(_BULK_BYTES)
+    while n := await stream.receive_into(buffer):
+        count += n
+    await stream.send_all(str(count).encode())
+
+
+async def _serve_native(spec: list[dict[str, Any]]) -> None:
+    handlers = {"echo": _native_echo, "sink": _native_sink}
+    async with trio.open_nursery() as nursery:
+        for item in spec:
+            service = native_service(_material(item["material"]))
+            await nursery.start(service.run)
+            serve = functools.partial(service.serve, handlers[item["handler"]], host=_HOST)
+            await nursery.start(functools.partial(serve, port=item["port"]))
+
+
+# --------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------
 
 
-def iperf_gbps(port: int, streams: int, seconds: float) -> float:
-    out = subprocess.run(
-        ["iperf3", "-c", _HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"iperf3 failed: {out.stdout[-300:]} {out.stderr[-300:]}")
-    result = json.loads(out.stdout)
-    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
+def iperf_gbps(port: int, streams: int, seconds: float, attempts: int = 3) -> float:
+    """iperf3's received rate; a run that ends with no summary (the server still
+    busy with the last test, seen now and then) is retried, `attempts` in all."""
+    error = ""
+    for _ in range(attempts):
+        out = subprocess.run(
+            ["iperf3", "-c", _HOST, "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
+        )
+        result = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
+        summary = result.get("end", {}).get("sum_received")
+        if out.returncode == 0 and summary is not None:
+            return float(summary["bits_per_second"]) / 1e9
+        error = str(result.get("error", "")) or f"{out.stdout[-300:]} {out.stderr[-300:]}"
+        time.sleep(1.0)
+    raise RuntimeError(f"iperf3 failed {attempts} times, last: {error}")
 
 
-async def _connection_rate(port: int, seconds: float, clients: int) -> int:
+# Opens one connection of a path: plain TCP to a port, or a native dial.
+Opener = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+def _tcp(port: int) -> Opener:
+    return functools.partial(trio.open_tcp_stream, _HOST, port)
+
+
+async def _connection_rate(open_stream: Opener, seconds: float, clients: int) -> int:
     done = 0
     deadline = trio.current_time() + seconds
 
     async def client() -> None:
         nonlocal done
         while trio.current_time() < deadline:
-            stream = await trio.open_tcp_stream(_HOST, port)
+            stream = await open_stream()
             async with stream:
                 await stream.send_all(b"x" * 16)
                 got = b""
@@ -158,8 +224,8 @@ async def _connection_rate(port: int, seconds: float, clients: int) -> int:
     return done
 
 
-async def _round_trips_us(port: int, count: int) -> list[float]:
-    stream = await trio.open_tcp_stream(_HOST, port)
+async def _round_trips_us(open_stream: Opener, count: int) -> list[float]:
+    stream = await open_stream()
     times: list[float] = []
     async with stream:
         payload = b"r" * 64
@@ -171,6 +237,45 @@ async def _round_trips_us(port: int, count: int) -> list[float]:
                 got += len(await stream.receive_some(65536))
             times.append((time.perf_counter() - start) * 1e6)
     return times
+
+
+async def _native_gbps(service: Service, streams: int, seconds: float) -> float:
+    total = 0
+
+    async def one() -> None:
+        nonlocal total
+        buf = bytes(_BULK_BYTES)
+        stream = await service.dial("db")
+        async with stream:
+            deadline = trio.current_time() + seconds
+            while trio.current_time() < deadline:
+                await stream.send_all(buf)
+            await stream.send_eof()
+            total += int(await stream.receive_some(64))
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(streams):
+            nursery.start_soon(one)
+    return total * 8 / (trio.current_time() - start) / 1e9
+
+
+async def _native_connection_rate(service: Service, seconds: float, clients: int) -> int:
+    return await _connection_rate(functools.partial(service.dial, "db-echo"), seconds, clients)
+
+
+async def _native_round_trips_us(service: Service, count: int) -> list[float]:
+    return await _round_trips_us(functools.partial(service.dial, "db-echo"), count)
+
+
+async def _with_native_client(paths: Paths, measure: Any, *args: Any) -> Any:
+    """Run one measurement with a native `web` client started (and stopped) around it."""
+    service = native_service(paths.client_material, paths.native_instances)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        result = await measure(service, *args)
+        nursery.cancel_scope.cancel()
+    return result
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -208,6 +313,7 @@ class Paths:
         )
         self._stunnel()
         self._meshnode(profile_dir)
+        self._native()
         for port in [self.iperf_port, self.echo_port, *self.inner_ports]:
             _wait_port(port)
         for iperf, echo in self.ports.values():
@@ -316,6 +422,19 @@ class Paths:
         self.proxy_pids["meshnode"] = pids
         self.ports["meshnode"] = (out_iperf, out_echo)
 
+    def _native(self) -> None:
+        """One native server process: db's leaf on a counting sink, db-echo's on an echo."""
+        sink, echo = _free_port(), _free_port()
+        self.native_instances = {"db": sink, "db-echo": echo}
+        self.inner_ports += [sink, echo]
+        spec = [
+            {"material": _as_dict(self.server_material), "port": sink, "handler": "sink"},
+            {"material": _as_dict(self.echo_material), "port": echo, "handler": "echo"},
+        ]
+        path = self._write("native.json", json.dumps(spec))
+        argv = [sys.executable, __file__, "--native", str(path)]
+        self.proxy_pids["native"] = [self.registry.spawn(argv, self.workdir / "native.log").pid]
+
 
 def _venv_bin() -> str:
     return str(Path(sys.executable).parent)
@@ -339,6 +458,8 @@ def _cpu_s(pids: list[int]) -> float:
 
 def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[str, float]:
     """One run of the chosen measurements on one path."""
+    if path == "native":
+        return measure_native(paths, seconds, tests)
     iperf, echo = paths.ports[path]
     pids = paths.proxy_pids.get(path, [])
     result = {}
@@ -347,12 +468,32 @@ def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[st
         result["gbps_4"] = iperf_gbps(iperf, 4, seconds)
     if "connections" in tests:
         cpu_before = _cpu_s(pids)
-        connections = trio.run(_connection_rate, echo, seconds, 4)
+        connections = trio.run(_connection_rate, _tcp(echo), seconds, 4)
         cpu_after = _cpu_s(pids)
         result["conn_per_s"] = connections / seconds
         result["cpu_ms_per_conn"] = (cpu_after - cpu_before) * 1000 / max(1, connections)
     if "latency" in tests:
-        rtts = trio.run(_round_trips_us, echo, 2000)
+        rtts = trio.run(_round_trips_us, _tcp(echo), 2000)
+        result["rtt_p50_us"] = _percentile(rtts, 0.5)
+        result["rtt_p99_us"] = _percentile(rtts, 0.99)
+    return result
+
+
+def measure_native(paths: Paths, seconds: float, tests: set[str]) -> dict[str, float]:
+    """The same measurements with native ends; CPU counts the server and this client."""
+    pids = paths.proxy_pids["native"]
+    result = {}
+    if "throughput" in tests:
+        result["gbps_1"] = trio.run(_with_native_client, paths, _native_gbps, 1, seconds)
+        result["gbps_4"] = trio.run(_with_native_client, paths, _native_gbps, 4, seconds)
+    if "connections" in tests:
+        cpu_before = _cpu_s(pids) + time.process_time()
+        connections = trio.run(_with_native_client, paths, _native_connection_rate, seconds, 4)
+        cpu_after = _cpu_s(pids) + time.process_time()
+        result["conn_per_s"] = connections / seconds
+        result["cpu_ms_per_conn"] = (cpu_after - cpu_before) * 1000 / max(1, connections)
+    if "latency" in tests:
+        rtts = trio.run(_with_native_client, paths, _native_round_trips_us, 2000)
         result["rtt_p50_us"] = _percentile(rtts, 0.5)
         result["rtt_p99_us"] = _percentile(rtts, 0.99)
     return result
@@ -368,17 +509,27 @@ _ROWS: list[tuple[str, str, Callable[[float], str]]] = [
 ]
 
 
+# (numerator, denominator) of the ratio columns: the proxy pair against stunnel,
+# the native pair (no proxy hop) against the sidecar pair.
+_RATIOS = [("meshnode", "stunnel"), ("native", "meshnode")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--paths", default="direct,stunnel,meshnode")
+    parser.add_argument("--paths", default="direct,stunnel,meshnode,native")
     parser.add_argument("--tests", default="throughput,connections,latency")
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the proxies here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--native", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.native:
+        setup_logging("info")
+        trio.run(_serve_native, json.loads(Path(args.native).read_text()))
+        return 0
     if args.serve:
         serve_proxy(args.serve)
         return 0
@@ -420,25 +571,30 @@ def main() -> int:
         for n, runs in results.items()
         if runs
     }
+    ratios = [(a, b) for a, b in _RATIOS if a in medians and b in medians]
     header = f"{'median of ' + str(args.runs):32}" + "".join(f"{n:>12}" for n in names)
-    if "stunnel" in medians and "meshnode" in medians:
-        header += f"{'mesh/stunnel':>14}"
+    header += "".join(f"{a[:6] + '/' + b[:7]:>16}" for a, b in ratios)
     print(header)
     for key, label, fmt in _ROWS:
         if not all(key in m for m in medians.values()):
             continue
         line = f"{label:32}" + "".join(f"{fmt(medians[n][key]):>12}" for n in names)
-        if "stunnel" in medians and "meshnode" in medians:
-            ratio = medians["meshnode"][key] / max(1e-9, medians["stunnel"][key])
-            line += f"{ratio:>13.2f}x"
+        for a, b in ratios:
+            line += f"{medians[a][key] / max(1e-9, medians[b][key]):>15.2f}x"
         print(line)
     if "direct" in medians and "rtt_p50_us" in medians["direct"]:
-        base = medians["direct"]["rtt_p50_us"]
+        added: dict[str, tuple[float, float]] = {}
         for n in names:
             if n != "direct":
-                added50 = medians[n]["rtt_p50_us"] - base
-                added99 = medians[n]["rtt_p99_us"] - medians["direct"]["rtt_p99_us"]
-                print(f"added latency {n}: p50 {added50:.0f} us, p99 {added99:.0f} us")
+                added[n] = (
+                    medians[n]["rtt_p50_us"] - medians["direct"]["rtt_p50_us"],
+                    medians[n]["rtt_p99_us"] - medians["direct"]["rtt_p99_us"],
+                )
+                print(f"added latency {n}: p50 {added[n][0]:.0f} us, p99 {added[n][1]:.0f} us")
+        for a, b in ratios:
+            if a in added and b in added:
+                p50, p99 = (added[a][i] / max(1e-9, added[b][i]) for i in (0, 1))
+                print(f"added latency {a}/{b}: p50 {p50:.2f}x, p99 {p99:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out / f"proxy_vs_stunnel-{stamp}.json"

@@ -132,7 +132,10 @@ class Service:
         return _Opening(service, [certs.run, resolver.run], first_leaf_timeout_s, why)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow the decider and resolver and enforce intentions until cancelled (or `aclose`)."""
+        """Follow the intentions and cut denied live connections until cancelled (or `aclose`).
+
+        For injected sources: the caller runs its own `CertSource` and `Resolver`.
+        """
         await self._run_with([], task_status=task_status)
 
     async def _run_with(

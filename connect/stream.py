@@ -15,26 +15,49 @@ Rules that live here:
   naming the reason.
 - One task may send and one may receive at the same time; two of either is
   `trio.BusyResourceError`, as for trio's own streams.
+- Every call is a cancel point; a schedule point only when it must wait, or
+  at least every `_SCHEDULE_EVERY` calls. A full trio checkpoint per TLS
+  record (16 KiB) cost more than the record's decryption here, and frequent
+  ones lower the throughput of several streams sharing a loop; the proxy's
+  pump never yields while data flows either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import trio
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    notify_closing,
+    wait_readable,
+    wait_writable,
+)
 
 __all__ = ["MeshStream"]
+
+_T = TypeVar("_T")
 
 # A TLS 1.3 KeyUpdate can make a read need a write (and the reverse); it is
 # retried after this long rather than parked on the other direction's wait.
 _WANT_OTHER_RETRY_S = 0.002
 # Bytes handed to one SSL_write: four full records, one Python call.
 _SEND_CHUNK_BYTES = 64 * 1024
-_RECEIVE_DEFAULT_BYTES = 64 * 1024
+# OpenSSL returns at most one record (16 KiB) per read, and Python allocates
+# the whole request first: a larger buffer only costs (an mmap past 128 KiB).
+_RECEIVE_MAX_BYTES = 64 * 1024
+# Calls between two schedule points when data never makes us wait (16 MiB of
+# records at most). Four bulk streams in one process: a median of 1.1 Gb/s
+# with one every 16 calls, 1.7 Gb/s with one every 1,024 (12 runs each on the
+# shared VM, 0.5 to 7.1 Gb/s); a single stream does not care.
+_SCHEDULE_EVERY = 1024
 
 
 class MeshStream(trio.abc.HalfCloseableStream):
@@ -50,6 +73,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         self.cut_reason = ""
         self._closed = False
         self._busy: set[str] = set()
+        self._calls = 0
         self.on_close: Callable[[], None] | None = None  # the owner's bookkeeping, called once
 
     def _check_open(self) -> None:
@@ -73,6 +97,13 @@ class MeshStream(trio.abc.HalfCloseableStream):
         finally:
             self._busy.discard(doing)
 
+    async def _checkpoint(self) -> None:
+        """Cancel point always; schedule point every `_SCHEDULE_EVERY` calls."""
+        self._calls += 1
+        await checkpoint_if_cancelled()
+        if self._calls % _SCHEDULE_EVERY == 0:
+            await cancel_shielded_checkpoint()
+
     def _broken(self, exc: BaseException) -> trio.BrokenResourceError:
         if self.cut_reason:
             return trio.BrokenResourceError(f"connection cut: {self.cut_reason}")
@@ -80,7 +111,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._one_task("sending"):
-            await checkpoint()
+            await self._checkpoint()
             view = memoryview(data).cast("B")
             sent = 0
             while sent < len(view):
@@ -98,18 +129,29 @@ class MeshStream(trio.abc.HalfCloseableStream):
         await wait_writable(self.socket)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = min(max_bytes or _RECEIVE_MAX_BYTES, _RECEIVE_MAX_BYTES)
+        return await self._receive(functools.partial(self.socket.recv, size), b"")
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """Like `receive_some` into `buffer` (0 at EOF): no allocation per TLS record.
+
+        Not part of trio's Stream interface; for bulk readers, where a fresh
+        bytes object per 16 KiB record halved the throughput of four streams.
+        """
+        return await self._receive(functools.partial(self.socket.recv_into, buffer), 0)
+
+    async def _receive(self, read: Callable[[], _T], eof: _T) -> _T:
         with self._one_task("receiving"):
-            await checkpoint()
-            size = max_bytes or _RECEIVE_DEFAULT_BYTES
+            await self._checkpoint()
             while True:
                 try:
-                    return self.socket.recv(size)
+                    return read()
                 except (BlockingIOError, ssl.SSLWantReadError):
                     await wait_readable(self.socket)
                 except ssl.SSLWantWriteError:
                     await trio.sleep(_WANT_OTHER_RETRY_S)
                 except ssl.SSLZeroReturnError:
-                    return b""
+                    return eof
                 except (OSError, ValueError) as exc:
                     raise self._broken(exc) from None
 

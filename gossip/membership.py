@@ -3,9 +3,12 @@
 Rules that live here (memberlist's `state.go`):
 - probing: one member a probe interval, round-robin over a shuffled list;
   ping, then ping-req through `indirect_checks` helpers after the probe
-  timeout, then suspicion at the end of the interval;
+  timeout, then suspicion at the end of the interval; a ping to a suspect
+  carries the suspicion (Lifeguard's buddy system);
 - incarnation numbers order every claim about a member; only the member
-  itself raises its own incarnation, to refute suspicion or death;
+  itself raises its own incarnation, to refute suspicion or death, and it
+  answers any packet accusing it (even with an older incarnation) with its
+  current alive, straight to the sender;
 - suspicion becomes death after a Lifeguard timeout that shrinks with
   independent confirmations; local health awareness stretches our own probing
   when we miss acks and nacks;
@@ -196,6 +199,9 @@ class Membership:
         self._events: deque[Event] = deque()
         self._leaving = False
         self._leave_done = False
+        # Set while a packet accuses us (suspect or dead, even a stale one): its
+        # sender then gets our current alive straight back (see receive_packet).
+        self._accused = False
         self.user_state: bytes = b""
         # Stagger the periodic timers so a cluster started at once does not
         # fire in lockstep.
@@ -479,8 +485,16 @@ class Membership:
     def receive_packet(self, data: bytes, src: Addr, now: float) -> None:
         """Feed one plain (already opened) UDP packet; raises RemoteProtocolError."""
         messages = codec.decode_packet(data, max_bytes=65507)
+        self._accused = False
         for msg in messages:
             self._dispatch(msg, src, now)
+        if self._accused:
+            # The sender believes us suspect or dead. Our refutation is a broadcast
+            # of a few packets and may never reach it (loss): answer it directly,
+            # once per packet, so it clears us before its suspicion timer fires.
+            self._accused = False
+            addr, meta = self._addr_meta(self._self_slot)
+            self._send(src, [Alive(self.incarnation, self.name, addr, meta)])
 
     def receive_push_pull(self, msg: PushPull, now: float) -> PushPull:
         """Serve a peer's full-state exchange: answer with ours, then merge theirs."""
@@ -687,8 +701,10 @@ class Membership:
 
     def _apply_suspect(self, msg: Suspect, now: float) -> None:
         if msg.node == self.name:
-            if not self._leaving and msg.incarnation >= self.incarnation:
-                self._refute(msg.incarnation)
+            if not self._leaving:
+                self._accused = True
+                if msg.incarnation >= self.incarnation:
+                    self._refute(msg.incarnation)
             return
         s = self._lookup(msg.node)
         if s is None or msg.incarnation < self._get_inc(s):
@@ -720,8 +736,10 @@ class Membership:
 
     def _apply_dead(self, msg: Dead, now: float) -> None:
         if msg.node == self.name:
-            if not self._leaving and msg.incarnation >= self.incarnation:
-                self._refute(msg.incarnation)
+            if not self._leaving:
+                self._accused = True
+                if msg.incarnation >= self.incarnation:
+                    self._refute(msg.incarnation)
             return
         s = self._lookup(msg.node)
         if s is None or msg.incarnation < self._get_inc(s):
@@ -850,7 +868,12 @@ class Membership:
             indirect_at_s=now + self._awareness.scale(cfg.probe_timeout_s),
             end_at_s=now + interval_s,
         )
-        self._send(self._addr_of(target), [Ping(seq, name, self.name, self.local_addr)])
+        ping: list[PacketMessage] = [Ping(seq, name, self.name, self.local_addr)]
+        if self._state[target] == _SUSPECT:
+            # Lifeguard's buddy system (memberlist's probeNode): tell a suspect
+            # itself, so it refutes even when the suspicion's gossip missed it.
+            ping.append(Suspect(self._get_inc(target), name, self.name))
+        self._send(self._addr_of(target), ping)
 
     def _send_indirect_probes(self, probe: _Probe) -> None:
         probe.indirect_sent = True

@@ -44,11 +44,11 @@ def ca_roots(http_addr: str | None, pem: bool) -> None:
     """List the trusted root certificates; the active one is marked."""
     client = AgentClient.from_flag(http_addr)
     found = _roots(client)
+    if not found["Roots"]:
+        raise ClientError("the cluster has no CA yet (start an agent with -signer)")
     if pem:
         click.echo("".join(r["RootCert"] for r in found["Roots"]), nl=False)
         return
-    if not found["Roots"]:
-        raise ClientError("the cluster has no CA yet (start an agent with -signer)")
     click.echo(f"Trust domain: {found['TrustDomain']}")
     rows = [
         [r["ID"][:23] + "...", "yes" if r["Active"] else "", r["NotBefore"], r["NotAfter"]]

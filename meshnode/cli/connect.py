@@ -26,7 +26,7 @@ import trio
 from ..addr import AddressError, parse_host_port
 from ..client import AgentClient, ClientError
 from ..intentions import IntentionError, validate_name
-from ..logs import setup_logging
+from ..logs import LEVELS, setup_logging
 from ..proxy.http_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
 from ..proxy.sidecar import Proxy, ProxyConfig, UpstreamConfig
 from .app import cli
@@ -141,7 +141,13 @@ def _print_state(proxy: Proxy) -> None:
 @click.option("--listen", metavar="IP:PORT", help="The inbound (public) mTLS listener.")
 @click.option("--service-addr", metavar="IP:PORT", help="Where the local service listens.")
 @click.option("--register", is_flag=True, help="Register as <NAME>-sidecar-proxy while running.")
-@click.option("--log-level", default="info", show_default=True, help="Log level.")
+@click.option(
+    "--log-level",
+    type=click.Choice([*LEVELS, "warn", "trace"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log level.",
+)
 def connect_proxy(
     http_addr: str | None,
     service: str,

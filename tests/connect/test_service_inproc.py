@@ -13,9 +13,11 @@ import ssl
 import pytest
 import trio
 
-from meshnode.connect import ConnectError, Denied, MeshStream, ReplicaAuthorizer, Service
+from meshnode.connect import ConnectError, Denied, ReplicaAuthorizer, Service
 from meshnode.proxy import Instance, TlsMaterial
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+
+from .conftest import echo, exchange
 
 HOST = "127.0.0.1"
 _DEADLINE_S = 10.0
@@ -24,11 +26,6 @@ _DEADLINE_S = 10.0
 @pytest.fixture(scope="module")
 def ca() -> TestCA:
     return TestCA("c1.mesh")
-
-
-async def echo(stream: MeshStream) -> None:
-    while data := await stream.receive_some(65536):
-        await stream.send_all(data)
 
 
 class Mesh:
@@ -56,17 +53,6 @@ class Mesh:
         )
         self.resolver.set(destination or service.name, [Instance(HOST, port)])
         return port
-
-
-async def exchange(stream: MeshStream, payload: bytes) -> bytes:
-    await stream.send_all(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        got += data
-    return got
 
 
 async def refused(client: Service, destination: str) -> bool:
@@ -145,9 +131,21 @@ async def test_a_deny_cuts_live_connections_on_both_sides_and_refuses_new_ones(
                     await exchange(stream, b"more")
             with pytest.raises(Denied, match="web => db denied"):
                 await web.dial("db")
-            while db.stats.cut_total == 0:
+            while len(db.tracker):  # whichever side cut first, the server's side is gone
                 await trio.sleep(0.01)
-            assert len(db.tracker) == 0 and db.stats.denied_total == 0
+            # A client whose own replica still allows it: the server alone cuts it.
+            mesh.authorizer.set("web", "db", True)
+            lagging = await mesh.service("web")
+            lagging.decider = ReplicaAuthorizer(StaticAuthorizer())
+            stream = await lagging.dial("db")
+            assert await exchange(stream, b"hello") == b"hello"
+            cut_before = db.stats.cut_total
+            mesh.authorizer.set("web", "db", False)
+            assert await stream.receive_some() == b""  # EOF: the server closed it
+            while db.stats.active:  # its handler task ends just after the close
+                await trio.sleep(0.01)
+            assert db.stats.cut_total == cut_before + 1
+            await stream.aclose()
             nursery.cancel_scope.cancel()
     assert "inbound connection cut" in caplog.text
 

@@ -158,3 +158,13 @@ def test_py_consul_catalog_health_and_intentions(cluster: Cluster) -> None:
     assert services["pay"] == ["blue"]
     assert c1.agent.service.deregister("pay1")
     wait_for(lambda: not c2.catalog.service("pay")[1], 3.0, "pay gone from n2")
+
+    # Intentions through py-consul: written on n1, read and enforced on n2.
+    assert c2.connect.intentions.check("web", "pay") is True  # the default policy
+    assert c1.connect.intentions.upsert("web", "pay", action="deny", description="py") is True
+    wait_for(lambda: c2.connect.intentions.check("web", "pay") is False, 3.0, "deny on n2")
+    read = c2.connect.intentions.read("web", "pay")
+    assert (read["SourceName"], read["Action"], read["Precedence"]) == ("web", "deny", 9)
+    assert [i["SourceName"] for i in c2.connect.intentions.match("destination", "pay")["pay"]] == [
+        "web"
+    ]

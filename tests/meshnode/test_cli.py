@@ -242,6 +242,11 @@ def test_console_script_keygen() -> None:
         (["members", "--bogus"], 2, "No such option"),
         (["agent", "-data-dir", "/nonexistent/x"], 1, "an encryption key is required"),
         (["force-leave"], 2, "Missing argument 'NODE'"),
+        (
+            ["connect", "proxy", "-service", "web", "-upstream", "db:9191", "-log-level", "bogus"],
+            2,
+            "Invalid value for '--log-level'",
+        ),
     ],
 )
 def test_console_script_errors_are_one_line(args: list[str], code: int, fragment: str) -> None:
