@@ -77,7 +77,6 @@ _SEQ_MODULUS = 1 << 32
 # A member's state in its column is the `State` value; 0 is "not a member".
 _ABSENT = 0
 _ALIVE = int(State.ALIVE)
-_LEAVING = int(State.LEAVING)
 _LEFT = int(State.LEFT)
 _DEAD = int(State.DEAD)
 _SUSPECT = int(State.SUSPECT)
@@ -137,9 +136,10 @@ class Membership:
     (`names.SHARED`): state, incarnation and change time in arrays, the
     address and metadata in a shared `NodeState` record (whose incarnation
     and state may be older than the columns'; a push/pull reuses it while
-    they agree). `_order` lists this core's
-    member slots in the order it learnt them, which is the order every scan
-    and every random choice iterates (a dict's order, as before the columns).
+    they agree). `_order` lists this core's member slots in the order it
+    learnt them, which is the order every scan and every random choice
+    iterates (a dict's order, as before the columns): why N^2 (node, member)
+    pairs fit in a simulation (simulations/README.md, "Scale and speed").
     """
 
     def __init__(
@@ -171,7 +171,7 @@ class Membership:
         # A slot is ours while it is a member here or in the probe round: the
         # table frees only slots that no core marks in these two columns.
         self._names.register(self, self._state, self._in_probe)
-        me = self._hold(name)
+        me = self._intern(name)
         self._self_slot = me
         self._state[me] = _ALIVE
         self._set_inc(me, incarnation)
@@ -229,7 +229,7 @@ class Membership:
         self._change_s.frombytes(bytes(k * self._change_s.itemsize))
         self._rec.extend([None] * k)
 
-    def _hold(self, name: str) -> int:
+    def _intern(self, name: str) -> int:
         """The slot for a member about to be added here, the columns grown to reach it."""
         slot = self._names.intern(name)
         self._grow(slot)
@@ -280,7 +280,7 @@ class Membership:
     def _add_member(
         self, name: str, addr: Addr, meta: bytes, incarnation: int, state: int, now: float
     ) -> int:
-        slot = self._hold(name)
+        slot = self._intern(name)
         self._state[slot] = state
         self._set_inc(slot, incarnation)
         self._change_s[slot] = now
