@@ -70,7 +70,7 @@ from .gossip.events import (
 from .gossip.keyring import Keyring
 from .gossip.membership import Membership
 from .gossip.messages import Addr, State
-from .gossip.store import Store
+from .gossip.store import DEFAULT_LIMITS, Store
 from .gossip.transport import UdpTcpTransport
 from .gossip.wire import Wire
 from .http.server import HttpBindError, serve_http
@@ -183,16 +183,26 @@ class Agent:
         )
         self.wire = Wire(self.keyring)
         self.driver = GossipDriver(self.core, self.wire, self.transport, on_event=self._on_event)
+        limits = dataclasses.replace(DEFAULT_LIMITS, tombstone_max_age_s=config.tombstone_ttl_s)
+        if replication is None:
+            # Collect at least four times per TTL, so a tombstone outlives it by < 25 %.
+            default = ReplicationConfig()
+            replication = dataclasses.replace(
+                default,
+                tombstone_gc_interval_s=min(
+                    default.tombstone_gc_interval_s, config.tombstone_ttl_s / 4
+                ),
+            )
         # Versions carry the member name: it is what peers know us by.
         self.replicator = Replicator(
-            Store(config.node_name),
+            Store(config.node_name, limits),
             self.persist,
             self.core,
             self.driver,
             self.wire,
             self.transport,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
-            config=replication or ReplicationConfig(),
+            config=replication,
         )
         try:
             self.replicator.load()
