@@ -76,6 +76,7 @@ def mesh(
     base = Path(tempfile.mkdtemp(prefix=f"meshnode-chaos-{os.getpid()}-"))
     failed_before = request.session.testsfailed
     cluster = NetnsCluster(base, N_HOSTS, signers=N_SIGNERS)
+    formed = False
     try:
         cluster.create_network()
         start = time.monotonic()
@@ -86,10 +87,12 @@ def mesh(
             "agents_up_s": round(time.monotonic() - start - formed_s, 2),
             "formed_after_up_s": round(formed_s, 2),
         }
+        formed = True
         yield cluster
     finally:
         cluster.destroy()
-        if os.environ.get("MESHNODE_KEEP_LOGS") or request.session.testsfailed > failed_before:
+        failed = not formed or request.session.testsfailed > failed_before
+        if os.environ.get("MESHNODE_KEEP_LOGS") or failed:
             print(f"\nchaos: agent logs and data dirs kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
