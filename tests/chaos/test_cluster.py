@@ -8,6 +8,7 @@ CI budget); each test leaves it healed and whole.
 
 from __future__ import annotations
 
+import base64
 import random
 import socket
 import statistics
@@ -20,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.netns import Host, NetnsCluster, ns_socket, wait_for
+from meshnode.gossip.keyring import Keyring, decode_key
+from meshnode.gossip.wire import Wire
+from tests.chaos.netns import Host, NetnsCluster, ns_http, ns_socket, wait_for
 
 pytestmark = pytest.mark.slow
 SEED = 8  # every random choice of these tests; printed for replay
@@ -42,8 +45,6 @@ def allowed(host: Host, src: str, dst: str) -> bool | None:
 
 
 def kv_value(host: Host, key: str) -> str | None:
-    import base64
-
     found = host.api(f"/v1/kv/{key}")
     if not isinstance(found, list) or not found:
         return None
@@ -311,8 +312,6 @@ def test_one_way_partition_and_a_paused_agent_are_failed_then_rejoin(
 
 
 def leaf_ok(host: Host, service: str, timeout_s: float = 20.0) -> bool:
-    from tests.chaos.netns import ns_http
-
     try:
         status, body = ns_http(
             host.ns, "GET", f"/v1/agent/connect/ca/leaf/{service}", timeout_s=timeout_s
@@ -610,9 +609,6 @@ def rejected(host: Host, kind: str) -> int:
 def test_attackers_without_and_with_the_key_change_nothing_and_are_counted(
     cluster: NetnsCluster, figures: Figures
 ) -> None:
-    from meshnode.gossip.keyring import Keyring, decode_key
-    from meshnode.gossip.wire import Wire
-
     hosts = cluster.hosts
     victim = hosts[2]
     rng = random.Random(SEED)
