@@ -105,6 +105,8 @@ class ListenerStats:
     accepted_total: int = 0  # TCP connections accepted
     denied_total: int = 0  # refused by identity or intention
     handshake_failed_total: int = 0  # TLS failed or timed out
+    # Closed with no TLS bytes: the catalog's TCP check every 10 s, port scans.
+    closed_early_total: int = 0
     failed_total: int = 0  # could not reach the local app or any instance
     cut_total: int = 0  # cut by a deny or the idle timeout
     bytes_in_total: int = 0  # towards the service behind the listener
@@ -116,6 +118,7 @@ class ListenerStats:
             "Accepted": self.accepted_total,
             "Denied": self.denied_total,
             "HandshakeFailed": self.handshake_failed_total,
+            "ClosedEarly": self.closed_early_total,
             "Failed": self.failed_total,
             "Cut": self.cut_total,
             "BytesIn": self.bytes_in_total,
@@ -304,7 +307,7 @@ class Proxy:
                 tls, source = await server_handshake(sock, contexts, limits.handshake_timeout_s)
             except ClosedEarly as exc:
                 # Closed before a handshake: a TCP health check, or a port scan.
-                stats.handshake_failed_total += 1
+                stats.closed_early_total += 1
                 log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
                 return
             except PeerError as exc:
