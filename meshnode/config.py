@@ -144,6 +144,10 @@ class AgentConfig:
     # back. Use the same value on every agent, longer than any outage you
     # expect to heal by itself.
     tombstone_ttl_s: float = 72 * 3600.0
+    # Every intention decision (sidecar connections, cuts, authorize answers)
+    # is kept in memory for /v1/agent/connect/audit; with a path, also
+    # appended there as JSON lines. None: memory only.
+    audit_log: Path | None = None
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -212,6 +216,7 @@ class _Builder:
         self.dns_service_ttls: dict[str, int] = {}
         self.ca: dict[str, Any] = {}  # AgentConfig's CA fields by name
         self.tombstone_ttl_s: float | None = None
+        self.audit_log: Path | None = None
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -316,6 +321,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             _apply_connect(b, _object(value), fail)
         elif key == "tombstone_ttl":
             b.tombstone_ttl_s = _tombstone_ttl_s(value)
+        elif key == "audit_log":
+            b.audit_log = Path(_str(value))
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -594,6 +601,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
     elif name == "tombstone_ttl":
         b.tombstone_ttl_s = _tombstone_ttl_s(value)
+    elif name == "audit_log":
+        b.audit_log = Path(value)
     else:
         raise ValueError(f"unknown setting {name!r}")
 
@@ -626,6 +635,8 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         optional["retry_join_interval_s"] = b.retry_join_interval_s
     if b.tombstone_ttl_s is not None:
         optional["tombstone_ttl_s"] = b.tombstone_ttl_s
+    if b.audit_log is not None:
+        optional["audit_log"] = b.audit_log
     optional.update(b.ca)
     if b.dev:
         optional.setdefault("ca_signer", True)  # a dev agent is a working CA on its own
@@ -667,7 +678,7 @@ def load_config(
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
     signer, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
-    tombstone_ttl;
+    tombstone_ttl, audit_log;
     None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
     (default: look in the data dir's database).

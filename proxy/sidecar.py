@@ -44,7 +44,7 @@ from .pump import (
     listen,
     splice,
 )
-from .sources import Authorizer, CertSource, Instance, Resolver
+from .sources import Authorizer, CertSource, DecisionLog, Instance, Resolver
 from .tls import ContextCache, PeerError
 from .tracker import ConnectionTracker, LiveConnection
 
@@ -166,11 +166,13 @@ class Proxy:
         authorizer: Authorizer,
         resolver: Resolver,
         rng: random.Random | None = None,
+        audit: DecisionLog | None = None,
     ) -> None:
         self.config = config
         self.certs = certs
         self.authorizer = authorizer
         self.resolver = resolver
+        self.audit = audit
         self._contexts = ContextCache(certs)
         rng = rng or random.Random()
         self.inbound = ListenerStats()
@@ -317,6 +319,16 @@ class Proxy:
                 )
                 return
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
+            if self.audit is not None:
+                self.audit.record(
+                    "connect",
+                    self.config.proxy_id,
+                    source.service,
+                    self.config.service,
+                    allowed,
+                    reason,
+                    peer,
+                )
             if not allowed:
                 stats.denied_total += 1
                 self._refused(
@@ -352,6 +364,16 @@ class Proxy:
                 self.tracker.remove(conn)
                 stats.bytes_in_total += conn.flow.bytes_a_to_b
                 stats.bytes_out_total += conn.flow.bytes_b_to_a
+                if conn.denied and self.audit is not None:
+                    self.audit.record(
+                        "cut",
+                        self.config.proxy_id,
+                        source.service,
+                        self.config.service,
+                        False,
+                        conn.cut_reason,
+                        peer,
+                    )
                 if conn.cut_reason:
                     stats.cut_total += 1
                     self._refused(
