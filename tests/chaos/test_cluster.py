@@ -142,6 +142,9 @@ def test_cluster_forms_from_one_seed_and_dns_answers_on_every_host(
 
 LOSS_PCT = 10
 LOSS_S = 60.0
+# A broadcast is best effort: a host that none of its packets reached catches up
+# at anti-entropy, a random peer every 10 s (measured worst: 11.8 s).
+SPREAD_MAX_S = 25.0
 
 
 def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
@@ -163,7 +166,7 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
             svc = f"lossy-{round_no}"
             register(writer, svc, 9000 + round_no)
             service_s.append(
-                time_until_everywhere(hosts, lambda h, s=svc: catalog_has(h, s), 15.0, svc)
+                time_until_everywhere(hosts, lambda h, s=svc: catalog_has(h, s), SPREAD_MAX_S, svc)
             )
             writer = rng.choice(hosts)
             dst = f"lossy-dst-{round_no}"
@@ -171,7 +174,10 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
                        {"Action": "deny"})  # fmt: skip
             intention_s.append(
                 time_until_everywhere(
-                    hosts, lambda h, d=dst: allowed(h, "web", d) is False, 15.0, f"deny {dst}"
+                    hosts,
+                    lambda h, d=dst: allowed(h, "web", d) is False,
+                    SPREAD_MAX_S,
+                    f"deny {dst}",
                 )
             )
             time.sleep(max(0.0, 5.0 - (time.monotonic() - start) % 5.0))
@@ -343,6 +349,10 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
         others, lambda h: h.dig("owned.service.mesh") == [owner.ip], 10.0, "owned in DNS"
     )
 
+    # The signer's whole host vanishes (its address answers nothing, not even a
+    # reset, so requesters wait out the per-signer timeout); the owner's process
+    # crashes on a live host.
+    cluster.partition([signer], [h for h in hosts if h is not signer])
     signer.kill9()
     owner.kill9()
     killed = time.monotonic()
@@ -375,6 +385,7 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
     assert isinstance(replaced, list) and signer.name not in replaced, replaced
 
     # Restart both with only their data dirs: same key, same peers, same services.
+    cluster.heal()
     restarted = time.monotonic()
     signer.start(first_start=False)
     owner.start(first_start=False)
@@ -386,7 +397,7 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
     )
     back_s = time.monotonic() - restarted
     figures["4_kill9"] = {
-        "killed": f"{signer.name} (signer), {owner.name} (owner)",
+        "killed": f"{signer.name} (signer, host vanished), {owner.name} (owner)",
         "owner_services_out_of_dns_s": round(gone_s, 2),
         "both_failed_everywhere_s": round(detect_s, 2),
         "leaf_issued_after_kill_s": round(leaf_s, 2),
