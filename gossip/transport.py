@@ -22,6 +22,7 @@ from .messages import Addr
 
 StreamHandler = Callable[[trio.abc.Stream, Addr], Awaitable[None]]
 MAX_UDP_PACKET_BYTES = 65535
+_PORT_ZERO_ATTEMPTS = 16
 
 
 class Transport(Protocol):
@@ -59,28 +60,33 @@ class UdpTcpTransport:
         # file-descriptor limit.
         self._max_streams = max_streams
         self.streams_refused = 0
-        self._udp = socket.socket(_family(bind.host), socket.SOCK_DGRAM)
-        try:
-            self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            self._udp.bind((bind.host, bind.port))
-        except OSError:
-            self._udp.close()
-            raise
+        # Port 0 picks a free UDP port, whose TCP twin may be taken: try others.
+        attempts = _PORT_ZERO_ATTEMPTS if bind.port == 0 else 1
+        for attempt in range(attempts):
+            self._udp = socket.socket(_family(bind.host), socket.SOCK_DGRAM)
+            try:
+                self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                self._udp.bind((bind.host, bind.port))
+            except OSError:
+                self._udp.close()
+                raise
+            port = self._udp.getsockname()[1]
+            tcp = socket.socket(_family(bind.host), socket.SOCK_STREAM)
+            try:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((bind.host, port))
+                tcp.listen(128)
+                break
+            except OSError as exc:
+                tcp.close()
+                self._udp.close()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
         self._udp.setblocking(False)
-        port = self._udp.getsockname()[1]
         self.bind = Addr(bind.host, port)
         self._advertise = advertise or self.bind
         if self._advertise.port == 0:
             self._advertise = Addr(self._advertise.host, port)
-        tcp = socket.socket(_family(bind.host), socket.SOCK_STREAM)
-        try:
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((bind.host, port))
-            tcp.listen(128)
-        except OSError:
-            tcp.close()
-            self._udp.close()
-            raise
         self._tcp = trio.socket.from_stdlib_socket(tcp)
 
     @property

@@ -27,6 +27,7 @@ from . import __version__, keyring_ops
 from .addr import AddressError, format_host_port, parse_host_port
 from .api import build_router
 from .api.agent_service_endpoints import register_agent_service_routes
+from .api.audit_endpoints import register_audit_routes
 from .api.auth import token_guard
 from .api.ca_endpoints import register_ca_routes
 from .api.catalog_endpoints import register_catalog_routes
@@ -47,6 +48,7 @@ from .api.facade import (
 )
 from .api.intention_endpoints import register_intention_routes
 from .api.proxy_endpoints import register_proxy_routes
+from .audit import AuditLog
 from .ca_agent import build_ca
 from .ca_state import META_SIGNER
 from .catalog.catalog import Catalog
@@ -70,7 +72,7 @@ from .gossip.events import (
 from .gossip.keyring import Keyring
 from .gossip.membership import Membership
 from .gossip.messages import Addr, State
-from .gossip.store import Store
+from .gossip.store import DEFAULT_LIMITS, Store
 from .gossip.transport import UdpTcpTransport
 from .gossip.wire import Wire
 from .http.server import HttpBindError, serve_http
@@ -183,16 +185,26 @@ class Agent:
         )
         self.wire = Wire(self.keyring)
         self.driver = GossipDriver(self.core, self.wire, self.transport, on_event=self._on_event)
+        limits = dataclasses.replace(DEFAULT_LIMITS, tombstone_max_age_s=config.tombstone_ttl_s)
+        if replication is None:
+            # Collect at least four times per TTL, so a tombstone outlives it by < 25 %.
+            default = ReplicationConfig()
+            replication = dataclasses.replace(
+                default,
+                tombstone_gc_interval_s=min(
+                    default.tombstone_gc_interval_s, config.tombstone_ttl_s / 4
+                ),
+            )
         # Versions carry the member name: it is what peers know us by.
         self.replicator = Replicator(
-            Store(config.node_name),
+            Store(config.node_name, limits),
             self.persist,
             self.core,
             self.driver,
             self.wire,
             self.transport,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
-            config=replication or ReplicationConfig(),
+            config=replication,
         )
         try:
             self.replicator.load()
@@ -229,11 +241,18 @@ class Agent:
             raise AgentStartError(str(exc)) from None
         # Managed sidecars ask the local replicas directly (no HTTP hop); their
         # public listeners bind the address other agents dial.
+        try:
+            self.audit = AuditLog(config.audit_log)
+        except OSError as exc:
+            raise AgentStartError(
+                f"cannot open the audit log {config.audit_log}: {exc.strerror or exc}"
+            ) from None
         self.sidecars = SidecarManager(
             certs_for=lambda service: LeafCertSource(self.leaves, service),
             authorizer=IntentionAuthorizer(self.intentions),
             resolver=CatalogResolver(self.catalog),
             default_address=advertise.host,
+            audit=self.audit,
         )
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
@@ -303,7 +322,8 @@ class Agent:
                 self.dns_bound = await nursery.start(self.dns_server.run)
             router = build_router(self)
             router.add_guard(token_guard(lambda: self.config.api_token))
-            register_intention_routes(router, self.intentions)
+            register_intention_routes(router, self.intentions, self.audit)
+            register_audit_routes(router, self.audit)
             register_event_routes(router, self.events)
             register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
@@ -610,6 +630,8 @@ class Agent:
                 "events.handler.dropped": runner.dropped,
                 "catalog.malformed_records": self.catalog.malformed_records,
                 "intentions.malformed": self.intentions.malformed_total,
+                "audit.recorded": self.audit.recorded_total,
+                "audit.denied": self.audit.denied_total,
             }
         )
         if self.dns_server is not None:
@@ -779,6 +801,7 @@ class Agent:
     def close(self) -> None:
         self.transport.close()
         self.persist.close()
+        self.audit.close()
 
 
 def _data_dir(config: AgentConfig) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:

@@ -139,6 +139,15 @@ class AgentConfig:
     # Leaves re-issue at a random point of this window after a root rotation
     # (DESIGN.md: 30 s), so a rotation does not bring every CSR at once.
     ca_reissue_jitter_s: float = 30.0
+    # Deletes are kept as tombstones this long (wall clock), so a member away
+    # for less still learns of them; one away longer may bring a deleted key
+    # back. Use the same value on every agent, longer than any outage you
+    # expect to heal by itself.
+    tombstone_ttl_s: float = 72 * 3600.0
+    # Every intention decision (sidecar connections, cuts, authorize answers)
+    # is kept in memory for /v1/agent/connect/audit; with a path, also
+    # appended there as JSON lines. None: memory only.
+    audit_log: Path | None = None
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -206,6 +215,8 @@ class _Builder:
         self.dns_disabled = False
         self.dns_service_ttls: dict[str, int] = {}
         self.ca: dict[str, Any] = {}  # AgentConfig's CA fields by name
+        self.tombstone_ttl_s: float | None = None
+        self.audit_log: Path | None = None
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -308,6 +319,10 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             _apply_dns_config(b, _object(value), fail)
         elif key == "connect":
             _apply_connect(b, _object(value), fail)
+        elif key == "tombstone_ttl":
+            b.tombstone_ttl_s = _tombstone_ttl_s(value)
+        elif key == "audit_log":
+            b.audit_log = Path(_str(value))
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -409,6 +424,13 @@ def _positive_number(value: object) -> float:
 
 def _leaf_ttl_s(value: object) -> int:
     seconds = int(_parse_duration_s(value))
+    if not 60 <= seconds <= 10 * 365 * 86400:
+        raise ValueError(f"{value!r} must be between 1m and 10 years")
+    return seconds
+
+
+def _tombstone_ttl_s(value: object) -> float:
+    seconds = _parse_duration_s(value)
     if not 60 <= seconds <= 10 * 365 * 86400:
         raise ValueError(f"{value!r} must be between 1m and 10 years")
     return seconds
@@ -577,6 +599,10 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.ca["leaf_cert_ttl_s"] = _leaf_ttl_s(value)
     elif name == "ca_reissue_jitter":
         b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
+    elif name == "tombstone_ttl":
+        b.tombstone_ttl_s = _tombstone_ttl_s(value)
+    elif name == "audit_log":
+        b.audit_log = Path(value)
     else:
         raise ValueError(f"unknown setting {name!r}")
 
@@ -607,6 +633,10 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
     optional: dict[str, Any] = {}
     if b.retry_join_interval_s is not None:
         optional["retry_join_interval_s"] = b.retry_join_interval_s
+    if b.tombstone_ttl_s is not None:
+        optional["tombstone_ttl_s"] = b.tombstone_ttl_s
+    if b.audit_log is not None:
+        optional["audit_log"] = b.audit_log
     optional.update(b.ca)
     if b.dev:
         optional.setdefault("ca_signer", True)  # a dev agent is a working CA on its own
@@ -647,7 +677,8 @@ def load_config(
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
-    signer, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter;
+    signer, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
+    tombstone_ttl, audit_log;
     None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
     (default: look in the data dir's database).

@@ -10,7 +10,15 @@ describes the behaviour and the measurements.
 
 from .balancer import Balancer, BalancerConfig, ejection_time_s
 from .sidecar import Limits, ListenerStats, Proxy, ProxyConfig, UpstreamConfig
-from .sources import Authorizer, CertSource, Instance, Resolver, TlsMaterial, Versioned
+from .sources import (
+    Authorizer,
+    CertSource,
+    DecisionLog,
+    Instance,
+    Resolver,
+    TlsMaterial,
+    Versioned,
+)
 from .tls import ContextCache, PeerError, TlsContexts, build_contexts, peer_service, peer_uri
 from .tracker import ConnectionTracker, LiveConnection
 
@@ -21,6 +29,7 @@ __all__ = [
     "CertSource",
     "ConnectionTracker",
     "ContextCache",
+    "DecisionLog",
     "Instance",
     "Limits",
     "ListenerStats",

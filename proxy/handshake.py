@@ -98,23 +98,32 @@ async def client_handshake_any(
         raw: socket.socket | None = None
         tls: ssl.SSLSocket | None = None
         error: BaseException | None = None
-        with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
-            try:
-                raw = await connect(instance.address, instance.port)
-                tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
-                await handshake(tls)
-                found = peer_service(peer_uri(tls.getpeercert()), current.material.trust_domain)
-                if found.service != destination:
-                    raise PeerError(f"server is {found.uri!r}, not the destination {destination!r}")
-                balancer.succeeded(instance)
-                return instance, tls
-            except (OSError, PeerError) as exc:
-                error = exc
+        connected = False
+        try:
+            with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
+                try:
+                    raw = await connect(instance.address, instance.port)
+                    tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
+                    await handshake(tls)
+                    found = peer_service(peer_uri(tls.getpeercert()), current.material.trust_domain)
+                    if found.service != destination:
+                        raise PeerError(
+                            f"server is {found.uri!r}, not the destination {destination!r}"
+                        )
+                    connected = True
+                except (OSError, PeerError) as exc:
+                    error = exc
+        finally:
+            # Also on a cancellation from outside: no socket and no balancer count leaks.
+            if not connected:
+                close_quietly(tls)
+                close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
+                balancer.finished(instance)
+        if connected and tls is not None:
+            balancer.succeeded(instance)
+            return instance, tls
         if timer.cancelled_caught or error is None:
             error = TimeoutError("no connection and handshake in time")
-        close_quietly(tls)
-        close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
-        balancer.finished(instance)
         ejected = balancer.failed(instance, trio.current_time())
         on_failure(instance, ejected, error)
         errors.append(f"{instance.address}:{instance.port}: {error}")

@@ -21,7 +21,7 @@ import trio
 from ..catalog.records import ServiceRecord
 from ..logs import get_logger, log
 from .sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
-from .sources import Authorizer, CertSource, Resolver
+from .sources import Authorizer, CertSource, DecisionLog, Resolver
 
 __all__ = ["FollowingCertSource", "ProxyRegistry", "SidecarManager", "sidecar_configs"]
 
@@ -90,8 +90,10 @@ class SidecarManager:
         default_address: str,
         limits: Limits | None = None,
         rng: random.Random | None = None,
+        audit: DecisionLog | None = None,
     ) -> None:
         self._certs_for = certs_for
+        self._audit = audit
         self._authorizer = authorizer
         self._resolver = resolver
         self.default_address = default_address
@@ -136,6 +138,7 @@ class SidecarManager:
             authorizer=self._authorizer,
             resolver=self._resolver,
             rng=random.Random(self._rng.random()),
+            audit=self._audit,
         )
         running = _Running(config, proxy)
         self._running[config.proxy_id] = running

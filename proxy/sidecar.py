@@ -44,7 +44,7 @@ from .pump import (
     listen,
     splice,
 )
-from .sources import Authorizer, CertSource, Instance, Resolver
+from .sources import Authorizer, CertSource, DecisionLog, Instance, Resolver
 from .tls import ContextCache, PeerError
 from .tracker import ConnectionTracker, LiveConnection
 
@@ -105,6 +105,8 @@ class ListenerStats:
     accepted_total: int = 0  # TCP connections accepted
     denied_total: int = 0  # refused by identity or intention
     handshake_failed_total: int = 0  # TLS failed or timed out
+    # Closed with no TLS bytes: the catalog's TCP check every 10 s, port scans.
+    closed_early_total: int = 0
     failed_total: int = 0  # could not reach the local app or any instance
     cut_total: int = 0  # cut by a deny or the idle timeout
     bytes_in_total: int = 0  # towards the service behind the listener
@@ -116,6 +118,7 @@ class ListenerStats:
             "Accepted": self.accepted_total,
             "Denied": self.denied_total,
             "HandshakeFailed": self.handshake_failed_total,
+            "ClosedEarly": self.closed_early_total,
             "Failed": self.failed_total,
             "Cut": self.cut_total,
             "BytesIn": self.bytes_in_total,
@@ -163,11 +166,13 @@ class Proxy:
         authorizer: Authorizer,
         resolver: Resolver,
         rng: random.Random | None = None,
+        audit: DecisionLog | None = None,
     ) -> None:
         self.config = config
         self.certs = certs
         self.authorizer = authorizer
         self.resolver = resolver
+        self.audit = audit
         self._contexts = ContextCache(certs)
         rng = rng or random.Random()
         self.inbound = ListenerStats()
@@ -304,7 +309,7 @@ class Proxy:
                 tls, source = await server_handshake(sock, contexts, limits.handshake_timeout_s)
             except ClosedEarly as exc:
                 # Closed before a handshake: a TCP health check, or a port scan.
-                stats.handshake_failed_total += 1
+                stats.closed_early_total += 1
                 log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
                 return
             except PeerError as exc:
@@ -314,6 +319,16 @@ class Proxy:
                 )
                 return
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
+            if self.audit is not None:
+                self.audit.record(
+                    "connect",
+                    self.config.proxy_id,
+                    source.service,
+                    self.config.service,
+                    allowed,
+                    reason,
+                    peer,
+                )
             if not allowed:
                 stats.denied_total += 1
                 self._refused(
@@ -349,6 +364,16 @@ class Proxy:
                 self.tracker.remove(conn)
                 stats.bytes_in_total += conn.flow.bytes_a_to_b
                 stats.bytes_out_total += conn.flow.bytes_b_to_a
+                if conn.denied and self.audit is not None:
+                    self.audit.record(
+                        "cut",
+                        self.config.proxy_id,
+                        source.service,
+                        self.config.service,
+                        False,
+                        conn.cut_reason,
+                        peer,
+                    )
                 if conn.cut_reason:
                     stats.cut_total += 1
                     self._refused(

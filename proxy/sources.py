@@ -9,6 +9,7 @@ Rules that live here:
 - `Authorizer`: `allowed(source, destination)` decided from a local replica
   of the intentions, in microseconds, plus a generation that rises on every
   intention change, so live connections can be re-evaluated.
+- `DecisionLog` (optional): each inbound decision and each cut, for an audit.
 - `Resolver`: the healthy sidecar instances of a destination. `instances`
   may await (an HTTP resolver fetches a destination it never saw), and is
   answered from a cache after that.
@@ -29,6 +30,7 @@ import trio
 __all__ = [
     "Authorizer",
     "CertSource",
+    "DecisionLog",
     "Instance",
     "Resolver",
     "TlsMaterial",
@@ -112,6 +114,23 @@ class Authorizer(Protocol):
 
     async def wait_changed(self, since_generation: int, timeout_s: float) -> int:
         """Block until an intention changed after `since_generation` (or timeout)."""
+        ...
+
+
+class DecisionLog(Protocol):
+    """Where a proxy reports each intention decision it acts on (the agent's audit log)."""
+
+    def record(
+        self,
+        event: str,
+        where: str,
+        source: str,
+        destination: str,
+        allowed: bool,
+        reason: str,
+        peer: str = "",
+    ) -> None:
+        """`event` is "connect" (a new inbound connection) or "cut" (a live one, now denied)."""
         ...
 
 

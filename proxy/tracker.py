@@ -31,6 +31,7 @@ class LiveConnection:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     flow: Flow = field(default_factory=Flow)
     cut_reason: str = ""
+    denied: bool = False  # cut because its pair is now denied (not idle, not removed)
 
     def __post_init__(self) -> None:
         self.flow.last_activity_s = self.started_s  # idle from the start, not from time 0
@@ -82,6 +83,8 @@ class ConnectionTracker:
             if allowed:
                 continue
             for conn in targets:
+                if not conn.cut_reason:
+                    conn.denied = True
                 conn.cut(reason)
                 cut += 1
         return cut

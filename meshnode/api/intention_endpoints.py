@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from ..audit import AuditLog
 from ..http import HttpError, Request, Response, Router
 from ..intention_state import (
     IntentionExists,
@@ -137,8 +138,19 @@ def _write_fields(data: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
     return action, _optional_string(data, "Description"), meta
 
 
-def register_intention_routes(router: Router, intentions: IntentionState) -> None:
-    """Add the intention endpoints and /v1/agent/connect/authorize, backed by `intentions`."""
+def _uri_service(uri: str) -> str:
+    """The service of a SPIFFE service URI, for the audit log (the URI itself otherwise)."""
+    head, sep, service = uri.rpartition("/svc/")
+    return service if sep and head and service else uri
+
+
+def register_intention_routes(
+    router: Router, intentions: IntentionState, audit: AuditLog | None = None
+) -> None:
+    """Add the intention endpoints and /v1/agent/connect/authorize, backed by `intentions`.
+
+    With `audit`, every authorize answer is recorded there.
+    """
 
     def index_headers() -> list[tuple[str, str]]:
         return [(_INDEX_HEADER, str(max(1, intentions.index())))]
@@ -224,6 +236,10 @@ def register_intention_routes(router: Router, intentions: IntentionState) -> Non
         _optional_string(data, "ClientCertSerial")  # revocation arrives with the CA work
         with _intention_errors():
             authorized, reason = intentions.authorize(target, uri)
+        if audit is not None:
+            audit.record(
+                "authorize", "api", _uri_service(uri), target, authorized, reason, request.remote
+            )
         return Response.json({"Authorized": authorized, "Reason": reason})
 
     router.add("GET", "/v1/connect/intentions/exact", get_exact)

@@ -55,6 +55,16 @@ from .app import cli
     metavar="DURATION",
     help="Re-issue leaves within this window after a root rotation [default: 30s].",
 )
+@click.option(
+    "--tombstone-ttl",
+    metavar="DURATION",
+    help="Keep deletes this long for members that were away [default: 72h].",
+)
+@click.option(
+    "--audit-log",
+    metavar="FILE",
+    help="Append every intention decision to FILE as JSON lines.",
+)
 @click.option("--dev", is_flag=True, default=None, help="Loopback, throwaway state, no key.")
 @click.option(
     "--log-level",

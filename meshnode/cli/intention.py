@@ -7,6 +7,7 @@ on any error, so scripts can tell "denied" from "could not ask".
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +17,7 @@ from ..client import AgentClient, ClientError
 from ..intentions import IntentionError, validate_name
 from .app import EXIT_USAGE, cli
 from .dashopts import DashGroup
-from .options import http_addr_option
+from .options import format_option, http_addr_option
 from .render import format_table
 
 __all__ = ["intention"]
@@ -226,3 +227,41 @@ def intention_check(http_addr: str | None, source: str, destination: str) -> int
         raise _CheckError("unexpected answer from the agent's check endpoint")
     click.echo("Allowed" if allowed else "Denied")
     return 0 if allowed else 1
+
+
+@intention.command("audit")
+@http_addr_option
+@format_option
+@click.option("--denied", is_flag=True, help="Only the refusals.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="How many decisions, newest first.",
+)
+def intention_audit(http_addr: str | None, output_format: str, denied: bool, limit: int) -> None:
+    """The agent's latest intention decisions: connections, cuts and authorize answers."""
+    query = {"limit": str(limit), **({"denied": ""} if denied else {})}
+    found = _listed(http_addr, "/v1/agent/connect/audit?" + urlencode(query))
+    if output_format == "json":
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("No decisions recorded yet.")
+        return
+    header = ["Time", "Event", "Source", "Destination", "Decision", "Peer", "Reason"]
+    rows = [
+        [
+            str(e.get("Time", "")),
+            str(e.get("Event", "")),
+            str(e.get("Source", "")),
+            str(e.get("Destination", "")),
+            "allow" if e.get("Allowed") else "deny",
+            str(e.get("Peer", "")) or "-",
+            str(e.get("Reason", "")),
+        ]
+        for e in found
+    ]
+    for line in format_table(header, rows):
+        click.echo(line)

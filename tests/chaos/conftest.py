@@ -37,9 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reason = skip_reason()
     if reason is None:
         return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
+    for item in items:  # every item of the session: only those that need the cluster
+        if "mesh" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -76,6 +75,7 @@ def mesh(
     base = Path(tempfile.mkdtemp(prefix=f"meshnode-chaos-{os.getpid()}-"))
     failed_before = request.session.testsfailed
     cluster = NetnsCluster(base, N_HOSTS, signers=N_SIGNERS)
+    formed = False
     try:
         cluster.create_network()
         start = time.monotonic()
@@ -86,10 +86,12 @@ def mesh(
             "agents_up_s": round(time.monotonic() - start - formed_s, 2),
             "formed_after_up_s": round(formed_s, 2),
         }
+        formed = True
         yield cluster
     finally:
         cluster.destroy()
-        if os.environ.get("MESHNODE_KEEP_LOGS") or request.session.testsfailed > failed_before:
+        failed = not formed or request.session.testsfailed > failed_before
+        if os.environ.get("MESHNODE_KEEP_LOGS") or failed:
             print(f"\nchaos: agent logs and data dirs kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)

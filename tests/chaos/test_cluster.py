@@ -8,6 +8,7 @@ CI budget); each test leaves it healed and whole.
 
 from __future__ import annotations
 
+import base64
 import random
 import socket
 import statistics
@@ -20,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.netns import Host, NetnsCluster, ns_socket, wait_for
+from meshnode.gossip.keyring import Keyring, decode_key
+from meshnode.gossip.wire import Wire
+from tests.chaos.netns import Host, NetnsCluster, ns_http, ns_socket, wait_for
 
 pytestmark = pytest.mark.slow
 SEED = 8  # every random choice of these tests; printed for replay
@@ -42,8 +45,6 @@ def allowed(host: Host, src: str, dst: str) -> bool | None:
 
 
 def kv_value(host: Host, key: str) -> str | None:
-    import base64
-
     found = host.api(f"/v1/kv/{key}")
     if not isinstance(found, list) or not found:
         return None
@@ -141,6 +142,9 @@ def test_cluster_forms_from_one_seed_and_dns_answers_on_every_host(
 
 LOSS_PCT = 10
 LOSS_S = 60.0
+# A broadcast is best effort: a host that none of its packets reached catches up
+# at anti-entropy, a random peer every 10 s (measured worst: 11.8 s).
+SPREAD_MAX_S = 25.0
 
 
 def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
@@ -162,7 +166,7 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
             svc = f"lossy-{round_no}"
             register(writer, svc, 9000 + round_no)
             service_s.append(
-                time_until_everywhere(hosts, lambda h, s=svc: catalog_has(h, s), 15.0, svc)
+                time_until_everywhere(hosts, lambda h, s=svc: catalog_has(h, s), SPREAD_MAX_S, svc)
             )
             writer = rng.choice(hosts)
             dst = f"lossy-dst-{round_no}"
@@ -170,7 +174,10 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
                        {"Action": "deny"})  # fmt: skip
             intention_s.append(
                 time_until_everywhere(
-                    hosts, lambda h, d=dst: allowed(h, "web", d) is False, 15.0, f"deny {dst}"
+                    hosts,
+                    lambda h, d=dst: allowed(h, "web", d) is False,
+                    SPREAD_MAX_S,
+                    f"deny {dst}",
                 )
             )
             time.sleep(max(0.0, 5.0 - (time.monotonic() - start) % 5.0))
@@ -204,6 +211,7 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
 
 PARTITION_S = 30.0
 DETECT_MAX_S = 45.0  # 7 nodes: Lifeguard's suspicion lasts 3.4 s to 20 s, plus slowed probes
+REJOIN_MAX_S = 45.0  # measured 0.5 s to 20 s after a one-way cut and a pause
 
 
 def test_partition_then_heal_converges_and_loses_no_acknowledged_write(
@@ -292,9 +300,12 @@ def test_one_way_partition_and_a_paused_agent_are_failed_then_rejoin(
     mute_view = mute.states()
     cluster.heal()  # also SIGCONTs the frozen agent
     healed = time.monotonic()
-    wait_for(cluster.all_alive, 30.0, "mute and frozen alive everywhere again", 0.25)
+    # Each side may hold the other dead with no broadcast left to say so: the
+    # reconnect push/pull (every 10 s, serf's odds) is what brings them back.
+    wait_for(cluster.all_alive, REJOIN_MAX_S, "mute and frozen alive everywhere again", 0.25)
     alive_s = time.monotonic() - healed
     wait_for(lambda: len(set(cluster.digests().values())) == 1, 30.0, "same replicas", 0.25)
+    assert time.monotonic() - healed < REJOIN_MAX_S
     converge_s = time.monotonic() - healed
     for h in (mute, frozen):
         assert kv_value(h, "oneway/k") == "written while they were away", h.name
@@ -311,8 +322,6 @@ def test_one_way_partition_and_a_paused_agent_are_failed_then_rejoin(
 
 
 def leaf_ok(host: Host, service: str, timeout_s: float = 20.0) -> bool:
-    from tests.chaos.netns import ns_http
-
     try:
         status, body = ns_http(
             host.ns, "GET", f"/v1/agent/connect/ca/leaf/{service}", timeout_s=timeout_s
@@ -340,6 +349,10 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
         others, lambda h: h.dig("owned.service.mesh") == [owner.ip], 10.0, "owned in DNS"
     )
 
+    # The signer's whole host vanishes (its address answers nothing, not even a
+    # reset, so requesters wait out the per-signer timeout); the owner's process
+    # crashes on a live host.
+    cluster.partition([signer], [h for h in hosts if h is not signer])
     signer.kill9()
     owner.kill9()
     killed = time.monotonic()
@@ -372,6 +385,7 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
     assert isinstance(replaced, list) and signer.name not in replaced, replaced
 
     # Restart both with only their data dirs: same key, same peers, same services.
+    cluster.heal()
     restarted = time.monotonic()
     signer.start(first_start=False)
     owner.start(first_start=False)
@@ -383,7 +397,7 @@ def test_kill9_signer_and_owner_then_restart_with_same_data(
     )
     back_s = time.monotonic() - restarted
     figures["4_kill9"] = {
-        "killed": f"{signer.name} (signer), {owner.name} (owner)",
+        "killed": f"{signer.name} (signer, host vanished), {owner.name} (owner)",
         "owner_services_out_of_dns_s": round(gone_s, 2),
         "both_failed_everywhere_s": round(detect_s, 2),
         "leaf_issued_after_kill_s": round(leaf_s, 2),
@@ -610,9 +624,6 @@ def rejected(host: Host, kind: str) -> int:
 def test_attackers_without_and_with_the_key_change_nothing_and_are_counted(
     cluster: NetnsCluster, figures: Figures
 ) -> None:
-    from meshnode.gossip.keyring import Keyring, decode_key
-    from meshnode.gossip.wire import Wire
-
     hosts = cluster.hosts
     victim = hosts[2]
     rng = random.Random(SEED)

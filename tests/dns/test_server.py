@@ -162,14 +162,29 @@ async def _fake_upstream(
         await udp.sendto(answer(data), peer)
 
 
-async def test_recursors_answer_names_outside_the_domain(catalog: StaticCatalog) -> None:
-    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tcp = trio.socket.socket()
-    with udp, tcp:
-        await udp.bind(("127.0.0.1", 0))
-        upstream_port = udp.getsockname()[1]
-        await tcp.bind(("127.0.0.1", upstream_port))
+def _udp_and_tcp_on_one_free_port() -> tuple[socket.socket, socket.socket]:
+    """A fake upstream's sockets: the free UDP port's TCP twin may be taken, so retry."""
+    for _ in range(16):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket()
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
         tcp.listen()
+        return udp, tcp
+    raise AssertionError("no port free for both UDP and TCP")
+
+
+async def test_recursors_answer_names_outside_the_domain(catalog: StaticCatalog) -> None:
+    plain_udp, plain_tcp = _udp_and_tcp_on_one_free_port()
+    udp = trio.socket.from_stdlib_socket(plain_udp)
+    tcp = trio.socket.from_stdlib_socket(plain_tcp)
+    with udp, tcp:
+        upstream_port = udp.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_fake_upstream, udp, tcp, nursery)
             port = await start(nursery, catalog, recursors=(f"127.0.0.1:{upstream_port}",))

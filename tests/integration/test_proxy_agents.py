@@ -129,9 +129,18 @@ def leaf_serial(agent: AgentProc, service: str) -> str | None:
     return None if leaf is None else str(leaf["SerialNumber"])
 
 
-def start_cluster(cluster: Cluster, n: int) -> list[AgentProc]:
+def start_cluster(
+    cluster: Cluster, n: int, audit_on: dict[int, Path] | None = None
+) -> list[AgentProc]:
+    audit_on = audit_on or {}
     agents = [
-        cluster.agent(i).start("-signer", "-ca-reissue-jitter", "2s") for i in range(1, n + 1)
+        cluster.agent(i).start(
+            "-signer",
+            "-ca-reissue-jitter",
+            "2s",
+            *(["-audit-log", str(audit_on[i])] if i in audit_on else []),
+        )
+        for i in range(1, n + 1)
     ]
     for a in agents[1:]:
         a.cli("join", agents[0].gossip)
@@ -142,7 +151,8 @@ def start_cluster(cluster: Cluster, n: int) -> list[AgentProc]:
 def test_web_reaches_db_through_two_sidecars_and_a_deny_cuts_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    web_agent, db_agent, third = start_cluster(cluster, 3)
+    audit_file = tmp_path / "db-audit.jsonl"
+    web_agent, db_agent, third = start_cluster(cluster, 3, audit_on={2: audit_file})
     upstream = free_port()
     with app(_Echo) as db_port:
         register_db(db_agent, tmp_path, db_port)
@@ -173,6 +183,18 @@ def test_web_reaches_db_through_two_sidecars_and_a_deny_cuts_it(
         print(f"live connection cut {cut_s:.2f} s after the deny on a third agent")
         assert cut_s < _CUT_S
         assert round_trip(upstream) == b""  # and a new connection is refused
+
+        # The db agent's audit: the allowed connection, the cut, the refused one.
+        audited = json.loads(db_agent.cli("intention", "audit", "--format", "json").stdout)
+        events = [(e["Event"], e["Source"], e["Allowed"]) for e in audited]
+        assert events[:2] == [("connect", "web", False), ("cut", "web", False)]
+        assert ("connect", "web", True) in events
+        assert audited[1]["Where"] == "db-n2-sidecar-proxy" and "web => db" in audited[1]["Reason"]
+        lines = [json.loads(line) for line in audit_file.read_text().splitlines()]
+        assert [(e["Event"], e["Allowed"]) for e in lines][-2:] == [
+            ("cut", False),
+            ("connect", False),
+        ]
 
         third.cli("intention", "allow", "web", "db")
         restored_s = wait_for(lambda: round_trip(upstream) == b"ping", _CUT_S, "allow again")

@@ -285,3 +285,28 @@ def test_bad_dns_settings(tmp_path: Path, content: Any, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({"dev": True}, [write(tmp_path, content)])
     assert message in str(info.value)
+
+
+async def test_tombstone_ttl_from_a_file_and_a_flag_reaches_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps({"tombstone_ttl": "24h"}))
+    assert load({"dev": True}, [path]).tombstone_ttl_s == 24 * 3600
+    config = load({"dev": True, "tombstone_ttl": "2h", "bind": "127.0.0.1:0"}, [path])
+    assert config.tombstone_ttl_s == 2 * 3600
+    from meshnode.agent import Agent
+
+    agent = Agent(config, tmp_path / "data")
+    try:
+        assert agent.replicator.store.limits.tombstone_max_age_s == 2 * 3600
+        assert agent.replicator.config.tombstone_gc_interval_s == 600  # min(10 min, TTL / 4)
+    finally:
+        agent.close()
+    assert load({"dev": True}).tombstone_ttl_s == 72 * 3600
+
+
+@pytest.mark.parametrize("value", ["30s", "20y", "soon"])
+def test_a_bad_tombstone_ttl_is_a_one_line_error(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({"dev": True, "tombstone_ttl": value})
+    assert str(caught.value).startswith("--tombstone-ttl: ")
+    assert "\n" not in str(caught.value)

@@ -67,6 +67,8 @@ async def test_only_a_certificate_from_our_ca_reaches_the_inbound_listener(
             assert db.inbound_port is not None
             port = db.inbound_port
 
+            check = await trio.open_tcp_stream(HOST, port)  # a TCP health check
+            await check.aclose()
             plain = await trio.open_tcp_stream(HOST, port)
             async with plain:
                 await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
@@ -79,5 +81,8 @@ async def test_only_a_certificate_from_our_ca_reaches_the_inbound_listener(
             assert BANNER not in await s_client(port, tmp_path, good)  # denied
             inbound = db.snapshot()["Inbound"]
             assert inbound["HandshakeFailed"] == 3
+            with trio.fail_after(2):  # the check's close is seen after its accept
+                while db.snapshot()["Inbound"]["ClosedEarly"] != 1:
+                    await trio.sleep(0.01)
             assert inbound["Denied"] == 1
             nursery.cancel_scope.cancel()
