@@ -14,7 +14,7 @@ Rules that live here:
   on which slot a name got or on what other cores in the process did.
 
 Why: a simulation of N nodes holds N^2 (node, member) pairs; a dict entry and
-an object per pair cost ~170 bytes, columns at a shared slot ~25 (see
+an object per pair cost ~170 bytes, columns at a shared slot ~34 (see
 simulations/README.md, "Scale and speed").
 """
 
@@ -32,7 +32,7 @@ class NameSlots:
     __slots__ = ("_free", "_sweep_at", "_users", "names", "slot_of")
 
     def __init__(self) -> None:
-        # Both read directly by `Membership` on its hot paths.
+        # Read directly by `Membership` on its hot paths (one lookup an entry).
         self.slot_of: dict[str, int] = {}
         self.names: list[str | None] = []  # by slot; None: free
         self._free: list[int] = []
