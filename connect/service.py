@@ -394,6 +394,7 @@ class Service:
         previous = stream.on_close
 
         def finished() -> None:
+            self._contexts.remember(instance.key, tls)
             balancer.finished(instance)
             if previous is not None:
                 previous()

@@ -12,12 +12,17 @@ Rules that live here:
   connect, handshake or identity failure move on to another instance, at most
   `attempts` within the deadline. Each failure is reported to `on_failure`
   (for the log) and to the balancer (for ejection).
+- Resumption: the client offers the session it kept for that instance (see
+  tls.py); the caller stores the connection's session when it ends
+  (`ContextCache.remember`). A failed attempt forgets the instance's
+  session, so a bad one cannot fail every later dial.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import trio
@@ -26,7 +31,7 @@ from ..ca.spiffe import ServiceID
 from .balancer import Balancer
 from .pump import close_quietly, connect, handshake
 from .sources import Instance, Resolver
-from .tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
+from .tls import ContextCache, PeerError, TlsContexts, verified_peer
 
 __all__ = ["ClosedEarly", "client_handshake_any", "server_handshake"]
 
@@ -49,7 +54,7 @@ async def server_handshake(
             await handshake(tls)
         if timer.cancelled_caught:
             raise PeerError(f"no handshake within {timeout_s:g} s")
-        source = peer_service(peer_uri(tls.getpeercert()), contexts.material.trust_domain)
+        source = verified_peer(tls, contexts.material.trust_domain, time.time())
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
         close_quietly(tls)
         raise ClosedEarly(str(exc)) from None
@@ -103,9 +108,13 @@ async def client_handshake_any(
             with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
                 try:
                     raw = await connect(instance.address, instance.port)
-                    tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
+                    tls = current.client.wrap_socket(
+                        raw,
+                        do_handshake_on_connect=False,
+                        session=current.session_for(instance.key),
+                    )
                     await handshake(tls)
-                    found = peer_service(peer_uri(tls.getpeercert()), current.material.trust_domain)
+                    found = verified_peer(tls, current.material.trust_domain, time.time())
                     if found.service != destination:
                         raise PeerError(
                             f"server is {found.uri!r}, not the destination {destination!r}"
@@ -116,6 +125,7 @@ async def client_handshake_any(
         finally:
             # Also on a cancellation from outside: no socket and no balancer count leaks.
             if not connected:
+                current.sessions.pop(instance.key, None)
                 close_quietly(tls)
                 close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
                 balancer.finished(instance)

@@ -1,0 +1,164 @@
+"""TLS session resumption between proxies: it happens, and it never skips a check."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+import trio
+
+from meshnode.proxy import PeerError, Proxy, build_contexts
+from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
+from meshnode.proxy.tls import verified_peer
+
+from .conftest import Pair, echo, round_trip, serve
+
+_DEADLINE_S = 10.0
+
+
+async def _settled(*proxies: Proxy) -> None:
+    """Wait until the proxies have accounted every finished connection (and kept its session)."""
+    while any(
+        listener["Active"]
+        for proxy in proxies
+        for listener in [proxy.snapshot()["Inbound"] or {"Active": 0}]
+        + proxy.snapshot()["Upstreams"]
+    ):
+        await trio.sleep(0.005)
+
+
+def _resumed(pair: Pair) -> int:
+    assert pair.outbound is not None
+    resumed: int = pair.outbound.snapshot()["Upstreams"][0]["Resumed"]
+    return resumed
+
+
+async def _connect(pair: Pair, db: Proxy, port: int) -> None:
+    assert pair.outbound is not None
+    assert await round_trip(port) == b"ping"
+    await _settled(pair.outbound, db)
+
+
+async def test_the_second_connection_resumes(ca: TestCA) -> None:
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            pair = Pair(nursery, ca)
+            db = await pair.add_db(await serve(nursery, echo))
+            pair.route("db", [db])
+            port = await pair.start_outbound()
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 0
+            await _connect(pair, db, port)
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 2
+            assert db.snapshot()["Inbound"]["Resumed"] == 2
+            assert db.snapshot()["Connections"] == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_new_material_on_either_side_forces_a_full_handshake(ca: TestCA) -> None:
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            pair = Pair(nursery, ca)
+            db_certs = StaticCertSource(ca.material("db"))
+            db = await pair.add_db(await serve(nursery, echo), certs=db_certs)
+            pair.route("db", [db])
+            port = await pair.start_outbound()
+            await _connect(pair, db, port)
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 1
+            # The server's bundle changes: its new context has new ticket keys,
+            # so the client's ticket is refused and the handshake is a full one.
+            bundle = ca.root.cert_pem + TestCA("c1.mesh").root.cert_pem
+            db_certs.set(ca.material("db", roots_pem=bundle))
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 1
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 2
+            # The client's material changes: it drops its sessions.
+            pair.web_certs.set(ca.material("web", roots_pem=bundle))
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 2
+            await _connect(pair, db, port)
+            assert _resumed(pair) == 3
+            assert db.snapshot()["Inbound"]["Resumed"] == 3
+            assert db.snapshot()["Inbound"]["HandshakeFailed"] == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_denied_intention_refuses_a_resumed_connection(ca: TestCA) -> None:
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            authorizer = StaticAuthorizer()
+            pair = Pair(nursery, ca, authorizer=authorizer)
+            db = await pair.add_db(await serve(nursery, echo))
+            pair.route("db", [db])
+            port = await pair.start_outbound()
+            await _connect(pair, db, port)
+            authorizer.set("web", "db", False)
+            assert await round_trip(port) == b""
+            assert pair.outbound is not None
+            await _settled(pair.outbound, db)
+            inbound = db.snapshot()["Inbound"]
+            assert inbound["Resumed"] == 1  # the handshake resumed, the intention still said no
+            assert inbound["Denied"] == 1
+            authorizer.set("web", "db", True)
+            await _connect(pair, db, port)
+            nursery.cancel_scope.cancel()
+
+
+def _handshake(client: ssl.SSLSocket, server: ssl.SSLSocket) -> None:
+    """Drive both ends of a socketpair through the handshake, in this thread."""
+    pending = [client, server]
+    for _ in range(20):
+        for end in list(pending):
+            try:
+                end.do_handshake()
+                pending.remove(end)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        if not pending:
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def _connection(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    client = client_ctx.wrap_socket(a, do_handshake_on_connect=False, session=session)
+    server = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
+    _handshake(client, server)
+    return client, server
+
+
+def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> None:
+    web = build_contexts(ca.material("web"))
+    db = build_contexts(ca.material("db"))
+    client, server = _connection(web.client, db.server, None)
+    server.send(b"x")
+    assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
+    session = client.session
+    assert session is not None and session.has_ticket
+    cert = client.getpeercert()
+    assert cert is not None and isinstance(cert["notAfter"], str)
+    not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    for end in (client, server):
+        end.close()
+
+    client, server = _connection(web.client, db.server, session)
+    try:
+        assert client.session_reused and server.session_reused
+        # The certificates are in the resumed session on both sides.
+        assert verified_peer(client, "c1.mesh", not_after - 1).service == "db"
+        assert verified_peer(server, "c1.mesh", not_after - 1).service == "web"
+        with pytest.raises(PeerError, match="expired"):
+            verified_peer(client, "c1.mesh", not_after + 1)
+        with pytest.raises(PeerError, match="expired"):
+            verified_peer(server, "c1.mesh", not_after + 1)
+    finally:
+        for end in (client, server):
+            end.close()
