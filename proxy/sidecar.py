@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -437,7 +438,7 @@ class Proxy:
                 log(_log, "debug", "outbound connection failed", error=exc)
             finally:
                 self.tracker.remove(conn)
-                self._contexts.remember(instance.key, tls)
+                self._contexts.remember(instance.key, tls, time.time())
                 upstream.balancer.finished(instance)
                 stats.bytes_in_total += conn.flow.bytes_a_to_b
                 stats.bytes_out_total += conn.flow.bytes_b_to_a

@@ -71,21 +71,31 @@ class TlsContexts:
         """A session to resume with `peer`, or None (a full handshake)."""
         return self.sessions.get(peer)
 
-    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket) -> None:
-        """Keep `tls`'s session for the next dial of `peer`, if it has a ticket by now.
+    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket, now_s: float) -> None:
+        """Keep `tls`'s session for the next dials of `peer`, if it has a ticket by now.
 
         Called when a connection ends: TLS 1.3 tickets arrive after the
-        handshake, with the first bytes the client reads.
+        handshake, with the first bytes the client reads. Reading a session
+        costs as much as a fifth of a handshake (CPython copies it through
+        DER, peer certificate included), so a kept session that just resumed
+        again is kept until half its lifetime (`now_s`: wall clock) has
+        passed, and every dial meanwhile offers the same ticket. RFC 8446
+        asks clients not to reuse a ticket so that connections cannot be
+        linked; between two proxies that show each other their certificates
+        there is nothing to unlink, and the server's ticket key accepts it.
         """
         if tls.context is not self.client:
             return  # dialled with another generation's context
+        sessions = self.sessions
+        kept = sessions.get(peer)
+        if kept is not None and tls.session_reused and now_s < kept.time + kept.timeout / 2:
+            return
         try:
             session = tls.session
         except (OSError, ValueError):
             return
         if session is None or not session.has_ticket:
             return
-        sessions = self.sessions
         sessions.pop(peer, None)
         if len(sessions) >= _SESSIONS_MAX:
             del sessions[next(iter(sessions))]  # the least recently stored
@@ -145,10 +155,10 @@ class ContextCache:
             built = self._built = build_contexts(material)
         return built
 
-    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket) -> None:
+    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket, now_s: float) -> None:
         """Keep `tls`'s session for resumption if its generation is still the current one."""
         if self._built is not None:
-            self._built.remember(peer, tls)
+            self._built.remember(peer, tls, now_s)
 
 
 def peer_uri(cert: Mapping[str, Any] | None) -> str:

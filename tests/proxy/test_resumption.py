@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import pytest
 import trio
@@ -162,3 +163,36 @@ def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> N
     finally:
         for end in (client, server):
             end.close()
+
+
+def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_full_handshake(
+    ca: TestCA,
+) -> None:
+    web = build_contexts(ca.material("web"))
+    db = build_contexts(ca.material("db"))
+    peer = ("127.0.0.1", 1)
+
+    def dial(server_ctx: ssl.SSLContext, now_s: float) -> bool:
+        client, server = _connection(web.client, server_ctx, web.session_for(peer))
+        try:
+            server.send(b"x")
+            assert client.recv(1) == b"x"
+            web.remember(peer, client, now_s)
+            return bool(client.session_reused)
+        finally:
+            for end in (client, server):
+                end.close()
+
+    now_s = time.time()
+    assert not dial(db.server, now_s)
+    first = web.session_for(peer)
+    assert first is not None
+    assert dial(db.server, now_s)
+    assert web.session_for(peer) is first  # not read again: the same ticket next time
+    assert dial(db.server, now_s + first.timeout / 2)
+    second = web.session_for(peer)
+    assert second is not None and second is not first  # refreshed at half its lifetime
+    rotated = build_contexts(ca.material("db", generation=2))
+    assert not dial(rotated.server, now_s)  # another ticket key: a full handshake
+    assert web.session_for(peer) not in (first, second)
+    assert dial(rotated.server, now_s)
