@@ -18,6 +18,14 @@ Rules that live here:
   session, so the caller's SPIFFE ID and intention checks run on every
   connection; a resumed session whose certificate has expired since is
   refused (`verified_peer`).
+- Tickets only for clients that have none: a ticket costs the server about
+  a quarter of a resumed handshake (OpenSSL 3 serializes and encrypts the
+  session, client certificate included), and a meshnode client keeps one
+  session per peer for half its lifetime. So the server peeks at the
+  ClientHello (`offers_resumption`) and issues no ticket when it carries a
+  ``pre_shared_key``; a client whose offer was refused (a rotation) or
+  whose session is past half its lifetime drops it, and its next dial, a
+  full handshake without an offer, brings a new ticket.
 - No ALPN is set: the proxy is L4, and forcing ``h2`` breaks HTTP/1 apps.
 - ``load_cert_chain`` only reads files, so the chain and key are written to a
   private directory (0700, files 0600) that is removed before returning.
@@ -43,6 +51,7 @@ __all__ = [
     "PeerError",
     "TlsContexts",
     "build_contexts",
+    "offers_resumption",
     "peer_service",
     "peer_uri",
     "verified_peer",
@@ -72,31 +81,35 @@ class TlsContexts:
         return self.sessions.get(peer)
 
     def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket, now_s: float) -> None:
-        """Keep `tls`'s session for the next dials of `peer`, if it has a ticket by now.
+        """Keep the session of a full handshake for the next dials of `peer`.
 
         Called when a connection ends: TLS 1.3 tickets arrive after the
         handshake, with the first bytes the client reads. Reading a session
         costs as much as a fifth of a handshake (CPython copies it through
-        DER, peer certificate included), so a kept session that just resumed
-        again is kept until half its lifetime (`now_s`: wall clock) has
-        passed, and every dial meanwhile offers the same ticket. RFC 8446
-        asks clients not to reuse a ticket so that connections cannot be
-        linked; between two proxies that show each other their certificates
-        there is nothing to unlink, and the server's ticket key accepts it.
+        DER, peer certificate included), and our servers issue no ticket on
+        a resumption, so the session of a full handshake is kept and offered
+        by every dial until half its lifetime (`now_s`: wall clock) has
+        passed; then, or when the offer was refused, it is dropped and the
+        next dial is a full handshake that brings a new one. RFC 8446 asks
+        clients not to reuse a ticket so that connections cannot be linked;
+        between two proxies that show each other their certificates there is
+        nothing to unlink, and the server's ticket key accepts it.
         """
         if tls.context is not self.client:
             return  # dialled with another generation's context
         sessions = self.sessions
-        kept = sessions.get(peer)
-        if kept is not None and tls.session_reused and now_s < kept.time + kept.timeout / 2:
+        if tls.session_reused:
+            kept = sessions.get(peer)
+            if kept is not None and now_s >= kept.time + kept.timeout / 2:
+                del sessions[peer]
             return
+        sessions.pop(peer, None)  # offered and refused, or none offered
         try:
             session = tls.session
         except (OSError, ValueError):
             return
         if session is None or not session.has_ticket:
             return
-        sessions.pop(peer, None)
         if len(sessions) >= _SESSIONS_MAX:
             del sessions[next(iter(sessions))]  # the least recently stored
         sessions[peer] = session
@@ -204,3 +217,40 @@ def verified_peer(tls: ssl.SSLSocket, trust_domain: str, now_s: float) -> Servic
         if not isinstance(not_after, str) or ssl.cert_time_to_seconds(not_after) <= now_s:
             raise PeerError("resumed session of an expired certificate")
     return found
+
+
+# TLS record and handshake constants of a ClientHello (RFC 8446 4.1.2, 4.2).
+_HANDSHAKE_RECORD = 22
+_CLIENT_HELLO = 1
+_PRE_SHARED_KEY = 41
+
+
+def offers_resumption(data: bytes) -> bool | None:
+    """Whether the ClientHello at the start of `data` offers a session; None: cannot tell.
+
+    `data` is what a server peeked from its socket before the handshake;
+    None (too short, not a ClientHello) makes the caller issue a ticket as
+    usual, so a wrong guess costs CPU, never security.
+    """
+    try:
+        if data[0] != _HANDSHAKE_RECORD or data[5] != _CLIENT_HELLO:
+            return None
+        end = 9 + int.from_bytes(data[6:9], "big")
+        if end > 5 + int.from_bytes(data[3:5], "big") or end > len(data):
+            return None  # split over records or segments
+        at = 9 + 2 + 32  # legacy_version, random
+        at += 1 + data[at]  # legacy_session_id
+        at += 2 + int.from_bytes(data[at : at + 2], "big")  # cipher_suites
+        at += 1 + data[at]  # legacy_compression_methods
+        extensions_end = at + 2 + int.from_bytes(data[at : at + 2], "big")
+        at += 2
+        if extensions_end > end:
+            return None
+        while at + 4 <= extensions_end:
+            kind = int.from_bytes(data[at : at + 2], "big")
+            if kind == _PRE_SHARED_KEY:
+                return True
+            at += 4 + int.from_bytes(data[at + 2 : at + 4], "big")
+    except IndexError:
+        return None
+    return False

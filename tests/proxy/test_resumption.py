@@ -10,8 +10,10 @@ import pytest
 import trio
 
 from meshnode.proxy import PeerError, Proxy, build_contexts
+from meshnode.proxy.handshake import server_handshake
+from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
-from meshnode.proxy.tls import verified_peer
+from meshnode.proxy.tls import TlsContexts, offers_resumption, verified_peer
 
 from .conftest import Pair, echo, round_trip, serve
 
@@ -70,9 +72,12 @@ async def test_new_material_on_either_side_forces_a_full_handshake(ca: TestCA) -
             await _connect(pair, db, port)
             assert _resumed(pair) == 1
             # The server's bundle changes: its new context has new ticket keys,
-            # so the client's ticket is refused and the handshake is a full one.
+            # so the client's ticket is refused and the handshake is a full one
+            # (with no ticket: the client offered one); the client drops the
+            # session, and the next full handshake brings a ticket.
             bundle = ca.root.cert_pem + TestCA("c1.mesh").root.cert_pem
             db_certs.set(ca.material("db", roots_pem=bundle))
+            await _connect(pair, db, port)
             await _connect(pair, db, port)
             assert _resumed(pair) == 1
             await _connect(pair, db, port)
@@ -165,7 +170,7 @@ def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> N
             end.close()
 
 
-def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_full_handshake(
+def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_refused_offer(
     ca: TestCA,
 ) -> None:
     web = build_contexts(ca.material("web"))
@@ -190,9 +195,85 @@ def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_full_handshake(
     assert dial(db.server, now_s)
     assert web.session_for(peer) is first  # not read again: the same ticket next time
     assert dial(db.server, now_s + first.timeout / 2)
+    assert web.session_for(peer) is None  # half its lifetime: the next dial gets a new one
+    assert not dial(db.server, now_s)
     second = web.session_for(peer)
-    assert second is not None and second is not first  # refreshed at half its lifetime
+    assert second is not None and second is not first
     rotated = build_contexts(ca.material("db", generation=2))
-    assert not dial(rotated.server, now_s)  # another ticket key: a full handshake
-    assert web.session_for(peer) not in (first, second)
+    # Another ticket key: the offer is refused, and the full handshake's
+    # session replaces it (this server issues tickets whatever the offer).
+    assert not dial(rotated.server, now_s)
+    third = web.session_for(peer)
+    assert third is not None and third not in (first, second)
     assert dial(rotated.server, now_s)
+
+
+def _client_hello(contexts: TlsContexts, session: ssl.SSLSession | None) -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = contexts.client.wrap_bio(incoming, outgoing, session=session)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_the_server_sees_whether_a_client_hello_offers_a_session(ca: TestCA) -> None:
+    web = build_contexts(ca.material("web"))
+    db = build_contexts(ca.material("db"))
+    client, server = _connection(web.client, db.server, None)
+    server.send(b"x")
+    assert client.recv(1) == b"x"
+    session = client.session
+    for end in (client, server):
+        end.close()
+    fresh, resuming = _client_hello(web, None), _client_hello(web, session)
+    assert offers_resumption(fresh) is False
+    assert offers_resumption(resuming) is True
+    # Cannot tell: the caller issues a ticket as before.
+    assert offers_resumption(resuming[:300]) is None
+    assert offers_resumption(b"") is None
+    assert offers_resumption(b"GET / HTTP/1.1\r\n\r\n") is None
+    assert offers_resumption(resuming[:5] + b"\x01" + b"\xff" * 60) is None
+
+
+async def test_a_resumed_connection_brings_no_new_ticket(ca: TestCA) -> None:
+    """Our server issues a ticket to a client that offers none, and only then."""
+    db = build_contexts(ca.material("db"))
+    web = build_contexts(ca.material("web"))
+    peer = ("127.0.0.1", 1)
+
+    async def dial() -> ssl.SSLSocket:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        client = web.client.wrap_socket(
+            a, do_handshake_on_connect=False, session=web.session_for(peer)
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handshake, client)
+            server, _ = await server_handshake(b, db, 5.0)
+        server.send(b"x")
+        server.close()
+        await trio.lowlevel.wait_readable(client)
+        assert client.recv(1) == b"x"  # and any ticket before it
+        return client
+
+    with trio.fail_after(_DEADLINE_S):
+        first = await dial()
+        web.remember(peer, first, time.time())
+        first.close()
+        offered = web.session_for(peer)
+        assert offered is not None and offered.has_ticket
+        second = await dial()
+        assert second.session_reused
+        # Still the session offered: a new ticket would have made a new one
+        # (as a plain server context with tickets does, see above).
+        assert second.session is not None and second.session.id == offered.id
+        second.close()
+        db.server.num_tickets = 1  # what server_handshake chooses for a client with none
+        control, server = _connection(web.client, db.server, offered)
+        server.send(b"x")
+        assert control.recv(1) == b"x"
+        assert control.session_reused and control.session is not None
+        assert control.session.id != offered.id
+        for end in (control, server):
+            end.close()
