@@ -36,6 +36,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import tempfile
@@ -203,6 +204,11 @@ def peer_service(uri: str, trust_domain: str) -> ServiceID:
     return found
 
 
+# notAfter text -> seconds: strptime costs about 20 us, and the same few
+# certificates come back in every resumed session.
+_seconds = functools.lru_cache(maxsize=64)(ssl.cert_time_to_seconds)
+
+
 def verified_peer(tls: ssl.SSLSocket, trust_domain: str, now_s: float) -> ServiceID:
     """The service ID of a handshaken peer; `PeerError` if it is not one of `trust_domain`.
 
@@ -214,7 +220,7 @@ def verified_peer(tls: ssl.SSLSocket, trust_domain: str, now_s: float) -> Servic
     found = peer_service(peer_uri(cert), trust_domain)
     if tls.session_reused:
         not_after = cert.get("notAfter") if cert else None
-        if not isinstance(not_after, str) or ssl.cert_time_to_seconds(not_after) <= now_s:
+        if not isinstance(not_after, str) or _seconds(not_after) <= now_s:
             raise PeerError("resumed session of an expired certificate")
     return found
 
