@@ -14,6 +14,8 @@ Rules that live here:
   buffers, and a slow reader slows the writer (backpressure), never a queue.
 - A TLS read returns one record (16 KiB); after a full one the pump reads
   on while records are waiting, up to the buffer, and then sends once.
+  After a read that emptied the socket (short, nothing left in OpenSSL) it
+  waits for readability instead of trying a read that would fail.
 - Half-close: EOF on one side becomes ``shutdown(SHUT_WR)`` on the other,
   and the other direction keeps flowing until its own EOF. On a TLS socket
   the TCP FIN itself is the signal (a "ragged" EOF, which both peers accept,
@@ -171,7 +173,14 @@ async def _pump(
     # After a full TLS record, read on while more are already waiting, so one
     # send (and one Python round) carries up to the buffer, not a record.
     batch = isinstance(src, ssl.SSLSocket)
+    pending = src.pending if isinstance(src, ssl.SSLSocket) else None
+    # The last read emptied the socket (a short plain read, or a short TLS
+    # record with nothing left decrypted): wait before reading again instead
+    # of a read that fails (an exception, and for TLS a costly error object).
+    drained = False
     while True:
+        if drained:
+            await wait_readable(src)
         try:
             n = recv_into(buf, buffer_bytes)
         except (BlockingIOError, ssl.SSLWantReadError):
@@ -189,10 +198,14 @@ async def _pump(
             return
         eof = False
         last = n
+        drained = False
         while batch and last == _TLS_RECORD_BYTES and n < buffer_bytes:
             try:
                 last = recv_into(view[n:], buffer_bytes - n)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, ssl.SSLWantReadError):
+                drained = True
+                break
+            except ssl.SSLWantWriteError:
                 break
             except ssl.SSLZeroReturnError:
                 last = 0
@@ -200,6 +213,10 @@ async def _pump(
                 raise SpliceError(f"read: {exc}") from None
             eof = last == 0
             n += last
+        if pending is None:
+            drained = n < buffer_bytes
+        elif 0 < last < _TLS_RECORD_BYTES and not pending():
+            drained = True
         if forward:
             flow.bytes_a_to_b += n
         else:
