@@ -25,6 +25,7 @@ import functools
 import random
 import socket
 import ssl
+import time
 import types
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
@@ -394,6 +395,7 @@ class Service:
         previous = stream.on_close
 
         def finished() -> None:
+            self._contexts.remember(instance.key, tls, time.time())
             balancer.finished(instance)
             if previous is not None:
                 previous()

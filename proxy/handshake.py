@@ -12,23 +12,34 @@ Rules that live here:
   connect, handshake or identity failure move on to another instance, at most
   `attempts` within the deadline. Each failure is reported to `on_failure`
   (for the log) and to the balancer (for ejection).
+- Resumption: the client offers the session it kept for that instance (see
+  tls.py); the caller stores the connection's session when it ends
+  (`ContextCache.remember`). A failed attempt forgets the instance's
+  session, so a bad one cannot fail every later dial. The server issues a
+  ticket only when the ClientHello offers no session.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import trio
+from trio.lowlevel import wait_readable
 
 from ..ca.spiffe import ServiceID
 from .balancer import Balancer
 from .pump import close_quietly, connect, handshake
 from .sources import Instance, Resolver
-from .tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
+from .tls import ContextCache, PeerError, TlsContexts, offers_resumption, verified_peer
 
 __all__ = ["ClosedEarly", "client_handshake_any", "server_handshake"]
+
+
+# A ClientHello with a ticket is about 1 KB (the ticket holds the whole session).
+_PEEK_BYTES = 4096
 
 
 class ClosedEarly(Exception):
@@ -44,12 +55,19 @@ async def server_handshake(
     """
     tls: ssl.SSLSocket | None = None
     try:
-        tls = contexts.server.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with trio.move_on_after(timeout_s) as timer:
+            hello = _peek(sock)  # usually there already: no wait, no epoll round
+            if hello is None:
+                await wait_readable(sock)
+                hello = _peek(sock)
+            server = contexts.server
+            # Read when the socket is wrapped; a ticket only for a client with none.
+            server.num_tickets = 0 if hello and offers_resumption(hello) else 1
+            tls = server.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             await handshake(tls)
-        if timer.cancelled_caught:
+        if timer.cancelled_caught or tls is None:
             raise PeerError(f"no handshake within {timeout_s:g} s")
-        source = peer_service(peer_uri(tls.getpeercert()), contexts.material.trust_domain)
+        source = verified_peer(tls, contexts.material.trust_domain, time.time())
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
         close_quietly(tls)
         raise ClosedEarly(str(exc)) from None
@@ -60,6 +78,14 @@ async def server_handshake(
         close_quietly(tls)
         raise
     return tls, source
+
+
+def _peek(sock: socket.socket) -> bytes | None:
+    """The first bytes waiting on `sock`, left for the TLS handshake; None: nothing yet."""
+    try:
+        return sock.recv(_PEEK_BYTES, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
 
 
 # (instance, ejected, error) of one failed attempt, for the caller's log.
@@ -103,9 +129,13 @@ async def client_handshake_any(
             with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
                 try:
                     raw = await connect(instance.address, instance.port)
-                    tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
+                    tls = current.client.wrap_socket(
+                        raw,
+                        do_handshake_on_connect=False,
+                        session=current.session_for(instance.key),
+                    )
                     await handshake(tls)
-                    found = peer_service(peer_uri(tls.getpeercert()), current.material.trust_domain)
+                    found = verified_peer(tls, current.material.trust_domain, time.time())
                     if found.service != destination:
                         raise PeerError(
                             f"server is {found.uri!r}, not the destination {destination!r}"
@@ -116,6 +146,7 @@ async def client_handshake_any(
         finally:
             # Also on a cancellation from outside: no socket and no balancer count leaks.
             if not connected:
+                current.sessions.pop(instance.key, None)
                 close_quietly(tls)
                 close_quietly(raw)  # never wrapped (a detached socket closes as a no-op)
                 balancer.finished(instance)

@@ -12,6 +12,10 @@ Rules that live here:
 - One task per direction; each reads at most `buffer_bytes`, and reads again
   only when the last chunk is fully written: memory per connection is two
   buffers, and a slow reader slows the writer (backpressure), never a queue.
+- A TLS read returns one record (16 KiB); after a full one the pump reads
+  on while records are waiting, up to the buffer, and then sends once.
+  After a read that emptied the socket (short, nothing left in OpenSSL) it
+  waits for readability instead of trying a read that would fail.
 - Half-close: EOF on one side becomes ``shutdown(SHUT_WR)`` on the other,
   and the other direction keeps flowing until its own EOF. On a TLS socket
   the TCP FIN itself is the signal (a "ragged" EOF, which both peers accept,
@@ -51,6 +55,8 @@ __all__ = [
 # send buffer) cannot park on wait_writable, which the other direction may
 # hold: it retries after this much instead. Never seen in a normal transfer.
 _WANT_WRITE_RETRY_S = 0.002
+# The largest TLS record's plaintext: an `SSLSocket` read returns at most one.
+_TLS_RECORD_BYTES = 16 * 1024
 
 
 class SpliceError(Exception):
@@ -164,7 +170,17 @@ async def _pump(
     recv_into = src.recv_into
     send = dst.send
     now = trio.current_time
+    # After a full TLS record, read on while more are already waiting, so one
+    # send (and one Python round) carries up to the buffer, not a record.
+    batch = isinstance(src, ssl.SSLSocket)
+    pending = src.pending if isinstance(src, ssl.SSLSocket) else None
+    # The last read emptied the socket (a short plain read, or a short TLS
+    # record with nothing left decrypted): wait before reading again instead
+    # of a read that fails (an exception, and for TLS a costly error object).
+    drained = False
     while True:
+        if drained:
+            await wait_readable(src)
         try:
             n = recv_into(buf, buffer_bytes)
         except (BlockingIOError, ssl.SSLWantReadError):
@@ -180,6 +196,27 @@ async def _pump(
         if n == 0:
             _shutdown_write(dst)
             return
+        eof = False
+        last = n
+        drained = False
+        while batch and last == _TLS_RECORD_BYTES and n < buffer_bytes:
+            try:
+                last = recv_into(view[n:], buffer_bytes - n)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                drained = True
+                break
+            except ssl.SSLWantWriteError:
+                break
+            except ssl.SSLZeroReturnError:
+                last = 0
+            except OSError as exc:
+                raise SpliceError(f"read: {exc}") from None
+            eof = last == 0
+            n += last
+        if pending is None:
+            drained = n < buffer_bytes
+        elif 0 < last < _TLS_RECORD_BYTES and not pending():
+            drained = True
         if forward:
             flow.bytes_a_to_b += n
         else:
@@ -195,6 +232,9 @@ async def _pump(
                 await trio.sleep(_WANT_WRITE_RETRY_S)
             except OSError as exc:
                 raise SpliceError(f"write: {exc}") from None
+        if eof:
+            _shutdown_write(dst)
+            return
 
 
 async def splice(a: socket.socket, b: socket.socket, *, flow: Flow, buffer_bytes: int) -> None:

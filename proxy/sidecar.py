@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,8 @@ class ListenerStats:
     handshake_failed_total: int = 0  # TLS failed or timed out
     # Closed with no TLS bytes: the catalog's TCP check every 10 s, port scans.
     closed_early_total: int = 0
+    # TLS sessions resumed (no certificate crypto), a subset of the handshakes.
+    resumed_total: int = 0
     failed_total: int = 0  # could not reach the local app or any instance
     cut_total: int = 0  # cut by a deny or the idle timeout
     bytes_in_total: int = 0  # towards the service behind the listener
@@ -119,6 +122,7 @@ class ListenerStats:
             "Denied": self.denied_total,
             "HandshakeFailed": self.handshake_failed_total,
             "ClosedEarly": self.closed_early_total,
+            "Resumed": self.resumed_total,
             "Failed": self.failed_total,
             "Cut": self.cut_total,
             "BytesIn": self.bytes_in_total,
@@ -318,6 +322,8 @@ class Proxy:
                     "inbound handshake refused", trio.current_time(), peer=peer, error=exc
                 )
                 return
+            if tls.session_reused:
+                stats.resumed_total += 1
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
             if self.audit is not None:
                 self.audit.record(
@@ -437,6 +443,8 @@ class Proxy:
                 stats.failed_total += 1
                 return
             instance, tls = dialled
+            if tls.session_reused:
+                stats.resumed_total += 1
             conn = LiveConnection(
                 self.config.service,
                 destination,
@@ -452,6 +460,7 @@ class Proxy:
                 log(_log, "debug", "outbound connection failed", error=exc)
             finally:
                 self.tracker.remove(conn)
+                self._contexts.remember(instance.key, tls, time.time())
                 upstream.balancer.finished(instance)
                 stats.bytes_in_total += conn.flow.bytes_a_to_b
                 stats.bytes_out_total += conn.flow.bytes_b_to_a

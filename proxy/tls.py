@@ -7,9 +7,25 @@ Rules that live here:
   intermediates, and OpenSSL then also enforces the roots' URI name
   constraints). No hostname check: the identity is the SPIFFE URI SAN, which
   the caller compares.
-- No session tickets (``num_tickets = 0``): nothing resumes, and each ticket
-  costs a signature-free but not free encryption on every handshake (about
-  25 % of one in the issue's measurement).
+- Session resumption (TLS 1.3 tickets, one per handshake): a resumed
+  handshake skips both signatures and all four chain verifies, and still
+  runs a fresh ECDHE (``psk_dhe_ke``, forward secrecy kept). It is safe
+  because a session never outlives its material: the server's ticket keys
+  belong to its `SSLContext`, built anew per material generation, so a
+  ticket from before a rotation fails over to a full handshake; the client
+  keeps its sessions on the `TlsContexts` of one generation (per peer
+  instance, at most `_SESSIONS_MAX`). The peer's certificate is in the
+  session, so the caller's SPIFFE ID and intention checks run on every
+  connection; a resumed session whose certificate has expired since is
+  refused (`verified_peer`).
+- Tickets only for clients that have none: a ticket costs the server about
+  a quarter of a resumed handshake (OpenSSL 3 serializes and encrypts the
+  session, client certificate included), and a meshnode client keeps one
+  session per peer for half its lifetime. So the server peeks at the
+  ClientHello (`offers_resumption`) and issues no ticket when it carries a
+  ``pre_shared_key``; a client whose offer was refused (a rotation) or
+  whose session is past half its lifetime drops it, and its next dial, a
+  full handshake without an offer, brings a new ticket.
 - No ALPN is set: the proxy is L4, and forcing ``h2`` breaks HTTP/1 apps.
 - ``load_cert_chain`` only reads files, so the chain and key are written to a
   private directory (0700, files 0600) that is removed before returning.
@@ -20,11 +36,12 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..ca.spiffe import AgentID, ServiceID, SpiffeError, parse_spiffe_id
@@ -35,9 +52,15 @@ __all__ = [
     "PeerError",
     "TlsContexts",
     "build_contexts",
+    "offers_resumption",
     "peer_service",
     "peer_uri",
+    "verified_peer",
 ]
+
+# Sessions kept per client context: one per peer instance dialled recently; an
+# entry is a few hundred bytes, and a proxy dials few instances.
+_SESSIONS_MAX = 256
 
 
 class PeerError(Exception):
@@ -51,6 +74,46 @@ class TlsContexts:
     material: TlsMaterial
     server: ssl.SSLContext
     client: ssl.SSLContext
+    # (address, port) of a peer -> the newest session with a ticket from it.
+    sessions: dict[tuple[str, int], ssl.SSLSession] = field(default_factory=dict)
+
+    def session_for(self, peer: tuple[str, int]) -> ssl.SSLSession | None:
+        """A session to resume with `peer`, or None (a full handshake)."""
+        return self.sessions.get(peer)
+
+    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket, now_s: float) -> None:
+        """Keep the session of a full handshake for the next dials of `peer`.
+
+        Called when a connection ends: TLS 1.3 tickets arrive after the
+        handshake, with the first bytes the client reads. Reading a session
+        costs as much as a fifth of a handshake (CPython copies it through
+        DER, peer certificate included), and our servers issue no ticket on
+        a resumption, so the session of a full handshake is kept and offered
+        by every dial until half its lifetime (`now_s`: wall clock) has
+        passed; then, or when the offer was refused, it is dropped and the
+        next dial is a full handshake that brings a new one. RFC 8446 asks
+        clients not to reuse a ticket so that connections cannot be linked;
+        between two proxies that show each other their certificates there is
+        nothing to unlink, and the server's ticket key accepts it.
+        """
+        if tls.context is not self.client:
+            return  # dialled with another generation's context
+        sessions = self.sessions
+        if tls.session_reused:
+            kept = sessions.get(peer)
+            if kept is not None and now_s >= kept.time + kept.timeout / 2:
+                del sessions[peer]
+            return
+        sessions.pop(peer, None)  # offered and refused, or none offered
+        try:
+            session = tls.session
+        except (OSError, ValueError):
+            return
+        if session is None or not session.has_ticket:
+            return
+        if len(sessions) >= _SESSIONS_MAX:
+            del sessions[next(iter(sessions))]  # the least recently stored
+        sessions[peer] = session
 
 
 def _load_chain(ctx: ssl.SSLContext, material: TlsMaterial) -> None:
@@ -83,7 +146,8 @@ def _context(purpose: int, material: TlsMaterial) -> ssl.SSLContext:
 def build_contexts(material: TlsMaterial) -> TlsContexts:
     """Server and client contexts for `material`; `ssl.SSLError`/`ValueError` if it is bad."""
     server = _context(ssl.PROTOCOL_TLS_SERVER, material)
-    server.num_tickets = 0
+    # One ticket per handshake: the client keeps only the newest.
+    server.num_tickets = 1
     client = _context(ssl.PROTOCOL_TLS_CLIENT, material)
     return TlsContexts(material, server, client)
 
@@ -104,6 +168,11 @@ class ContextCache:
         if built is None or built.material.generation != material.generation:
             built = self._built = build_contexts(material)
         return built
+
+    def remember(self, peer: tuple[str, int], tls: ssl.SSLSocket, now_s: float) -> None:
+        """Keep `tls`'s session for resumption if its generation is still the current one."""
+        if self._built is not None:
+            self._built.remember(peer, tls, now_s)
 
 
 def peer_uri(cert: Mapping[str, Any] | None) -> str:
@@ -133,3 +202,61 @@ def peer_service(uri: str, trust_domain: str) -> ServiceID:
             f"peer {uri[:100]!r} is in trust domain {found.trust_domain!r}, not {trust_domain!r}"
         )
     return found
+
+
+# notAfter text -> seconds: strptime costs about 20 us, and the same few
+# certificates come back in every resumed session.
+_seconds = functools.lru_cache(maxsize=64)(ssl.cert_time_to_seconds)
+
+
+def verified_peer(tls: ssl.SSLSocket, trust_domain: str, now_s: float) -> ServiceID:
+    """The service ID of a handshaken peer; `PeerError` if it is not one of `trust_domain`.
+
+    A resumed session carries the certificate verified at its full
+    handshake, possibly hours ago: that certificate must still be valid at
+    `now_s` (wall clock, like the certificate's dates).
+    """
+    cert = tls.getpeercert()
+    found = peer_service(peer_uri(cert), trust_domain)
+    if tls.session_reused:
+        not_after = cert.get("notAfter") if cert else None
+        if not isinstance(not_after, str) or _seconds(not_after) <= now_s:
+            raise PeerError("resumed session of an expired certificate")
+    return found
+
+
+# TLS record and handshake constants of a ClientHello (RFC 8446 4.1.2, 4.2).
+_HANDSHAKE_RECORD = 22
+_CLIENT_HELLO = 1
+_PRE_SHARED_KEY = 41
+
+
+def offers_resumption(data: bytes) -> bool | None:
+    """Whether the ClientHello at the start of `data` offers a session; None: cannot tell.
+
+    `data` is what a server peeked from its socket before the handshake;
+    None (too short, not a ClientHello) makes the caller issue a ticket as
+    usual, so a wrong guess costs CPU, never security.
+    """
+    try:
+        if data[0] != _HANDSHAKE_RECORD or data[5] != _CLIENT_HELLO:
+            return None
+        end = 9 + int.from_bytes(data[6:9], "big")
+        if end > 5 + int.from_bytes(data[3:5], "big") or end > len(data):
+            return None  # split over records or segments
+        at = 9 + 2 + 32  # legacy_version, random
+        at += 1 + data[at]  # legacy_session_id
+        at += 2 + int.from_bytes(data[at : at + 2], "big")  # cipher_suites
+        at += 1 + data[at]  # legacy_compression_methods
+        extensions_end = at + 2 + int.from_bytes(data[at : at + 2], "big")
+        at += 2
+        if extensions_end > end:
+            return None
+        while at + 4 <= extensions_end:
+            kind = int.from_bytes(data[at : at + 2], "big")
+            if kind == _PRE_SHARED_KEY:
+                return True
+            at += 4 + int.from_bytes(data[at + 2 : at + 4], "big")
+    except IndexError:
+        return None
+    return False

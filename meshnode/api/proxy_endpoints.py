@@ -5,8 +5,8 @@ with their own admin API). It answers a JSON list, one object per proxy,
 sorted by ID, in the shape of `meshnode.proxy.Proxy.snapshot`:
 
 ``{ID, Service, Inbound: null | {Address, Port, LocalServiceAddress,
-LocalServicePort, Accepted, Denied, HandshakeFailed, Failed, Cut, BytesIn,
-BytesOut, Active}, Upstreams: [{DestinationName, LocalBindAddress,
+LocalServicePort, Accepted, Denied, HandshakeFailed, ClosedEarly, Resumed,
+Failed, Cut, BytesIn, BytesOut, Active}, Upstreams: [{DestinationName, LocalBindAddress,
 LocalBindPort, <the same counters>, Instances: [{Address, Port, Active,
 Total, Failed, Ejected}]}], Connections: [{Source, Destination, Count}]}``
 
