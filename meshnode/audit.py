@@ -46,7 +46,7 @@ class AuditEntry:
     time_s: float  # wall clock (Unix seconds)
     event: str  # one of EVENTS
     where: str  # the proxy's ID, or "api" for the authorize endpoint
-    source: str  # the client's service (or its certificate URI when unparsable)
+    source: str  # the client's service
     destination: str
     allowed: bool
     reason: str  # the matched intention and its precedence, or the default policy

@@ -410,12 +410,17 @@ class IntentionState:
 
     def authorize(self, target: str, client_cert_uri: str) -> tuple[bool, str]:
         """May the client with this certificate URI connect to `target`? (authorized, reason)."""
+        _, decision = self.authorize_source(target, client_cert_uri)
+        return decision.allowed, decision.reason
+
+    def authorize_source(self, target: str, client_cert_uri: str) -> tuple[str, Decision]:
+        """The client's service as parsed for the decision, and the decision (for the audit)."""
         if target == WILDCARD:
             raise IntentionError("invalid target '*': authorize a single service")
         validate_name(target, "target")
         # The parser answers a valid service name: no second validation on this hot path.
-        decision = self._index.decide(self._service_from_uri(client_cert_uri), target)
-        return decision.allowed, decision.reason
+        source = self._service_from_uri(client_cert_uri)
+        return source, self._index.decide(source, target)
 
     # --- blocking queries -------------------------------------------------------------------
 

@@ -138,12 +138,6 @@ def _write_fields(data: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
     return action, _optional_string(data, "Description"), meta
 
 
-def _uri_service(uri: str) -> str:
-    """The service of a SPIFFE service URI, for the audit log (the URI itself otherwise)."""
-    head, sep, service = uri.rpartition("/svc/")
-    return service if sep and head and service else uri
-
-
 def register_intention_routes(
     router: Router, intentions: IntentionState, audit: AuditLog | None = None
 ) -> None:
@@ -235,12 +229,18 @@ def register_intention_routes(
         uri = string_field(data, "ClientCertURI")
         _optional_string(data, "ClientCertSerial")  # revocation arrives with the CA work
         with _intention_errors():
-            authorized, reason = intentions.authorize(target, uri)
+            source, decision = intentions.authorize_source(target, uri)
         if audit is not None:
             audit.record(
-                "authorize", "api", _uri_service(uri), target, authorized, reason, request.remote
+                "authorize",
+                "api",
+                source,
+                target,
+                decision.allowed,
+                decision.reason,
+                request.remote,
             )
-        return Response.json({"Authorized": authorized, "Reason": reason})
+        return Response.json({"Authorized": decision.allowed, "Reason": decision.reason})
 
     router.add("GET", "/v1/connect/intentions/exact", get_exact)
     router.add("PUT", "/v1/connect/intentions/exact", put_exact)

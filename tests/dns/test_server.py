@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from meshnode.dns import DnsBindError, DnsBound, DnsConfig, DnsServer, StaticCatalog, serve_dns
+from meshnode.dns.server import _bind
 
 pytestmark = pytest.mark.skipif(
     not __import__("shutil").which("dig"), reason="dig missing: apt-get install bind9-dnsutils"
@@ -162,25 +163,8 @@ async def _fake_upstream(
         await udp.sendto(answer(data), peer)
 
 
-def _udp_and_tcp_on_one_free_port() -> tuple[socket.socket, socket.socket]:
-    """A fake upstream's sockets: the free UDP port's TCP twin may be taken, so retry."""
-    for _ in range(16):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        tcp = socket.socket()
-        try:
-            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
-        except OSError:
-            udp.close()
-            tcp.close()
-            continue
-        tcp.listen()
-        return udp, tcp
-    raise AssertionError("no port free for both UDP and TCP")
-
-
 async def test_recursors_answer_names_outside_the_domain(catalog: StaticCatalog) -> None:
-    plain_udp, plain_tcp = _udp_and_tcp_on_one_free_port()
+    plain_udp, plain_tcp = _bind("127.0.0.1", 0)  # the server's own pair, port-0 retries included
     udp = trio.socket.from_stdlib_socket(plain_udp)
     tcp = trio.socket.from_stdlib_socket(plain_tcp)
     with udp, tcp:
