@@ -41,6 +41,8 @@ from trio.lowlevel import (
     wait_writable,
 )
 
+from ..proxy.tls import close_tls
+
 __all__ = ["MeshStream"]
 
 _T = TypeVar("_T")
@@ -173,8 +175,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         with contextlib.suppress(OSError, ValueError):
             if self.socket.fileno() >= 0:
                 notify_closing(self.socket)
-        with contextlib.suppress(OSError):
-            self.socket.close()
+        close_tls(self.socket)
 
     def cut(self, reason: str) -> None:
         """Close now because the mesh no longer allows this connection (a deny)."""

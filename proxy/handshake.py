@@ -16,7 +16,8 @@ Rules that live here:
   tls.py); the caller stores the connection's session when it ends
   (`ContextCache.remember`). A failed attempt forgets the instance's
   session, so a bad one cannot fail every later dial. The server issues a
-  ticket only when the ClientHello offers no session.
+  ticket only when the ClientHello offers no session (`tickets_for`), and
+  its connections end with `close_tls`, which keeps their sessions cached.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..ca.spiffe import ServiceID
 from .balancer import Balancer
 from .pump import close_quietly, connect, handshake
 from .sources import Instance, Resolver
-from .tls import ContextCache, PeerError, TlsContexts, offers_resumption, verified_peer
+from .tls import ContextCache, PeerError, TlsContexts, close_tls, verified_peer
 
 __all__ = ["ClosedEarly", "client_handshake_any", "server_handshake"]
 
@@ -61,21 +62,21 @@ async def server_handshake(
                 await wait_readable(sock)
                 hello = _peek(sock)
             server = contexts.server
-            # Read when the socket is wrapped; a ticket only for a client with none.
-            server.num_tickets = 0 if hello and offers_resumption(hello) else 1
+            # Read when the socket is wrapped.
+            server.num_tickets = contexts.tickets_for(hello)
             tls = server.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             await handshake(tls)
         if timer.cancelled_caught or tls is None:
             raise PeerError(f"no handshake within {timeout_s:g} s")
         source = verified_peer(tls, contexts.material.trust_domain, time.time())
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
-        close_quietly(tls)
+        close_tls(tls)
         raise ClosedEarly(str(exc)) from None
     except OSError as exc:  # ssl.SSLError is an OSError: a bad or missing certificate
-        close_quietly(tls)
+        close_tls(tls)
         raise PeerError(str(exc)) from None
     except BaseException:
-        close_quietly(tls)
+        close_tls(tls)
         raise
     return tls, source
 

@@ -46,7 +46,7 @@ from .pump import (
     splice,
 )
 from .sources import Authorizer, CertSource, DecisionLog, Instance, Resolver
-from .tls import ContextCache, PeerError
+from .tls import ContextCache, PeerError, close_tls
 from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = ["Limits", "ListenerStats", "Proxy", "ProxyConfig", "UpstreamConfig"]
@@ -391,7 +391,7 @@ class Proxy:
                     )
         finally:
             close_quietly(app)
-            close_quietly(tls)
+            close_tls(tls)
             close_quietly(sock)
 
     # --- outbound ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import time
@@ -13,7 +14,7 @@ from meshnode.proxy import PeerError, Proxy, build_contexts
 from meshnode.proxy.handshake import server_handshake
 from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
-from meshnode.proxy.tls import TlsContexts, offers_resumption, verified_peer
+from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
 
 from .conftest import Pair, echo, round_trip, serve
 
@@ -153,7 +154,7 @@ def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> N
     assert cert is not None and isinstance(cert["notAfter"], str)
     not_after = ssl.cert_time_to_seconds(cert["notAfter"])
     for end in (client, server):
-        end.close()
+        close_tls(end)
 
     client, server = _connection(web.client, db.server, session)
     try:
@@ -167,7 +168,7 @@ def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> N
             verified_peer(server, "c1.mesh", not_after + 1)
     finally:
         for end in (client, server):
-            end.close()
+            close_tls(end)
 
 
 def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_refused_offer(
@@ -186,7 +187,7 @@ def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_refused_offer(
             return bool(client.session_reused)
         finally:
             for end in (client, server):
-                end.close()
+                close_tls(end)
 
     now_s = time.time()
     assert not dial(db.server, now_s)
@@ -224,7 +225,7 @@ def test_the_server_sees_whether_a_client_hello_offers_a_session(ca: TestCA) -> 
     assert client.recv(1) == b"x"
     session = client.session
     for end in (client, server):
-        end.close()
+        close_tls(end)
     fresh, resuming = _client_hello(web, None), _client_hello(web, session)
     assert offers_resumption(fresh) is False
     assert offers_resumption(resuming) is True
@@ -252,7 +253,7 @@ async def test_a_resumed_connection_brings_no_new_ticket(ca: TestCA) -> None:
             nursery.start_soon(handshake, client)
             server, _ = await server_handshake(b, db, 5.0)
         server.send(b"x")
-        server.close()
+        close_tls(server)
         await trio.lowlevel.wait_readable(client)
         assert client.recv(1) == b"x"  # and any ticket before it
         return client
@@ -276,4 +277,60 @@ async def test_a_resumed_connection_brings_no_new_ticket(ca: TestCA) -> None:
         assert control.session_reused and control.session is not None
         assert control.session.id != offered.id
         for end in (control, server):
-            end.close()
+            close_tls(end)
+
+
+def test_a_server_session_survives_ragged_ends_only_through_close_tls(ca: TestCA) -> None:
+    """Stateful tickets: the session lives in the server's cache, which a plain close empties."""
+    web = build_contexts(ca.material("web"))
+    db = build_contexts(ca.material("db"))
+    client, server = _connection(web.client, db.server, None)
+    server.send(b"x")
+    assert client.recv(1) == b"x"
+    session = client.session
+    assert session is not None and session.has_ticket
+    for end in (client, server):
+        # A ragged end, as the pump's half-close: FINs, no close_notify
+        # (SSLSocket.shutdown would drop the SSL object first).
+        socket.socket.shutdown(end, socket.SHUT_WR)
+        close_tls(end)
+    db.server.num_tickets = 0  # as server_handshake chooses for a client that offers one
+    for _ in range(5):
+        client, server = _connection(web.client, db.server, session)
+        assert client.session_reused and server.session_reused
+        socket.socket.shutdown(server, socket.SHUT_WR)
+        for end in (client, server):
+            close_tls(end)
+    # A plain close of a resumed connection's server side: OpenSSL takes it
+    # for a broken connection and forgets the session (when the SSL object
+    # is freed, which a reference cycle leaves to the collector).
+    client, server = _connection(web.client, db.server, session)
+    assert server.session_reused
+    for end in (client, server):
+        end.close()
+    del client, server
+    gc.collect()
+    client, server = _connection(web.client, db.server, session)
+    assert not client.session_reused
+    for end in (client, server):
+        close_tls(end)
+
+
+def test_a_full_server_cache_issues_no_more_tickets(
+    ca: TestCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshnode.proxy.tls._SERVER_SESSIONS_MAX", 3)
+    web = build_contexts(ca.material("web"))
+    db = build_contexts(ca.material("db"))
+    fresh = _client_hello(web, None)
+    issued = 0
+    for _ in range(5):
+        db.server.num_tickets = db.tickets_for(fresh)
+        issued += db.server.num_tickets
+        client, server = _connection(web.client, db.server, None)
+        server.send(b"x")
+        assert client.recv(1) == b"x"
+        for end in (client, server):
+            close_tls(end)
+    assert issued == 3
+    assert db.server.session_stats()["number"] == 3
