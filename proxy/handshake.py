@@ -32,6 +32,7 @@ from trio.lowlevel import wait_readable
 
 from ..ca.spiffe import ServiceID
 from .balancer import Balancer
+from .openssl import offer_session
 from .pump import close_quietly, connect, handshake
 from .sources import Instance, Resolver
 from .tls import ContextCache, PeerError, TlsContexts, close_tls, verified_peer
@@ -130,11 +131,10 @@ async def client_handshake_any(
             with trio.move_on_at(min(deadline_s, now + attempt_timeout_s)) as timer:
                 try:
                     raw = await connect(instance.address, instance.port)
-                    tls = current.client.wrap_socket(
-                        raw,
-                        do_handshake_on_connect=False,
-                        session=current.session_for(instance.key),
-                    )
+                    tls = current.client.wrap_socket(raw, do_handshake_on_connect=False)
+                    session = current.session_for(instance.key)
+                    if session is not None:
+                        offer_session(tls, session)
                     await handshake(tls)
                     found = verified_peer(tls, current.material.trust_domain, time.time())
                     if found.service != destination:

@@ -467,7 +467,7 @@ class Proxy:
                 if conn.cut_reason:
                     stats.cut_total += 1
         finally:
-            close_quietly(tls)
+            close_tls(tls)
             close_quietly(sock)
 
     # --- state for `connect ls` ---------------------------------------------------------------

@@ -25,7 +25,8 @@ Rules that live here:
   server, 331 us with OpenSSL's default self-contained tickets). OpenSSL
   drops a session from that cache when a connection using it is freed
   without a close_notify sent (it takes that for a broken connection), so
-  a server side ends with `close_tls`, never a plain close.
+  a connection ends with `close_tls`, never a plain close (a client marks
+  its shared session unresumable the same way).
 - Tickets only for clients that have none, and only while the cache holds
   fewer than `_SERVER_SESSIONS_MAX` sessions: each keeps the client's chain
   (about 12 KB measured), and a client that never resumes (``openssl
@@ -179,19 +180,20 @@ def build_contexts(material: TlsMaterial) -> TlsContexts:
 
 
 def close_tls(tls: ssl.SSLSocket | None) -> None:
-    """Close a TLS socket; on a server, so that its session stays in the cache.
+    """Close a TLS socket so that its session stays resumable.
 
-    OpenSSL removes a connection's session from the server cache when the
-    connection is freed without a close_notify sent. One ``SSL_shutdown``
-    marks it sent even when the write itself fails (our FIN went first, the
-    usual end of a spliced connection), so resumption survives ragged EOFs;
-    a close_notify that does go out is a clean EOF for the peer.
+    OpenSSL takes a connection freed without a close_notify sent for a
+    broken one: a server removes its session from the cache, a client marks
+    the session it shares with `TlsContexts.sessions` (offered without a
+    copy, see openssl.py) as not resumable. One ``SSL_shutdown`` marks the
+    close_notify sent even when the write itself fails (our FIN went first,
+    the usual end of a spliced connection), so resumption survives ragged
+    EOFs; a close_notify that does go out is a clean EOF for the peer.
     """
     if tls is None:
         return
-    if tls.server_side:
-        with contextlib.suppress(OSError, ValueError):
-            tls.unwrap()
+    with contextlib.suppress(OSError, ValueError):
+        tls.unwrap()
     with contextlib.suppress(OSError):
         tls.close()
 

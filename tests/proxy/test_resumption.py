@@ -12,6 +12,7 @@ import trio
 
 from meshnode.proxy import PeerError, Proxy, build_contexts
 from meshnode.proxy.handshake import server_handshake
+from meshnode.proxy.openssl import fast_path_error
 from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
@@ -334,3 +335,22 @@ def test_a_full_server_cache_issues_no_more_tickets(
             close_tls(end)
     assert issued == 3
     assert db.server.session_stats()["number"] == 3
+
+
+async def test_every_later_connection_resumes_through_frees_and_collections(ca: TestCA) -> None:
+    """Sessions survive their connections' ends on both sides (close_tls), collector or not."""
+    with trio.fail_after(_DEADLINE_S * 3):
+        async with trio.open_nursery() as nursery:
+            pair = Pair(nursery, ca)
+            db = await pair.add_db(await serve(nursery, echo))
+            pair.route("db", [db])
+            port = await pair.start_outbound()
+            for i in range(40):
+                await _connect(pair, db, port)
+                if i % 8 == 0:
+                    gc.collect()  # frees every SSL object a cycle kept alive
+            assert _resumed(pair) == 39
+            assert db.snapshot()["Inbound"]["Resumed"] == 39
+            nursery.cancel_scope.cancel()
+    # The session was offered without CPython's DER copy (see openssl.py).
+    assert fast_path_error() == ""
