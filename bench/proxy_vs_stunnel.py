@@ -18,15 +18,15 @@ Three paths to the same servers on loopback, measured alternately in each run:
 
 Measured per path: iperf3 throughput with 1 and 4 streams, new connections
 per second through the pair (each connect, 16-byte echo, close; 4 clients
-in parallel) with the CPU seconds of both proxy processes per connection,
-and the p50/p99 round trip of a 64-byte request/response on one connection
+in parallel, `--clients`) with the CPU seconds of both proxy processes per
+connection, and the p50/p99 round trip of a 64-byte request/response on one connection
 (added latency = path minus direct). Medians over `--runs`; the ratios are
 meshnode / stunnel, and native / meshnode (the sidecar pair). The machine
 is shared: figures move by 10-20 % between runs, which is why the paths are
 alternated and medians are reported.
 
 Run: .venv/bin/python bench/proxy_vs_stunnel.py [--runs 3] [--seconds 5] [--profile DIR]
-     [--paths direct,stunnel,meshnode,native]
+     [--paths direct,stunnel,meshnode,native] [--clients 4]
 Needs: stunnel4 and iperf3 (`scripts/install-debs.sh bench`).
 """
 
@@ -456,10 +456,12 @@ def _cpu_s(pids: list[int]) -> float:
     return sum(proc_cpu_seconds(p) or 0.0 for p in pids)
 
 
-def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[str, float]:
+def measure(
+    paths: Paths, path: str, seconds: float, tests: set[str], clients: int
+) -> dict[str, float]:
     """One run of the chosen measurements on one path."""
     if path == "native":
-        return measure_native(paths, seconds, tests)
+        return measure_native(paths, seconds, tests, clients)
     iperf, echo = paths.ports[path]
     pids = paths.proxy_pids.get(path, [])
     result = {}
@@ -468,7 +470,7 @@ def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[st
         result["gbps_4"] = iperf_gbps(iperf, 4, seconds)
     if "connections" in tests:
         cpu_before = _cpu_s(pids)
-        connections = trio.run(_connection_rate, _tcp(echo), seconds, 4)
+        connections = trio.run(_connection_rate, _tcp(echo), seconds, clients)
         cpu_after = _cpu_s(pids)
         result["conn_per_s"] = connections / seconds
         result["cpu_ms_per_conn"] = (cpu_after - cpu_before) * 1000 / max(1, connections)
@@ -479,7 +481,7 @@ def measure(paths: Paths, path: str, seconds: float, tests: set[str]) -> dict[st
     return result
 
 
-def measure_native(paths: Paths, seconds: float, tests: set[str]) -> dict[str, float]:
+def measure_native(paths: Paths, seconds: float, tests: set[str], clients: int) -> dict[str, float]:
     """The same measurements with native ends; CPU counts the server and this client."""
     pids = paths.proxy_pids["native"]
     result = {}
@@ -488,7 +490,9 @@ def measure_native(paths: Paths, seconds: float, tests: set[str]) -> dict[str, f
         result["gbps_4"] = trio.run(_with_native_client, paths, _native_gbps, 4, seconds)
     if "connections" in tests:
         cpu_before = _cpu_s(pids) + time.process_time()
-        connections = trio.run(_with_native_client, paths, _native_connection_rate, seconds, 4)
+        connections = trio.run(
+            _with_native_client, paths, _native_connection_rate, seconds, clients
+        )
         cpu_after = _cpu_s(pids) + time.process_time()
         result["conn_per_s"] = connections / seconds
         result["cpu_ms_per_conn"] = (cpu_after - cpu_before) * 1000 / max(1, connections)
@@ -520,6 +524,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--paths", default="direct,stunnel,meshnode,native")
     parser.add_argument("--tests", default="throughput,connections,latency")
+    # 1: each connection's latency through the pair; 16: the proxies' CPU per connection.
+    parser.add_argument("--clients", type=int, default=4, help="parallel clients (connections)")
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the proxies here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -554,7 +560,9 @@ def main() -> int:
             for run in range(args.runs):
                 order = names if run % 2 == 0 else list(reversed(names))
                 for name in order:
-                    found = measure(paths, name, args.seconds, set(args.tests.split(",")))
+                    found = measure(
+                        paths, name, args.seconds, set(args.tests.split(",")), args.clients
+                    )
                     results[name].append(found)
                     print(f"run {run + 1} {name}: {json.dumps(found)}", flush=True)
         except Exception:

@@ -192,8 +192,9 @@ def close_tls(tls: ssl.SSLSocket | None) -> None:
     """
     if tls is None:
         return
-    with contextlib.suppress(OSError, ValueError):
-        tls.unwrap()
+    if tls.gettimeout() == 0.0:  # a blocking socket could wait on a full send buffer
+        with contextlib.suppress(OSError, ValueError):
+            tls.unwrap()
     with contextlib.suppress(OSError):
         tls.close()
 
