@@ -35,7 +35,7 @@ from .balancer import Balancer
 from .openssl import offer_session
 from .pump import close_quietly, connect, handshake
 from .sources import Instance, Resolver
-from .tls import ContextCache, PeerError, TlsContexts, close_tls, verified_peer
+from .tls import ContextCache, PeerError, TlsContexts, verified_peer
 
 __all__ = ["ClosedEarly", "client_handshake_any", "server_handshake"]
 
@@ -70,14 +70,15 @@ async def server_handshake(
         if timer.cancelled_caught or tls is None:
             raise PeerError(f"no handshake within {timeout_s:g} s")
         source = verified_peer(tls, contexts.material.trust_domain, time.time())
+    # A plain close: OpenSSL then drops the session of a refused peer from the cache.
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
-        close_tls(tls)
+        close_quietly(tls)
         raise ClosedEarly(str(exc)) from None
     except OSError as exc:  # ssl.SSLError is an OSError: a bad or missing certificate
-        close_tls(tls)
+        close_quietly(tls)
         raise PeerError(str(exc)) from None
     except BaseException:
-        close_tls(tls)
+        close_quietly(tls)
         raise
     return tls, source
 

@@ -101,6 +101,7 @@ def _load() -> _Lib:
     )
     # The SSL * of a fresh client socket must be that socket's.
     a, b = socket.socketpair()
+    probe: ssl.SSLSocket | None = None
     try:
         probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_socket(
             a, do_handshake_on_connect=False, server_hostname="probe"
@@ -111,10 +112,10 @@ def _load() -> _Lib:
         pointer = _pointer_at(sslobj, _SSL_OFFSET)
         if not pointer or found.get_fd(pointer) != probe.fileno() or found.is_server(pointer):
             raise RuntimeError("SSL * not where CPython 3.8-3.13 keep it")
-        probe.close()
     finally:
-        a.close()
-        b.close()
+        for end in (probe, a, b):  # `a` is detached once wrapped: closing it is a no-op
+            if end is not None:
+                end.close()
     return found
 
 
