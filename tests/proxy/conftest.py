@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Sequence
 
 import pytest
@@ -23,6 +24,21 @@ def ca() -> TestCA:
 def other_ca() -> TestCA:
     """A second CA with the same trust domain: its leaves must not be accepted."""
     return TestCA("c1.mesh")
+
+
+def drive_handshake(client: ssl.SSLSocket, server: ssl.SSLSocket) -> None:
+    """Drive both non-blocking ends of a socketpair through the handshake, in this thread."""
+    pending = [client, server]
+    for _ in range(20):
+        for end in list(pending):
+            try:
+                end.do_handshake()
+                pending.remove(end)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        if not pending:
+            return
+    raise AssertionError("handshake did not finish")
 
 
 async def serve(nursery: trio.Nursery, handler: object) -> int:

@@ -14,6 +14,8 @@ from meshnode.proxy.openssl import fast_path_error, offer_session
 from meshnode.proxy.testing import TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls
 
+from .conftest import drive_handshake
+
 
 def _pair(
     web: TlsContexts, db: TlsContexts, session: ssl.SSLSession | None
@@ -26,15 +28,7 @@ def _pair(
         offer_session(client, session)
     db.server.num_tickets = 0 if session is not None else 1
     server = db.server.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
-    pending = [client, server]
-    for _ in range(20):
-        for end in list(pending):
-            try:
-                end.do_handshake()
-                pending.remove(end)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                pass
-    assert not pending, "handshake did not finish"
+    drive_handshake(client, server)
     server.send(b"x")
     assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
     return client, server

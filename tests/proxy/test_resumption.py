@@ -17,7 +17,7 @@ from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
 
-from .conftest import Pair, echo, round_trip, serve
+from .conftest import Pair, drive_handshake, echo, round_trip, serve
 
 _DEADLINE_S = 10.0
 
@@ -116,21 +116,6 @@ async def test_a_denied_intention_refuses_a_resumed_connection(ca: TestCA) -> No
             nursery.cancel_scope.cancel()
 
 
-def _handshake(client: ssl.SSLSocket, server: ssl.SSLSocket) -> None:
-    """Drive both ends of a socketpair through the handshake, in this thread."""
-    pending = [client, server]
-    for _ in range(20):
-        for end in list(pending):
-            try:
-                end.do_handshake()
-                pending.remove(end)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                pass
-        if not pending:
-            return
-    raise AssertionError("handshake did not finish")
-
-
 def _connection(
     client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None
 ) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
@@ -139,8 +124,20 @@ def _connection(
     b.setblocking(False)
     client = client_ctx.wrap_socket(a, do_handshake_on_connect=False, session=session)
     server = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
-    _handshake(client, server)
+    drive_handshake(client, server)
     return client, server
+
+
+def _ticketed_session(web: TlsContexts, db: TlsContexts) -> ssl.SSLSession:
+    """The session of a full handshake, ticket included; both ends closed."""
+    client, server = _connection(web.client, db.server, None)
+    server.send(b"x")
+    assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
+    session = client.session
+    assert session is not None and session.has_ticket
+    for end in (client, server):
+        close_tls(end)
+    return session
 
 
 def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> None:
@@ -221,12 +218,7 @@ def _client_hello(contexts: TlsContexts, session: ssl.SSLSession | None) -> byte
 def test_the_server_sees_whether_a_client_hello_offers_a_session(ca: TestCA) -> None:
     web = build_contexts(ca.material("web"))
     db = build_contexts(ca.material("db"))
-    client, server = _connection(web.client, db.server, None)
-    server.send(b"x")
-    assert client.recv(1) == b"x"
-    session = client.session
-    for end in (client, server):
-        close_tls(end)
+    session = _ticketed_session(web, db)
     fresh, resuming = _client_hello(web, None), _client_hello(web, session)
     assert offers_resumption(fresh) is False
     assert offers_resumption(resuming) is True
@@ -285,22 +277,15 @@ def test_a_server_session_survives_ragged_ends_only_through_close_tls(ca: TestCA
     """Stateful tickets: the session lives in the server's cache, which a plain close empties."""
     web = build_contexts(ca.material("web"))
     db = build_contexts(ca.material("db"))
-    client, server = _connection(web.client, db.server, None)
-    server.send(b"x")
-    assert client.recv(1) == b"x"
-    session = client.session
-    assert session is not None and session.has_ticket
-    for end in (client, server):
-        # A ragged end, as the pump's half-close: FINs, no close_notify
-        # (SSLSocket.shutdown would drop the SSL object first).
-        socket.socket.shutdown(end, socket.SHUT_WR)
-        close_tls(end)
+    session = _ticketed_session(web, db)
     db.server.num_tickets = 0  # as server_handshake chooses for a client that offers one
     for _ in range(5):
         client, server = _connection(web.client, db.server, session)
         assert client.session_reused and server.session_reused
-        socket.socket.shutdown(server, socket.SHUT_WR)
         for end in (client, server):
+            # A ragged end, as the pump's half-close: FINs, no close_notify
+            # (SSLSocket.shutdown would drop the SSL object first).
+            socket.socket.shutdown(end, socket.SHUT_WR)
             close_tls(end)
     # A plain close of a resumed connection's server side: OpenSSL takes it
     # for a broken connection and forgets the session (when the SSL object
