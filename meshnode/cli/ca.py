@@ -51,7 +51,8 @@ def ca_roots(http_addr: str | None, pem: bool) -> None:
         return
     click.echo(f"Trust domain: {found['TrustDomain']}")
     rows = [
-        [r["ID"][:23] + "...", "yes" if r["Active"] else "", r["NotBefore"], r["NotAfter"]]
+        # The whole ID: it is what the API, the logs and `ActiveRootID` show.
+        [r["ID"], "yes" if r["Active"] else "", r["NotBefore"], r["NotAfter"]]
         for r in found["Roots"]
     ]
     click.echo("\n".join(format_table(["ID", "Active", "NotBefore", "NotAfter"], rows)))
