@@ -1,8 +1,9 @@
-"""Fixtures for the proxy tests: a CA from meshnode.ca, servers and proxies on port 0."""
+"""Fixtures for the proxy tests: a CA from meshnode.ca, servers and proxies on port 0, TLS pairs."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import trio
 
 from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+from meshnode.proxy.tls import TlsContexts, close_tls
 
 HOST = "127.0.0.1"
 
@@ -39,6 +41,30 @@ def drive_handshake(client: ssl.SSLSocket, server: ssl.SSLSocket) -> None:
         if not pending:
             return
     raise AssertionError("handshake did not finish")
+
+
+def tls_connection(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    client = client_ctx.wrap_socket(a, do_handshake_on_connect=False, session=session)
+    server = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
+    drive_handshake(client, server)
+    return client, server
+
+
+def ticketed_session(web: TlsContexts, db: TlsContexts) -> ssl.SSLSession:
+    """The session of a full handshake of `web` with `db`, ticket included; both ends closed."""
+    client, server = tls_connection(web.client, db.server, None)
+    server.send(b"x")
+    assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
+    session = client.session
+    assert session is not None and session.has_ticket
+    for end in (client, server):
+        close_tls(end)
+    return session
 
 
 async def serve(nursery: trio.Nursery, handler: object) -> int:

@@ -14,7 +14,7 @@ from meshnode.proxy.openssl import fast_path_error, offer_session
 from meshnode.proxy.testing import TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls
 
-from .conftest import drive_handshake
+from .conftest import drive_handshake, ticketed_session
 
 
 def _pair(
@@ -34,18 +34,9 @@ def _pair(
     return client, server
 
 
-def _first_session(web: TlsContexts, db: TlsContexts) -> ssl.SSLSession:
-    client, server = _pair(web, db, None)
-    session = client.session
-    assert session is not None and session.has_ticket
-    for end in (client, server):
-        close_tls(end)
-    return session
-
-
 def test_a_shared_session_resumes_on_concurrent_connections(ca: TestCA) -> None:
     web, db = build_contexts(ca.material("web")), build_contexts(ca.material("db"))
-    session = _first_session(web, db)
+    session = ticketed_session(web, db)
     live = [_pair(web, db, session) for _ in range(3)]  # three at once, one session
     for client, server in live:
         assert client.session_reused and server.session_reused
@@ -66,7 +57,7 @@ def test_without_the_direct_path_the_stdlib_setter_still_resumes(
     monkeypatch.setattr(openssl_module._State, "lib", None)
     monkeypatch.setattr(openssl_module._State, "error", "layout not checked")
     web, db = build_contexts(ca.material("web")), build_contexts(ca.material("db"))
-    session = _first_session(web, db)
+    session = ticketed_session(web, db)
     client, server = _pair(web, db, session)
     assert client.session_reused and server.session_reused
     for end in (client, server):
@@ -77,7 +68,7 @@ def test_without_the_direct_path_the_stdlib_setter_still_resumes(
 def test_a_session_of_a_broken_connection_is_not_offered_again(ca: TestCA) -> None:
     """A client freed without close_notify spoils the shared session: a full handshake, no error."""
     web, db = build_contexts(ca.material("web")), build_contexts(ca.material("db"))
-    session = _first_session(web, db)
+    session = ticketed_session(web, db)
     client, server = _pair(web, db, session)
     client.close()  # no SSL_shutdown: OpenSSL takes the connection for a broken one
     del client

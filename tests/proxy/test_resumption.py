@@ -17,7 +17,7 @@ from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
 
-from .conftest import Pair, drive_handshake, echo, round_trip, serve
+from .conftest import Pair, echo, round_trip, serve, ticketed_session, tls_connection
 
 _DEADLINE_S = 10.0
 
@@ -95,7 +95,7 @@ async def test_new_material_on_either_side_forces_a_full_handshake(ca: TestCA) -
             nursery.cancel_scope.cancel()
 
 
-async def test_a_denied_intention_refuses_a_resumed_connection(ca: TestCA) -> None:
+async def test_a_denied_intention_refuses_a_resumedtls_connection(ca: TestCA) -> None:
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             authorizer = StaticAuthorizer()
@@ -116,34 +116,10 @@ async def test_a_denied_intention_refuses_a_resumed_connection(ca: TestCA) -> No
             nursery.cancel_scope.cancel()
 
 
-def _connection(
-    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None
-) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    client = client_ctx.wrap_socket(a, do_handshake_on_connect=False, session=session)
-    server = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
-    drive_handshake(client, server)
-    return client, server
-
-
-def _ticketed_session(web: TlsContexts, db: TlsContexts) -> ssl.SSLSession:
-    """The session of a full handshake, ticket included; both ends closed."""
-    client, server = _connection(web.client, db.server, None)
-    server.send(b"x")
-    assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
-    session = client.session
-    assert session is not None and session.has_ticket
-    for end in (client, server):
-        close_tls(end)
-    return session
-
-
 def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> None:
     web = build_contexts(ca.material("web"))
     db = build_contexts(ca.material("db"))
-    client, server = _connection(web.client, db.server, None)
+    client, server = tls_connection(web.client, db.server, None)
     server.send(b"x")
     assert client.recv(1) == b"x"  # the ticket arrives with the first bytes
     session = client.session
@@ -154,7 +130,7 @@ def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> N
     for end in (client, server):
         close_tls(end)
 
-    client, server = _connection(web.client, db.server, session)
+    client, server = tls_connection(web.client, db.server, session)
     try:
         assert client.session_reused and server.session_reused
         # The certificates are in the resumed session on both sides.
@@ -177,7 +153,7 @@ def test_a_client_keeps_one_session_until_half_its_lifetime_or_a_refused_offer(
     peer = ("127.0.0.1", 1)
 
     def dial(server_ctx: ssl.SSLContext, now_s: float) -> bool:
-        client, server = _connection(web.client, server_ctx, web.session_for(peer))
+        client, server = tls_connection(web.client, server_ctx, web.session_for(peer))
         try:
             server.send(b"x")
             assert client.recv(1) == b"x"
@@ -218,7 +194,7 @@ def _client_hello(contexts: TlsContexts, session: ssl.SSLSession | None) -> byte
 def test_the_server_sees_whether_a_client_hello_offers_a_session(ca: TestCA) -> None:
     web = build_contexts(ca.material("web"))
     db = build_contexts(ca.material("db"))
-    session = _ticketed_session(web, db)
+    session = ticketed_session(web, db)
     fresh, resuming = _client_hello(web, None), _client_hello(web, session)
     assert offers_resumption(fresh) is False
     assert offers_resumption(resuming) is True
@@ -264,7 +240,7 @@ async def test_a_resumed_connection_brings_no_new_ticket(ca: TestCA) -> None:
         assert second.session is not None and second.session.id == offered.id
         second.close()
         db.server.num_tickets = 1  # what server_handshake chooses for a client with none
-        control, server = _connection(web.client, db.server, offered)
+        control, server = tls_connection(web.client, db.server, offered)
         server.send(b"x")
         assert control.recv(1) == b"x"
         assert control.session_reused and control.session is not None
@@ -277,10 +253,10 @@ def test_a_server_session_survives_ragged_ends_only_through_close_tls(ca: TestCA
     """Stateful tickets: the session lives in the server's cache, which a plain close empties."""
     web = build_contexts(ca.material("web"))
     db = build_contexts(ca.material("db"))
-    session = _ticketed_session(web, db)
+    session = ticketed_session(web, db)
     db.server.num_tickets = 0  # as server_handshake chooses for a client that offers one
     for _ in range(5):
-        client, server = _connection(web.client, db.server, session)
+        client, server = tls_connection(web.client, db.server, session)
         assert client.session_reused and server.session_reused
         for end in (client, server):
             # A ragged end, as the pump's half-close: FINs, no close_notify
@@ -290,13 +266,13 @@ def test_a_server_session_survives_ragged_ends_only_through_close_tls(ca: TestCA
     # A plain close of a resumed connection's server side: OpenSSL takes it
     # for a broken connection and forgets the session (when the SSL object
     # is freed, which a reference cycle leaves to the collector).
-    client, server = _connection(web.client, db.server, session)
+    client, server = tls_connection(web.client, db.server, session)
     assert server.session_reused
     for end in (client, server):
         end.close()
     del client, server
     gc.collect()
-    client, server = _connection(web.client, db.server, session)
+    client, server = tls_connection(web.client, db.server, session)
     assert not client.session_reused
     for end in (client, server):
         close_tls(end)
@@ -313,7 +289,7 @@ def test_a_full_server_cache_issues_no_more_tickets(
     for _ in range(5):
         db.server.num_tickets = db.tickets_for(fresh)
         issued += db.server.num_tickets
-        client, server = _connection(web.client, db.server, None)
+        client, server = tls_connection(web.client, db.server, None)
         server.send(b"x")
         assert client.recv(1) == b"x"
         for end in (client, server):
