@@ -19,10 +19,10 @@ Three paths to the same servers on loopback, measured alternately in each run:
 Measured per path: iperf3 throughput with 1 and 4 streams, new connections
 per second through the pair (each connect, 16-byte echo, close; 4 clients
 in parallel, `--clients`) with the CPU seconds of both proxy processes per
-connection, and the p50/p99 round trip of a 64-byte request/response on one connection
-(added latency = path minus direct). Medians over `--runs`; the ratios are
-meshnode / stunnel, and native / meshnode (the sidecar pair). The machine
-is shared: figures move by 10-20 % between runs, which is why the paths are
+connection, and the p50/p99 round trip of a 64-byte request/response on one
+connection (added latency = path minus direct). Medians over `--runs`; the
+ratios are meshnode / stunnel, and native / meshnode (the sidecar pair). The
+machine is shared: figures move by 10-20 % between runs, which is why the paths are
 alternated and medians are reported.
 
 Run: .venv/bin/python bench/proxy_vs_stunnel.py [--runs 3] [--seconds 5] [--profile DIR]

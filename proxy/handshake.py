@@ -53,7 +53,9 @@ async def server_handshake(
 ) -> tuple[ssl.SSLSocket, ServiceID]:
     """The verified TLS socket over `sock` and the client's service ID; `PeerError`/`ClosedEarly`.
 
-    On an exception the TLS socket is closed; `sock` is the caller's to close.
+    On an exception the TLS socket is closed plainly (not `close_tls`), so
+    OpenSSL drops a refused peer's session from the cache; `sock` is the
+    caller's to close.
     """
     tls: ssl.SSLSocket | None = None
     try:
@@ -70,7 +72,6 @@ async def server_handshake(
         if timer.cancelled_caught or tls is None:
             raise PeerError(f"no handshake within {timeout_s:g} s")
         source = verified_peer(tls, contexts.material.trust_domain, time.time())
-    # A plain close: OpenSSL then drops the session of a refused peer from the cache.
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
         close_quietly(tls)
         raise ClosedEarly(str(exc)) from None
