@@ -21,9 +21,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from meshnode.intention_state import IntentionState
-from meshnode.intentions import Intention, IntentionIndex, make_intention
-from meshnode.state import LocalState
+from meshnode.intentions.replica import IntentionState
+from meshnode.intentions.rules import Intention, IntentionIndex, make_intention
+from meshnode.store.state import LocalState
 
 _PAIRS = 10_000  # distinct (source, destination) questions, cycled through
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ..proxy.http_sources import AgentHttp, HttpError, _follow
 from ..proxy.sources import Authorizer, Versioned
+from .agent_sources import AgentHttp, HttpError, _follow
 
 __all__ = ["AgentAuthorizer", "Decider", "ReplicaAuthorizer"]
 

@@ -37,12 +37,12 @@ from ..client import ClientError, resolve_http_addr, resolve_token
 from ..logs import get_logger, log
 from ..proxy.balancer import Balancer, BalancerConfig
 from ..proxy.handshake import ClosedEarly, client_handshake_any, server_handshake
-from ..proxy.http_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver
 from ..proxy.pump import accept, close_quietly, listen
 from ..proxy.sidecar import Limits, ListenerStats, _LogLimit
 from ..proxy.sources import CertSource, Instance, Resolver, TlsMaterial
 from ..proxy.tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
 from ..proxy.tracker import ConnectionTracker, LiveConnection
+from .agent_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver
 from .authorize import AgentAuthorizer, Decider
 from .stream import MeshStream
 

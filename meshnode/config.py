@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .addr import AddressError, format_host_port, parse_host_port, parse_ip
+from .agent.keys import KeyFormatError, decode_key
 from .dns.config import DnsConfig
 from .dns.errors import DnsConfigError
-from .keys import KeyFormatError, decode_key
 from .logs import LEVELS, level_number
 
 __all__ = [
@@ -684,7 +684,7 @@ def load_config(
     (default: look in the data dir's database).
     """
     if has_stored_keyring is None:
-        from .persist import has_stored_keyring as stored
+        from .store.persist import has_stored_keyring as stored
 
         has_stored_keyring = stored
     b = _Builder()

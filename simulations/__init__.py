@@ -4,10 +4,10 @@ Run `python -m simulations SCENARIO --nodes N --seed S` from the repository
 root; see simulations/README.md. No trio here: one heap and virtual time.
 """
 
-from .network import Network, NetworkConfig, Partition
-from .report import Curve
-from .scenarios import SCENARIOS, Params, Result
-from .sim import SimNode, Simulator
+from simulations.network import Network, NetworkConfig, Partition
+from simulations.report import Curve
+from simulations.scenarios import SCENARIOS, Params, Result
+from simulations.sim import SimNode, Simulator
 
 __all__ = [
     "SCENARIOS",

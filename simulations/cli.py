@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from meshnode.gossip.config import GossipConfig
-
-from .analysis import serf_model_time_s
-from .report import Curve, Reference, write_csv, write_png
-from .scenarios import SCENARIOS, Params, Result
+from simulations.analysis import serf_model_time_s
+from simulations.report import Curve, Reference, write_csv, write_png
+from simulations.scenarios import SCENARIOS, Params, Result
 
 
 def _node_counts(text: str) -> list[int]:

@@ -24,11 +24,10 @@ from meshnode.gossip.config import GossipConfig
 from meshnode.gossip.events import Event, MemberFailed, MemberJoined
 from meshnode.gossip.formulas import suspicion_timeout_s
 from meshnode.gossip.store import Entry
-
-from .analysis import serf_model_time_s, swim_expected_rounds
-from .network import NetworkConfig, Partition
-from .report import Curve, coverage_line, distribution_line
-from .sim import Counters, SimNode, Simulator
+from simulations.analysis import serf_model_time_s, swim_expected_rounds
+from simulations.network import NetworkConfig, Partition
+from simulations.report import Curve, coverage_line, distribution_line
+from simulations.sim import Counters, SimNode, Simulator
 
 
 @dataclass(frozen=True, slots=True)

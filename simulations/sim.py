@@ -52,8 +52,7 @@ from meshnode.gossip.membership import Membership
 from meshnode.gossip.messages import Addr, NodeState, State
 from meshnode.gossip.store import Entry, Store
 from meshnode.gossip.wire import FrameReader, Wire
-
-from .network import Network, NetworkConfig, Partition
+from simulations.network import Network, NetworkConfig, Partition
 
 _WAKE = 0
 _PACKET = 1

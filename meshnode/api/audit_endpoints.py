@@ -2,14 +2,14 @@
 
 meshnode's own endpoint (Consul keeps no record of its decisions). It answers
 a JSON list, newest first, of ``{Time, Event, Where, Source, Destination,
-Allowed, Reason, Peer}`` (see `meshnode.audit`). ``?limit=N`` (1-1000,
+Allowed, Reason, Peer}`` (see `meshnode.intentions.audit`). ``?limit=N`` (1-1000,
 default 100) bounds the answer; ``?denied`` keeps only the refusals.
 """
 
 from __future__ import annotations
 
-from ..audit import AUDIT_CAPACITY, AuditLog
 from ..http import HttpError, Request, Response, Router
+from ..intentions.audit import AUDIT_CAPACITY, AuditLog
 
 __all__ = ["register_audit_routes"]
 

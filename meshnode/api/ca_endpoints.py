@@ -38,8 +38,8 @@ from cryptography import x509
 from ..ca.leaf_manager import LeafError, LeafManager, UnknownLocalService
 from ..ca.pem import cert_from_pem, colon_hex
 from ..ca.provider import ROOT_TTL_S
-from ..ca_service import CAError, CAService, ConfigChange, owned_service_names
-from ..ca_state import KIND, RootRecord, rfc3339, root_key
+from ..ca.records import KIND, RootRecord, rfc3339, root_key
+from ..ca.service import CAError, CAService, ConfigChange, owned_service_names
 from ..catalog.records import ServiceRecord
 from ..config import parse_duration_s as config_duration_s
 from ..http import HttpError, Request, Response, Router

@@ -15,7 +15,7 @@ from typing import Any
 from ..catalog.durations import format_duration
 from ..catalog.records import ServiceRecord, encode_service
 from ..catalog.views import CheckView, HealthEntry, ServiceView
-from ..state import NodeInfo
+from ..store.state import NodeInfo
 
 __all__ = [
     "agent_service_json",

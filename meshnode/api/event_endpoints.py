@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import base64
 
+from ..events.user_events import EVENT_VERSION, PAYLOAD_MAX_BYTES, EventError, UserEvent, UserEvents
 from ..http import HttpError, Request, Response, Router
-from ..user_events import EVENT_VERSION, PAYLOAD_MAX_BYTES, EventError, UserEvent, UserEvents
 from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["event_json", "register_event_routes"]

@@ -28,15 +28,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from ..audit import AuditLog
 from ..http import HttpError, Request, Response, Router
-from ..intention_state import (
+from ..intentions.audit import AuditLog
+from ..intentions.replica import (
     IntentionExists,
     IntentionRecord,
     IntentionState,
     UnknownIntention,
 )
-from ..intentions import IntentionError
+from ..intentions.rules import IntentionError
 from .bodies import object_body, string_field
 from .kv_endpoints import parse_index, parse_wait
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..agent.keys import KeyFormatError, decode_key
 from ..http import HttpError, Request, Response, Router
-from ..keys import KeyFormatError, decode_key
 from .bodies import object_body, string_field
 from .errors import facade_errors
 from .facade import AgentFacade, KeyringReport

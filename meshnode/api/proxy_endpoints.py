@@ -16,7 +16,7 @@ Counters are totals since the proxy started; bytes include live connections.
 from __future__ import annotations
 
 from ..http import Request, Response, Router
-from ..proxy.manager import ProxyRegistry
+from ..sidecars.manager import ProxyRegistry
 
 __all__ = ["register_proxy_routes"]
 

@@ -25,7 +25,7 @@ import trio
 
 from ..gossip.errors import LocalProtocolError
 from ..logs import get_logger, log
-from ..state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
+from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from .checks import STATUSES, CheckError, CheckRunner, CheckSpec, Report, validate_spec
 from .definitions import DefinitionError, ServiceDefinition
 from .plan import Plan, RegistrationError, plan_service

@@ -8,7 +8,7 @@ names are DNS labels, so matching is case-insensitive.
 from __future__ import annotations
 
 from ..dns.catalog_view import DnsInstance, DnsNode, InstanceStatus
-from ..state import NodeInfo
+from ..store.state import NodeInfo
 from .catalog import Catalog
 from .views import HealthEntry
 

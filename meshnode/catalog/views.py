@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from ..gossip.store import Entry
 from ..logs import get_logger, log
-from ..state import NodeInfo, ReplicatedState
+from ..store.state import NodeInfo, ReplicatedState
 from .definitions import CheckDefinition
 from .records import (
     KIND_CHECK,

@@ -16,7 +16,7 @@ import click
 
 from ..client import ClientError
 from ..config import ConfigError
-from ..persist import PersistenceError
+from ..store.persist import PersistenceError
 from .dashopts import DashGroup
 
 __all__ = ["MeshnodeGroup", "cli", "main"]

@@ -8,9 +8,9 @@ import re
 import click
 
 from ..addr import AddressError, parse_host_port
+from ..agent.keys import KeyFormatError, decode_key, generate_key
 from ..client import AgentClient, ClientError
 from ..config import DEFAULT_GOSSIP_PORT
-from ..keys import KeyFormatError, decode_key, generate_key
 from .app import EXIT_FAILURE, cli
 from .options import format_option, http_addr_option
 from .render import format_table, info_lines, member_row, status_name

@@ -2,7 +2,7 @@
 
 `connect proxy` runs one proxy against the local agent's HTTP API: the leaf
 and roots, the intentions and the upstream instances all come from it by
-blocking queries (`meshnode.proxy.http_sources`). ``-listen`` with
+blocking queries (`meshnode.connect.agent_sources`). ``-listen`` with
 ``-service-addr`` adds the inbound listener in front of the local service;
 ``-register`` registers the proxy in the catalog as ``<NAME>-sidecar-proxy``
 (kind connect-proxy) while it runs, which is also what lets the agent issue
@@ -25,9 +25,9 @@ import trio
 
 from ..addr import AddressError, parse_host_port
 from ..client import AgentClient, ClientError
-from ..intentions import IntentionError, validate_name
+from ..connect.agent_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
+from ..intentions.rules import IntentionError, validate_name
 from ..logs import LEVELS, setup_logging
-from ..proxy.http_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
 from ..proxy.sidecar import Proxy, ProxyConfig, UpstreamConfig
 from .app import cli
 from .dashopts import DashGroup

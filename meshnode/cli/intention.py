@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import click
 
 from ..client import AgentClient, ClientError
-from ..intentions import IntentionError, validate_name
+from ..intentions.rules import IntentionError, validate_name
 from .app import EXIT_USAGE, cli
 from .dashopts import DashGroup
 from .options import format_option, http_addr_option

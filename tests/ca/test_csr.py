@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from meshnode.ca import AgentID, CSRError, ServiceID, generate_key, make_csr, validate_csr
-
-from .conftest import TD, WEB
+from tests.ca.conftest import TD, WEB
 
 _KEY = generate_key()
 _URI = x509.UniformResourceIdentifier(WEB.uri)

@@ -32,8 +32,7 @@ from meshnode.ca import (
     key_to_pem,
     serial_colon_hex,
 )
-
-from .conftest import (
+from tests.ca.conftest import (
     LEAF_TTL_S,
     NOW,
     TD,

@@ -14,8 +14,7 @@ import pytest
 
 from meshnode.connect import BlockingService, ConnectError, Denied
 from meshnode.testutil import AgentProc, Cluster
-
-from .conftest import READY_S, free_port, start_agents
+from tests.connect.conftest import READY_S, free_port, start_agents
 
 _CUT_S = 3.0
 

@@ -20,8 +20,7 @@ import trio
 from meshnode.connect import Service
 from meshnode.proxy.testing import TestCA
 from meshnode.testutil import AgentProc, Cluster
-
-from .conftest import (
+from tests.connect.conftest import (
     READY_S,
     api,
     cli,

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from meshnode.dns import DnsConfig, Forward, RemoteQueryError, Responder, StaticCatalog
 from meshnode.dns.wire import parse_query
-
-from .conftest import instance
+from tests.dns.conftest import instance
 
 _SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _NAMES = [

@@ -10,8 +10,7 @@ import dnslib
 import pytest
 
 from meshnode.dns import DnsConfig, DnsInstance, DnsNode, Forward, Responder, StaticCatalog
-
-from .conftest import instance
+from tests.dns.conftest import instance
 
 QTYPE = dnslib.QTYPE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshnode.addr import AddressError, format_host_port, parse_host_port
-from meshnode.keys import KeyFormatError, decode_key, generate_key
+from meshnode.agent.keys import KeyFormatError, decode_key, generate_key
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from meshnode.agent.keys import generate_key
 from meshnode.api import AgentFacade
 from meshnode.api.testing import FakeAgent
 from meshnode.http.testing import fetch
-from meshnode.keys import generate_key
 
 OLD_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 import meshnode.cli.intention  # noqa: F401  (registers `meshnode intention` on `cli`)
 from meshnode.api.audit_endpoints import register_audit_routes
 from meshnode.api.intention_endpoints import register_intention_routes
-from meshnode.audit import AuditLog
 from meshnode.cli import cli
 from meshnode.http import Router, serve_http
 from meshnode.http.testing import fetch
-from meshnode.intention_state import IntentionState
-from meshnode.state import LocalState
+from meshnode.intentions.audit import AuditLog
+from meshnode.intentions.replica import IntentionState
+from meshnode.store.state import LocalState
 
 AUTHORIZE = "/v1/agent/connect/authorize"
 

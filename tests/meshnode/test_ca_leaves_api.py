@@ -12,11 +12,10 @@ import trio.testing
 
 from meshnode.api.ca_endpoints import register_ca_routes
 from meshnode.ca.leaf_manager import LeafManager, UnknownLocalService
-from meshnode.ca_service import CASettings, ConfigChange, owned_service_names
+from meshnode.ca.service import CASettings, ConfigChange, owned_service_names
 from meshnode.http import Request, Router
-from meshnode.intention_state import InvalidCertURI
-
-from .test_ca_service import Mesh
+from meshnode.intentions.replica import InvalidCertURI
+from tests.ca.test_service import Mesh
 
 
 async def make(tmp_path: Path, nursery: trio.Nursery) -> tuple[Mesh, LeafManager]:

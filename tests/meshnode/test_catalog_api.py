@@ -16,7 +16,7 @@ from meshnode.api.catalog_endpoints import register_catalog_routes
 from meshnode.catalog.catalog import Catalog
 from meshnode.http import Router, serve_http
 from meshnode.http.testing import fetch, serve_in_thread
-from meshnode.state import LocalState, NodeInfo, StaticNodes
+from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 
 
 def make_catalog() -> tuple[Catalog, StaticNodes]:

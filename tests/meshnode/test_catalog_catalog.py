@@ -14,7 +14,7 @@ from meshnode.catalog.definitions import DefinitionError, ServiceDefinition, par
 from meshnode.catalog.plan import SIDECAR_PORT_MIN
 from meshnode.catalog.records import KIND_CHECK, KIND_SERVICE
 from meshnode.gossip.store import Entry, Version
-from meshnode.state import LocalState, NodeInfo, StaticNodes
+from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 
 
 class FakeRunner:

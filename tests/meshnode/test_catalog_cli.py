@@ -16,7 +16,7 @@ from meshnode.catalog.catalog import Catalog
 from meshnode.cli import cli
 from meshnode.http import Router
 from meshnode.http.testing import serve_in_thread
-from meshnode.state import LocalState, NodeInfo, StaticNodes
+from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from meshnode.agent.keys import generate_key
 from meshnode.config import AgentConfig, ConfigError, load_config
-from meshnode.keys import generate_key
-from meshnode.persist import Persistence
+from meshnode.store.persist import Persistence
 
 KEY = generate_key()
 
@@ -293,7 +293,7 @@ async def test_tombstone_ttl_from_a_file_and_a_flag_reaches_the_store(tmp_path: 
     assert load({"dev": True}, [path]).tombstone_ttl_s == 24 * 3600
     config = load({"dev": True, "tombstone_ttl": "2h", "bind": "127.0.0.1:0"}, [path])
     assert config.tombstone_ttl_s == 2 * 3600
-    from meshnode.agent import Agent
+    from meshnode.agent.core import Agent
 
     agent = Agent(config, tmp_path / "data")
     try:

@@ -20,9 +20,9 @@ from meshnode.api.event_endpoints import register_event_routes
 from meshnode.api.testing import FakeAgent
 from meshnode.cli import cli
 from meshnode.client import AgentClient
+from meshnode.events.user_events import UserEvents
 from meshnode.http import Router, serve_http
 from meshnode.http.testing import fetch, serve_in_thread
-from meshnode.user_events import UserEvents
 
 
 def services() -> list[tuple[str, list[str]]]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshnode.event_handler import EventHandlerRunner, HandlerSpec, parse_handler
-from meshnode.user_events import UserEvent, UserEvents, encode_event
+from meshnode.events.handler import EventHandlerRunner, HandlerSpec, parse_handler
+from meshnode.events.user_events import UserEvent, UserEvents, encode_event
 
 
 def event(name: str = "deploy", payload: bytes = b"v1.2", ltime: int = 4) -> UserEvent:

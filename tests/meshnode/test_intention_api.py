@@ -19,8 +19,8 @@ from meshnode.api.intention_endpoints import register_intention_routes
 from meshnode.cli import cli
 from meshnode.http import Router, serve_http
 from meshnode.http.testing import Reply, fetch
-from meshnode.intention_state import IntentionState
-from meshnode.state import LocalState
+from meshnode.intentions.replica import IntentionState
+from meshnode.store.state import LocalState
 
 EXACT = "/v1/connect/intentions/exact"
 AUTHORIZE = "/v1/agent/connect/authorize"

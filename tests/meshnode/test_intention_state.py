@@ -11,9 +11,9 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode import intention_state
 from meshnode.gossip.store import Entry, Version
-from meshnode.intention_state import (
+from meshnode.intentions import replica as intention_state
+from meshnode.intentions.replica import (
     KIND,
     IntentionExists,
     IntentionRecord,
@@ -26,8 +26,8 @@ from meshnode.intention_state import (
     intention_key,
     service_from_spiffe_uri,
 )
-from meshnode.intentions import Intention, IntentionError
-from meshnode.state import LocalState
+from meshnode.intentions.rules import Intention, IntentionError
+from meshnode.store.state import LocalState
 
 WEB_URI = "spiffe://c1.mesh/ns/default/dc/dc1/svc/web"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.intentions import (
+from meshnode.intentions.rules import (
     Intention,
     IntentionError,
     IntentionIndex,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from meshnode import keyring_ops as ko
+from meshnode.agent import keyring_ops as ko
 from meshnode.gossip.keyring import Keyring
 
 K1, K2 = bytes(32), bytes(range(32))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshnode.gossip.store import Entry, Version
-from meshnode.persist import (
+from meshnode.store.persist import (
     DB_FILENAME,
     KnownMember,
     Persistence,
@@ -98,7 +98,7 @@ def test_writes_survive_kill_9(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from meshnode.persist import Persistence
+        from meshnode.store.persist import Persistence
         store = Persistence.open(Path({str(tmp_path)!r}))
         print(store.node_id(), flush=True)
         store.save_keyring([b"1" * 32, b"2" * 32], b"2" * 32)

@@ -26,8 +26,8 @@ from meshnode.gossip.messages import Addr, State
 from meshnode.gossip.store import Entry, Store, Version
 from meshnode.gossip.testing import MemoryNetwork
 from meshnode.gossip.wire import Wire
-from meshnode.persist import Persistence
-from meshnode.replication import (
+from meshnode.store.persist import Persistence
+from meshnode.store.replication import (
     CHANNEL_STORE_ENTRY,
     CHANNEL_STORE_NOTICE,
     STREAM_STORE,
@@ -296,7 +296,7 @@ async def test_periodic_anti_entropy_repairs_a_missed_broadcast(
 
 async def test_a_store_step_larger_than_its_byte_cap_is_refused() -> None:
     """A peer with the key still cannot make us buffer an unbounded step."""
-    from meshnode.replication import StoreMessageError, _Steps
+    from meshnode.store.replication import StoreMessageError, _Steps
 
     wire = Wire(None)
     client, server = trio.testing.memory_stream_pair()

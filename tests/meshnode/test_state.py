@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from meshnode.state import TOPIC_MEMBERS, LocalState, NodeInfo, StaticNodes
+from meshnode.store.state import TOPIC_MEMBERS, LocalState, NodeInfo, StaticNodes
 
 
 def test_indexes_listeners_and_tombstones() -> None:

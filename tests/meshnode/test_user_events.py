@@ -11,7 +11,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.user_events import (
+from meshnode.events.user_events import (
     CHANNEL_USER_EVENT,
     DEDUP_WINDOW_LTIMES,
     PAYLOAD_MAX_BYTES,

@@ -9,8 +9,7 @@ import pytest
 import trio
 
 from meshnode.proxy.testing import StaticAuthorizer, TestCA
-
-from .conftest import HOST, Pair, read_all, serve
+from tests.proxy.conftest import HOST, Pair, read_all, serve
 
 BANNER = b"hello-from-db"
 _DEADLINE_S = 15.0

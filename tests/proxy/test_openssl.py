@@ -13,8 +13,7 @@ from meshnode.proxy import openssl as openssl_module
 from meshnode.proxy.openssl import fast_path_error, offer_session
 from meshnode.proxy.testing import TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls
-
-from .conftest import drive_handshake, ticketed_session
+from tests.proxy.conftest import drive_handshake, ticketed_session
 
 
 def _pair(

@@ -9,8 +9,7 @@ import trio
 
 from meshnode.proxy import Limits
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
-
-from .conftest import HOST, Pair, echo, hash_then_reply, read_all, round_trip, serve
+from tests.proxy.conftest import HOST, Pair, echo, hash_then_reply, read_all, round_trip, serve
 
 _DEADLINE_S = 10.0  # every test body is bounded; none should come near it
 

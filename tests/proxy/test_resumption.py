@@ -16,8 +16,7 @@ from meshnode.proxy.openssl import fast_path_error
 from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
-
-from .conftest import Pair, echo, round_trip, serve, ticketed_session, tls_connection
+from tests.proxy.conftest import Pair, echo, round_trip, serve, ticketed_session, tls_connection
 
 _DEADLINE_S = 10.0
 

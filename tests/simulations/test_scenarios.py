@@ -180,7 +180,7 @@ def test_paused_node_can_drop_instead_of_queueing() -> None:
 
 def test_store_constants_match_the_agent() -> None:
     """The simulator mirrors meshnode/replication.py's channel and defaults (it avoids trio)."""
-    from meshnode import replication
+    from meshnode.store import replication
     from simulations import sim
 
     cfg = replication.ReplicationConfig()

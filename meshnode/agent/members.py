@@ -11,10 +11,10 @@ from typing import Any
 
 import cbor2
 
-from .gossip.events import Member
-from .gossip.membership import Membership
-from .gossip.messages import State
-from .state import NodeInfo
+from ..gossip.events import Member
+from ..gossip.membership import Membership
+from ..gossip.messages import State
+from ..store.state import NodeInfo
 
 __all__ = ["STATE_NAMES", "MemberNodes", "decode_meta", "encode_meta", "node_info"]
 

@@ -31,10 +31,12 @@ from typing import Any, NoReturn
 
 import cbor2
 
-from .gossip.errors import DecodeError, LocalProtocolError
-from .gossip.store import Entry
-from .gossip.strict_cbor import load_strict
-from .intentions import (
+from ..gossip.errors import DecodeError, LocalProtocolError
+from ..gossip.store import Entry
+from ..gossip.strict_cbor import load_strict
+from ..logs import get_logger, log
+from ..store.state import ReplicatedState
+from .rules import (
     WILDCARD,
     Decision,
     Intention,
@@ -43,8 +45,6 @@ from .intentions import (
     make_intention,
     validate_name,
 )
-from .logs import get_logger, log
-from .state import ReplicatedState
 
 __all__ = [
     "DESCRIPTION_MAX_CHARS",

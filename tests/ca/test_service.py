@@ -16,10 +16,11 @@ import trio
 import trio.testing
 
 from meshnode.ca.csr import make_csr
+from meshnode.ca.keystore import KeyStore
 from meshnode.ca.leaf_manager import LeafError
 from meshnode.ca.pem import cert_from_pem, generate_key
-from meshnode.ca_keystore import KeyStore
-from meshnode.ca_rpc import (
+from meshnode.ca.records import KIND, read_view
+from meshnode.ca.rpc import (
     STREAM_CA,
     ConfigureRequest,
     Refusal,
@@ -29,17 +30,15 @@ from meshnode.ca_rpc import (
     SignRequest,
     call,
 )
-from meshnode.ca_service import CAService, CASettings, ConfigChange
-from meshnode.ca_state import KIND, read_view
+from meshnode.ca.service import CAService, CASettings, ConfigChange
 from meshnode.catalog.catalog import Catalog
 from meshnode.catalog.definitions import parse_service
 from meshnode.gossip.driver import DriverCounters
 from meshnode.gossip.keyring import Keyring
 from meshnode.gossip.messages import Addr
 from meshnode.gossip.wire import Wire
-from meshnode.state import LocalState, NodeInfo, StaticNodes
-
-from .test_catalog_catalog import FakeRunner
+from meshnode.store.state import LocalState, NodeInfo, StaticNodes
+from tests.meshnode.test_catalog_catalog import FakeRunner
 
 KEY = bytes(range(32))
 

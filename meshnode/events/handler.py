@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .logs import log
+from ..logs import log
 from .user_events import UserEvent
 
 __all__ = ["EventHandlerRunner", "HandlerSpec", "parse_handler"]

@@ -32,12 +32,12 @@ from typing import Any
 import cbor2
 import trio
 
-from .gossip.driver import DriverCounters
-from .gossip.errors import DecodeError, RemoteProtocolError
-from .gossip.messages import Addr
-from .gossip.strict_cbor import load_strict
-from .gossip.wire import FrameReader, Wire
-from .logs import log
+from ..gossip.driver import DriverCounters
+from ..gossip.errors import DecodeError, RemoteProtocolError
+from ..gossip.messages import Addr
+from ..gossip.strict_cbor import load_strict
+from ..gossip.wire import FrameReader, Wire
+from ..logs import log
 
 __all__ = [
     "REFUSAL_CODES",

@@ -19,10 +19,9 @@ from meshnode.cli import cli
 from meshnode.http import Router
 from meshnode.http.testing import serve_in_thread
 from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
-from meshnode.proxy.manager import SidecarManager, sidecar_configs
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
-
-from .conftest import HOST, echo, read_all, round_trip, serve
+from meshnode.sidecars.manager import SidecarManager, sidecar_configs
+from tests.proxy.conftest import HOST, echo, read_all, round_trip, serve
 
 
 class FakeRunner:

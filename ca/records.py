@@ -40,11 +40,11 @@ import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .ca.election import signer_set
-from .ca.pem import PemError, cert_from_pem, colon_hex
-from .gossip.errors import DecodeError
-from .gossip.strict_cbor import load_strict
-from .state import NodeInfo, ReplicatedState
+from ..gossip.errors import DecodeError
+from ..gossip.strict_cbor import load_strict
+from ..store.state import NodeInfo, ReplicatedState
+from .election import signer_set
+from .pem import PemError, cert_from_pem, colon_hex
 
 __all__ = [
     "CONFIG_KEY",

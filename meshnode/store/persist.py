@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from .gossip.store import Entry, Version
+from ..gossip.store import Entry, Version
 
 __all__ = [
     "DB_FILENAME",

@@ -23,16 +23,16 @@ from typing import Any
 
 import trio
 
-from . import __version__, keyring_ops
-from .addr import AddressError, format_host_port, parse_host_port
-from .api import build_router
-from .api.agent_service_endpoints import register_agent_service_routes
-from .api.audit_endpoints import register_audit_routes
-from .api.auth import token_guard
-from .api.ca_endpoints import register_ca_routes
-from .api.catalog_endpoints import register_catalog_routes
-from .api.event_endpoints import register_event_routes
-from .api.facade import (
+from .. import __version__
+from ..addr import AddressError, format_host_port, parse_host_port
+from ..api import build_router
+from ..api.agent_service_endpoints import register_agent_service_routes
+from ..api.audit_endpoints import register_audit_routes
+from ..api.auth import token_guard
+from ..api.ca_endpoints import register_ca_routes
+from ..api.catalog_endpoints import register_catalog_routes
+from ..api.event_endpoints import register_event_routes
+from ..api.facade import (
     STATUS_ALIVE,
     STATUS_FAILED,
     STATUS_LEAVING,
@@ -46,20 +46,19 @@ from .api.facade import (
     ReloadError,
     UnknownMember,
 )
-from .api.intention_endpoints import register_intention_routes
-from .api.proxy_endpoints import register_proxy_routes
-from .audit import AuditLog
-from .ca_agent import build_ca
-from .ca_state import META_SIGNER
-from .catalog.catalog import Catalog
-from .catalog.definitions import DefinitionError, parse_config_services
-from .catalog.dns_view import CatalogDnsView
-from .config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
-from .dns import DnsBindError, DnsBound, DnsServer
-from .event_handler import EventHandlerRunner
-from .gossip.driver import GossipDriver
-from .gossip.errors import LocalProtocolError
-from .gossip.events import (
+from ..api.intention_endpoints import register_intention_routes
+from ..api.proxy_endpoints import register_proxy_routes
+from ..ca.records import META_SIGNER
+from ..catalog.catalog import Catalog
+from ..catalog.definitions import DefinitionError, parse_config_services
+from ..catalog.dns_view import CatalogDnsView
+from ..config import DEFAULT_GOSSIP_PORT, AgentConfig, ConfigError, reload_config
+from ..dns import DnsBindError, DnsBound, DnsServer
+from ..events.handler import EventHandlerRunner
+from ..events.user_events import UserEvents
+from ..gossip.driver import GossipDriver
+from ..gossip.errors import LocalProtocolError
+from ..gossip.events import (
     Event,
     Member,
     MemberFailed,
@@ -69,23 +68,25 @@ from .gossip.events import (
     MemberUpdated,
     UserMessage,
 )
-from .gossip.keyring import Keyring
-from .gossip.membership import Membership
-from .gossip.messages import Addr, State
-from .gossip.store import DEFAULT_LIMITS, Store
-from .gossip.transport import UdpTcpTransport
-from .gossip.wire import Wire
-from .http.server import HttpBindError, serve_http
-from .intention_state import IntentionState
+from ..gossip.keyring import Keyring
+from ..gossip.membership import Membership
+from ..gossip.messages import Addr, State
+from ..gossip.store import DEFAULT_LIMITS, Store
+from ..gossip.transport import UdpTcpTransport
+from ..gossip.wire import Wire
+from ..http.server import HttpBindError, serve_http
+from ..intentions.audit import AuditLog
+from ..intentions.replica import IntentionState
+from ..logs import log, setup_logging
+from ..sidecars.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
+from ..sidecars.manager import SidecarManager
+from ..store.persist import Persistence, PersistenceError
+from ..store.replication import ReplicationConfig, Replicator
+from ..store.state import TOPIC_MEMBERS
+from . import keyring_ops
+from .ca_wiring import build_ca
 from .keys import KeyFormatError, decode_key
-from .logs import log, setup_logging
 from .members import MemberNodes, decode_meta, encode_meta
-from .persist import Persistence, PersistenceError
-from .proxy.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
-from .proxy.manager import SidecarManager
-from .replication import ReplicationConfig, Replicator
-from .state import TOPIC_MEMBERS
-from .user_events import UserEvents
 
 _log = logging.getLogger("meshnode.agent")
 

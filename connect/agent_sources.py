@@ -25,9 +25,9 @@ from urllib.parse import quote
 import h11
 import trio
 
-from ..intentions import Intention, IntentionError, IntentionIndex, make_intention
+from ..intentions.rules import Intention, IntentionError, IntentionIndex, make_intention
 from ..logs import get_logger, log
-from .sources import Instance, TlsMaterial, Versioned
+from ..proxy.sources import Instance, TlsMaterial, Versioned
 
 __all__ = [
     "AgentHttp",

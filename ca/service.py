@@ -39,26 +39,24 @@ from typing import Protocol
 
 import trio
 
-from . import ca_rpc
-from .ca.csr import CSRError, validate_csr
-from .ca.leaf_manager import Issued, LeafError, Roots
-from .ca.pem import PemError, cert_from_pem, generate_key, key_from_pem, key_to_pem
-from .ca.provider import ROOT_TTL_S, BuiltinProvider, CAProvider, ProviderError, RootCA
-from .ca.spiffe import ServiceID, SpiffeError, parse_spiffe_id, trust_domain_for
-from .ca_keystore import KeyStore, KeyStoreError
-from .ca_rpc import (
-    Configured,
-    ConfigureRequest,
-    Refusal,
-    Reply,
-    Request,
-    RootKey,
-    RootKeyRequest,
-    RpcUnreachable,
-    Signed,
-    SignRequest,
-)
-from .ca_state import (
+from ..catalog.records import ServiceRecord
+from ..catalog.views import ServiceView
+from ..gossip.driver import DriverCounters
+from ..gossip.errors import LocalProtocolError
+from ..gossip.messages import Addr
+from ..gossip.store import Entry
+from ..gossip.wire import Wire
+from ..intentions.replica import InvalidCertURI
+from ..intentions.rules import IntentionError, validate_name
+from ..logs import log
+from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
+from . import rpc as ca_rpc
+from .csr import CSRError, validate_csr
+from .keystore import KeyStore, KeyStoreError
+from .leaf_manager import Issued, LeafError, Roots
+from .pem import PemError, cert_from_pem, generate_key, key_from_pem, key_to_pem
+from .provider import ROOT_TTL_S, BuiltinProvider, CAProvider, ProviderError, RootCA
+from .records import (
     CONFIG_KEY,
     KIND,
     CAConfigRecord,
@@ -75,17 +73,19 @@ from .ca_state import (
     root_key,
     signers_for,
 )
-from .catalog.records import ServiceRecord
-from .catalog.views import ServiceView
-from .gossip.driver import DriverCounters
-from .gossip.errors import LocalProtocolError
-from .gossip.messages import Addr
-from .gossip.store import Entry
-from .gossip.wire import Wire
-from .intention_state import InvalidCertURI
-from .intentions import IntentionError, validate_name
-from .logs import log
-from .state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
+from .rpc import (
+    Configured,
+    ConfigureRequest,
+    Refusal,
+    Reply,
+    Request,
+    RootKey,
+    RootKeyRequest,
+    RpcUnreachable,
+    Signed,
+    SignRequest,
+)
+from .spiffe import ServiceID, SpiffeError, parse_spiffe_id, trust_domain_for
 
 __all__ = ["CAError", "CAService", "CASettings", "ConfigChange", "owned_service_names"]
 

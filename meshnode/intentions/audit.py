@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .logs import log
+from ..logs import log
 
 __all__ = ["AUDIT_CAPACITY", "AuditEntry", "AuditLog"]
 

@@ -16,16 +16,15 @@ from meshnode.ca.provider import BuiltinProvider
 from meshnode.ca.spiffe import ServiceID
 from meshnode.catalog.catalog import Catalog
 from meshnode.catalog.definitions import parse_service
+from meshnode.connect.agent_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
 from meshnode.http import Request, Response, Router
 from meshnode.http.server import serve_http
-from meshnode.intention_state import IntentionState
-from meshnode.proxy.http_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
-from meshnode.proxy.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
+from meshnode.intentions.replica import IntentionState
 from meshnode.proxy.sources import Instance, Versioned
 from meshnode.proxy.testing import TestCA
-from meshnode.state import LocalState, NodeInfo, StaticNodes
-
-from .test_manager import FakeRunner
+from meshnode.sidecars.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
+from meshnode.store.state import LocalState, NodeInfo, StaticNodes
+from tests.sidecars.test_manager import FakeRunner
 
 
 async def test_intention_authorizer_decides_and_wakes_on_changes() -> None:

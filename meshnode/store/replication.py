@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import cbor2
 import trio
 
-from .gossip import store_codec
-from .gossip.anti_entropy import (
+from ..gossip import store_codec
+from ..gossip.anti_entropy import (
     STEP_BYTES_MAX,
     Initiator,
     Responder,
@@ -43,14 +43,14 @@ from .gossip.anti_entropy import (
     UnexpectedStoreMessage,
     encode_step,
 )
-from .gossip.driver import GossipDriver
-from .gossip.errors import RemoteProtocolError
-from .gossip.membership import Membership
-from .gossip.messages import Addr, State
-from .gossip.store import Digest, Entry, Store, Version
-from .gossip.transport import Transport
-from .gossip.wire import Wire
-from .logs import log
+from ..gossip.driver import GossipDriver
+from ..gossip.errors import RemoteProtocolError
+from ..gossip.membership import Membership
+from ..gossip.messages import Addr, State
+from ..gossip.store import Digest, Entry, Store, Version
+from ..gossip.transport import Transport
+from ..gossip.wire import Wire
+from ..logs import log
 from .persist import Persistence
 from .state import ChangeTracker
 

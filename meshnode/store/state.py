@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .gossip.store import Entry, Store
+from ..gossip.store import Entry, Store
 
 __all__ = [
     "TOPIC_MEMBERS",

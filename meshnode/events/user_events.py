@@ -31,8 +31,8 @@ from typing import Any, NoReturn, Protocol
 import cbor2
 import trio
 
-from .gossip.strict_cbor import load_strict
-from .logs import log
+from ..gossip.strict_cbor import load_strict
+from ..logs import log
 
 __all__ = [
     "CHANNEL_USER_EVENT",

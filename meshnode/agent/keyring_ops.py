@@ -22,8 +22,8 @@ from typing import Any
 
 import cbor2
 
-from .gossip.errors import KeyringError as GossipKeyringError
-from .gossip.keyring import Keyring
+from ..gossip.errors import KeyringError as GossipKeyringError
+from ..gossip.keyring import Keyring
 
 # First byte of a gossip User payload: which agent protocol it belongs to.
 CHANNEL_KEYRING_QUERY = 0x01

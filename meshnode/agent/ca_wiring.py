@@ -10,18 +10,18 @@ import os
 import random
 from pathlib import Path
 
-from .ca.leaf_manager import LeafManager
-from .ca_keystore import KeyStore
-from .ca_rpc import STREAM_CA
-from .ca_service import CAService, CASettings, owned_service_names
-from .catalog.catalog import Catalog
-from .config import AgentConfig
-from .gossip.driver import GossipDriver
-from .gossip.membership import Membership
-from .gossip.messages import Addr
-from .gossip.transport import Transport
-from .gossip.wire import Wire
-from .state import NodeSource, ReplicatedState
+from ..ca.keystore import KeyStore
+from ..ca.leaf_manager import LeafManager
+from ..ca.rpc import STREAM_CA
+from ..ca.service import CAService, CASettings, owned_service_names
+from ..catalog.catalog import Catalog
+from ..config import AgentConfig
+from ..gossip.driver import GossipDriver
+from ..gossip.membership import Membership
+from ..gossip.messages import Addr
+from ..gossip.transport import Transport
+from ..gossip.wire import Wire
+from ..store.state import NodeSource, ReplicatedState
 
 __all__ = ["build_ca"]
 

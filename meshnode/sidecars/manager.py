@@ -20,8 +20,8 @@ import trio
 
 from ..catalog.records import ServiceRecord
 from ..logs import get_logger, log
-from .sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
-from .sources import Authorizer, CertSource, DecisionLog, Resolver
+from ..proxy.sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
+from ..proxy.sources import Authorizer, CertSource, DecisionLog, Resolver
 
 __all__ = ["FollowingCertSource", "ProxyRegistry", "SidecarManager", "sidecar_configs"]
 

@@ -14,10 +14,10 @@ import trio
 
 from ..ca.leaf_manager import Leaf, LeafError, LeafManager, Roots
 from ..catalog.catalog import Catalog
-from ..intention_state import IntentionState
-from ..intentions import IntentionError
+from ..intentions.replica import IntentionState
+from ..intentions.rules import IntentionError
 from ..logs import get_logger, log
-from .sources import Instance, TlsMaterial, Versioned
+from ..proxy.sources import Instance, TlsMaterial, Versioned
 
 __all__ = ["CatalogResolver", "IntentionAuthorizer", "LeafCertSource"]
 

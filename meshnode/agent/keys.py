@@ -7,8 +7,8 @@ one line naming the problem instead of a failure deep in the gossip layer.
 
 from __future__ import annotations
 
-from .gossip import keyring as _keyring
-from .gossip.errors import KeyringError
+from ..gossip import keyring as _keyring
+from ..gossip.errors import KeyringError
 
 __all__ = ["KEY_BYTES", "KeyFormatError", "decode_key", "generate_key"]
 

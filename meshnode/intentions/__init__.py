@@ -1,0 +1,6 @@
+"""Intentions: the allow/deny rules between services, their replica and their audit log.
+
+`rules` is pure (names, precedence, the decision); `replica` keeps the rules
+in the replicated store; `audit` records every decision made with them. Must
+not import the agent, the proxies or DNS.
+"""

@@ -1,0 +1,6 @@
+"""Sidecars embedded in the agent: the manager that follows the catalog, and in-process sources.
+
+The data plane itself is `meshnode.proxy`; this room adapts it to the agent's
+own objects (leaf manager, intention replica, catalog). Must not import the
+agent core, DNS or the HTTP API.
+"""
