@@ -9,6 +9,7 @@ concatenated, ``node_meta`` maps merged, as Consul does). Every problem is a
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,8 @@ from .addr import AddressError, format_host_port, parse_host_port, parse_ip
 from .agent.keys import KeyFormatError, decode_key
 from .dns.config import DnsConfig
 from .dns.errors import DnsConfigError
+from .durations import GO_DURATION_MAX_S, DurationError, DurationRangeError
+from .durations import parse_duration_s as _grammar_s
 from .logs import LEVELS, level_number
 
 __all__ = [
@@ -46,8 +49,6 @@ _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _META_VALUE_MAX_CHARS = 512  # Consul's node_meta value limit
 _META_MAX_PAIRS = 64  # Consul's node_meta pair limit
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigError(Exception):
@@ -152,22 +153,46 @@ class AgentConfig:
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
 
-def _parse_duration_s(value: object) -> float:
+def _number_or_duration_s(value: object) -> float:
+    """A duration value of a config file or flag: Go's syntax, or a JSON number of seconds.
+
+    The grammar is `meshnode.durations`; a number (not a bool) counts as
+    seconds, as config files have always allowed. NaN, infinities and numbers
+    past Go's range are refused: no timer can use them.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
-        seconds = sum(
-            float(num) * _DURATION_UNITS_S[unit] for num, unit in _DURATION.findall(value)
-        )
-    else:
+        if not math.isfinite(value) or abs(value) > GO_DURATION_MAX_S:
+            raise ValueError(f"{value!r} is not a duration within {GO_DURATION_MAX_S:g} s")
+        return float(value)
+    if not isinstance(value, str):
         raise ValueError(f'{value!r} is not a duration such as "30s", "1m" or "500ms"')
+    try:
+        return _grammar_s(value)
+    except DurationRangeError:
+        raise
+    except DurationError:
+        raise ValueError(f'{value!r} is not a duration such as "30s", "1m" or "500ms"') from None
+
+
+def _duration_or_zero_s(value: object) -> float:
+    seconds = _number_or_duration_s(value)
+    if seconds < 0:
+        raise ValueError(f"{value!r} must not be negative")
+    return seconds
+
+
+def _parse_duration_s(value: object) -> float:
+    seconds = _number_or_duration_s(value)
     if seconds <= 0:
         raise ValueError(f"{value!r} must be a positive duration")
     return seconds
 
 
 def parse_duration_s(value: object) -> float:
-    """A positive Consul duration (``30s``, ``1m``, ``72h``, bare seconds); `ValueError` else."""
+    """A positive duration value (``30s``, ``1m``, ``72h``, a number of seconds); `ValueError` else.
+
+    The config's policy over `meshnode.durations`, also used by the CA API.
+    """
     return _parse_duration_s(value)
 
 
@@ -396,12 +421,12 @@ def _apply_dns_config(
                     raise ValueError(f"must be true or false, not {_type_name(value)}")
                 b.dns[target] = value
             elif kind == "duration":
-                seconds = 0.0 if value in (0, "0", "0s") else _parse_duration_s(value)
+                seconds = _duration_or_zero_s(value)
                 b.dns[target] = seconds if target == "recursor_timeout_s" else int(seconds)
             else:
                 # Consul's map of service name -> TTL; "*" is every other service.
                 for service, raw in _object(value).items():
-                    ttl_s = 0 if raw in (0, "0", "0s") else int(_parse_duration_s(raw))
+                    ttl_s = int(_duration_or_zero_s(raw))
                     if service == "*":
                         b.dns[target] = ttl_s
                     else:
@@ -437,7 +462,7 @@ def _tombstone_ttl_s(value: object) -> float:
 
 
 def _jitter_s(value: object) -> float:
-    return 0.0 if value in (0, "0", "0s") else _parse_duration_s(value)
+    return _duration_or_zero_s(value)
 
 
 # connect.ca_config keys (Consul's names) -> (AgentConfig field, checker).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..catalog.durations import format_duration
+from ..durations import format_duration
 from ..catalog.records import ServiceRecord, encode_service
 from ..catalog.views import CheckView, HealthEntry, ServiceView
 from ..store.state import NodeInfo

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .durations import parse_duration_s
+from ..durations import parse_duration_s
 
 __all__ = [
+    "CHECK_DURATION_MAX_S",
     "CHECK_INTERVAL_MIN_S",
     "CheckDefinition",
     "DefinitionError",
@@ -46,6 +47,8 @@ CheckType = Literal["tcp", "http", "ttl"]
 CHECK_INTERVAL_MIN_S = 1.0
 # Consul's default timeout for tcp and http checks.
 CHECK_TIMEOUT_DEFAULT_S = 10.0
+# A day is far beyond any check interval, timeout or TTL; a bound keeps floats sane.
+CHECK_DURATION_MAX_S = 86400.0
 NAME_MAX_CHARS = 63  # one DNS label
 ID_MAX_CHARS = 128  # IDs are store keys and URL path segments
 TAGS_MAX = 64  # a tag list longer than this is a mistake (tags are also DNS labels)
@@ -243,7 +246,7 @@ class _Fields:
                 norm, f'must be a duration string such as "10s", not {_type_name(value)}'
             )
         try:
-            return parse_duration_s(value)
+            return parse_duration_s(value, max_s=CHECK_DURATION_MAX_S)
         except ValueError as exc:
             raise self.fail(norm, f"is not valid: {exc}") from None
 

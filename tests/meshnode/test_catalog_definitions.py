@@ -18,7 +18,6 @@ from meshnode.catalog.definitions import (
     parse_file_definitions,
     parse_service,
 )
-from meshnode.catalog.durations import format_duration, parse_duration_s
 
 FILE_STYLE = {
     "name": "web",
@@ -135,6 +134,7 @@ def test_services_list_and_config_pairs() -> None:
         ({"Name": "web", "Check": {"TTL": "1s", "TCP": "h:1"}}, "not Check.TCP and Check.TTL"),
         ({"Name": "web", "Check": {"TCP": "h:1"}}, "needs an interval"),
         ({"Name": "web", "Check": {"TTL": "soon"}}, "invalid duration 'soon'"),
+        ({"Name": "web", "Check": {"TTL": "25h"}}, "duration '25h' is more than 86400 s"),
         ({"Name": "web", "Check": {"TTL": 30}}, 'duration string such as "10s"'),
         ({"Name": "web", "Check": {"HTTP": "ftp://x", "Interval": "1s"}}, "http:// or https://"),
         ({"Name": "web", "Check": {"Args": ["true"], "Interval": "1s"}}, "only tcp, http and ttl"),
@@ -189,26 +189,6 @@ def test_refusals_are_one_line_naming_the_field(data: dict[str, Any], fragment: 
 def test_file_shape_refusals(data: object, fragment: str) -> None:
     with pytest.raises(DefinitionError, match=fragment):
         parse_file_definitions(data)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("10s", 10.0), ("500ms", 0.5), ("1m", 60.0), ("1m30s", 90.0), ("1.5h", 5400.0), ("0", 0.0)],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration_s(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "10", "s", "10x", "1m 30s", "-1s", "25h"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_duration_s(text)
-
-
-@given(st.integers(min_value=1, max_value=86400 * 1000))
-def test_format_duration_round_trips(milliseconds: int) -> None:
-    seconds = milliseconds / 1000
-    assert parse_duration_s(format_duration(seconds)) == pytest.approx(seconds, abs=1e-3)
 
 
 _json = st.recursive(
