@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..durations import format_duration
 from ..catalog.records import ServiceRecord, encode_service
 from ..catalog.views import CheckView, HealthEntry, ServiceView
+from ..durations import format_duration
 from ..store.state import NodeInfo
 
 __all__ = [
