@@ -1,12 +1,11 @@
 """How the agent builds its CA parts: the `CAService`, its RPC stream and the `LeafManager`.
 
-Kept out of agent.py so the agent only calls `build_ca` and starts the two
+Kept out of `core.py` so the agent only calls `build_ca` and starts the two
 objects; everything CA-specific about wiring lives here.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..gossip.messages import Addr
 from ..gossip.transport import Transport
 from ..gossip.wire import Wire
 from ..store.state import NodeSource, ReplicatedState
+from .inputs import Clock, child_rng
 
 __all__ = ["build_ca"]
 
@@ -37,6 +37,9 @@ def build_ca(
     driver: GossipDriver,
     wire: Wire,
     transport: Transport,
+    *,
+    rng: random.Random,
+    clock: Clock,
 ) -> tuple[CAService, LeafManager]:
     """The CA service (serving `STREAM_CA` on the gossip port) and the leaf manager."""
 
@@ -64,7 +67,8 @@ def build_ca(
         # Outgoing RPCs leave from the advertised IP: the address peers check.
         local_host=lambda: transport.local_addr.host,
         settings=settings,
-        rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+        rng=child_rng(rng),
+        wall_clock=clock.wall_s,
     )
     driver.add_stream_handler(STREAM_CA, ca.serve)
     leaves = LeafManager(
@@ -72,7 +76,8 @@ def build_ca(
         spiffe_id=ca.spiffe_id,
         roots=ca.roots,
         is_local=lambda service: service in owned_service_names(catalog.local_services()),
-        rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+        rng=child_rng(rng),
+        wall_clock=clock.wall_s,
         reissue_jitter_s=config.ca_reissue_jitter_s,
     )
     ca.on_view_change(leaves.roots_changed)

@@ -1,4 +1,7 @@
-"""The member list as the catalog sees it: a `NodeSource` over the gossip core.
+"""The member list as the catalog and the API see it, read from the gossip core.
+
+`MemberNodes` is the catalog's `NodeSource`; `member_view` is one member as
+/v1/agent/members shows it (serf's status integers).
 
 Gossip metadata is CBOR written by each agent about itself (id, dc, version,
 ports, tags); a peer's malformed metadata shows as empty rather than failing
@@ -11,12 +14,20 @@ from typing import Any
 
 import cbor2
 
+from ..api.facade import STATUS_ALIVE, STATUS_FAILED, STATUS_LEAVING, STATUS_LEFT, MemberView
 from ..gossip.events import Member
 from ..gossip.membership import Membership
 from ..gossip.messages import State
 from ..store.state import NodeInfo
 
-__all__ = ["STATE_NAMES", "MemberNodes", "decode_meta", "encode_meta", "node_info"]
+__all__ = [
+    "STATE_NAMES",
+    "MemberNodes",
+    "decode_meta",
+    "encode_meta",
+    "member_view",
+    "node_info",
+]
 
 STATE_NAMES = {
     State.ALIVE: "alive",
@@ -24,6 +35,14 @@ STATE_NAMES = {
     State.LEAVING: "leaving",
     State.LEFT: "left",
     State.DEAD: "failed",
+}
+# serf's coarser status: a suspect member still counts as alive.
+_STATUS = {
+    State.ALIVE: STATUS_ALIVE,
+    State.SUSPECT: STATUS_ALIVE,
+    State.LEAVING: STATUS_LEAVING,
+    State.LEFT: STATUS_LEFT,
+    State.DEAD: STATUS_FAILED,
 }
 
 
@@ -50,6 +69,21 @@ def node_info(member: Member) -> NodeInfo:
         datacenter=dc if isinstance(dc, str) else "dc1",
         node_id=node_id if isinstance(node_id, str) else "",
         meta=meta,
+    )
+
+
+def member_view(member: Member) -> MemberView:
+    """One member as the API shows it; tags that are not a map show as none."""
+    tags = decode_meta(member.meta).get("tags", {})
+    if not isinstance(tags, dict):
+        tags = {}
+    return MemberView(
+        name=member.name,
+        addr=member.addr.host,
+        port=member.addr.port,
+        tags={str(k): str(v) for k, v in tags.items()},
+        status=_STATUS[member.state],
+        state=STATE_NAMES[member.state],
     )
 
 

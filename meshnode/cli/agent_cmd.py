@@ -81,7 +81,7 @@ def agent(config_file: tuple[str, ...], config_dir: tuple[str, ...], **flags: ob
     config = load_config(flags, config_file, config_dirs=config_dir)
     setup_logging(config.log_level)
     try:
-        from ..agent.core import run_agent
+        from ..agent.lifecycle import run_agent
     except ImportError as exc:
         raise click.ClickException(f"the agent cannot start: {exc}") from None
     return run_agent(config)

@@ -149,9 +149,9 @@ def test_agent_command_builds_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
         received.append(config)
         return 3
 
-    fake = types.ModuleType("meshnode.agent.core")
+    fake = types.ModuleType("meshnode.agent.lifecycle")
     fake.run_agent = run_agent  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "meshnode.agent.core", fake)
+    monkeypatch.setitem(sys.modules, "meshnode.agent.lifecycle", fake)
     levels: list[str] = []
     monkeypatch.setattr("meshnode.cli.agent_cmd.setup_logging", levels.append)
     config_file = tmp_path / "c.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +295,9 @@ async def test_tombstone_ttl_from_a_file_and_a_flag_reaches_the_store(tmp_path: 
     config = load({"dev": True, "tombstone_ttl": "2h", "bind": "127.0.0.1:0"}, [path])
     assert config.tombstone_ttl_s == 2 * 3600
     from meshnode.agent.core import Agent
+    from meshnode.agent.inputs import system_clock
 
-    agent = Agent(config, tmp_path / "data")
+    agent = Agent(config, tmp_path / "data", rng=random.Random(0), clock=system_clock())
     try:
         assert agent.replicator.store.limits.tombstone_max_age_s == 2 * 3600
         assert agent.replicator.config.tombstone_gc_interval_s == 600  # min(10 min, TTL / 4)

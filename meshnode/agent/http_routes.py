@@ -1,0 +1,47 @@
+"""Every HTTP route the agent serves, in one place: the facade's and each subsystem's.
+
+`meshnode.api.build_router` mounts what goes through `AgentFacade` (members,
+keyring, KV); the other endpoint groups take the subsystem they serve. The
+API token guard reads the token at each request, so a reload applies at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..api import build_router
+from ..api.agent_service_endpoints import register_agent_service_routes
+from ..api.audit_endpoints import register_audit_routes
+from ..api.auth import token_guard
+from ..api.ca_endpoints import register_ca_routes
+from ..api.catalog_endpoints import register_catalog_routes
+from ..api.event_endpoints import register_event_routes
+from ..api.intention_endpoints import register_intention_routes
+from ..api.proxy_endpoints import register_proxy_routes
+from ..http.router import Router
+
+if TYPE_CHECKING:
+    from .core import Agent
+
+__all__ = ["agent_router"]
+
+
+def agent_router(agent: Agent) -> Router:
+    """The agent's router, guarded by its API token."""
+    router = build_router(agent)
+    router.add_guard(token_guard(lambda: agent.config.api_token))
+    register_intention_routes(router, agent.intentions, agent.audit)
+    register_audit_routes(router, agent.audit)
+    register_event_routes(router, agent.events)
+    register_catalog_routes(router, agent.catalog, datacenter=agent.config.datacenter)
+    register_agent_service_routes(router, agent.catalog, datacenter=agent.config.datacenter)
+    register_proxy_routes(router, agent.sidecars)
+    register_ca_routes(
+        router,
+        agent.ca,
+        agent.leaves,
+        agent.catalog.local_services,
+        current_token=lambda: agent.config.api_token,
+        wall_clock=agent.clock.wall_s,
+    )
+    return router
