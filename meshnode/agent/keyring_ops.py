@@ -114,6 +114,8 @@ def decode_reply(payload: bytes) -> KeyringReply:
 
 
 def new_query_id() -> bytes:
+    """A nonce, not a decision: it must differ across agents even when two run on one
+    seed (tests do), or one agent's query would be taken for a copy of another's."""
     return os.urandom(16)
 
 
