@@ -1,11 +1,19 @@
-"""meshnode's embedded L4 proxy: mTLS sidecars that enforce intentions on live connections.
+"""meshnode's data plane: L4 mTLS proxies that enforce intentions on live connections.
 
 The proxy depends only on three small protocols (`sources.py`): a
 `CertSource` for its TLS material, an `Authorizer` for intentions and a
-`Resolver` for upstream instances. `inproc.py` adapts the agent's own
-objects to them, `http_sources.py` the agent's HTTP API (for the standalone
-`meshnode connect proxy`), and `testing.py` has settable fakes. docs/proxy.md
+`Resolver` for upstream instances. `meshnode.sidecars.inproc` adapts the
+agent's own objects to them, `meshnode.connect.agent_sources` the agent's HTTP
+API (for the standalone `meshnode connect proxy`), and `testing.py` has
+settable fakes. `sidecar` holds the listeners, `tls`/`handshake` the TLS 1.3
+contexts and peer checks, `balancer` the upstream choice, `pump` the byte
+splicing, `tracker` the live connections a new deny cuts. docs/proxy.md
 describes the behaviour and the measurements.
+
+Must not import DNS, gossip, or agent code (agent, API, HTTP, catalog,
+store, intentions, sidecars, connect): it reaches them only through the
+protocols in `sources.py`. It may use `meshnode.ca` (SPIFFE IDs).
+Installed as `meshnode.proxy`.
 """
 
 from .balancer import Balancer, BalancerConfig, ejection_time_s

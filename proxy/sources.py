@@ -14,9 +14,10 @@ Rules that live here:
   may await (an HTTP resolver fetches a destination it never saw), and is
   answered from a cache after that.
 
-Two implementations of each ship with the package: in-process adapters over
-the agent's own objects (`inproc.py`) and HTTP adapters over the agent's API
-with blocking queries (`http_sources.py`); `testing.py` has settable fakes.
+Two implementations of each ship with meshnode: in-process adapters over
+the agent's own objects (`meshnode/sidecars/inproc.py`) and HTTP adapters over
+the agent's API with blocking queries (`connect/agent_sources.py`);
+`testing.py` has settable fakes.
 """
 
 from __future__ import annotations

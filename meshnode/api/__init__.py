@@ -1,4 +1,16 @@
-"""The agent's HTTP API: Consul-shaped endpoints over an `AgentFacade`."""
+"""The agent's HTTP API: Consul-shaped endpoints over an `AgentFacade` and the subsystems.
+
+`facade.AgentFacade` is what /v1/agent/*, /v1/operator/keyring and /v1/kv
+need from the agent (a Protocol, so tests use `testing.FakeAgent`); the other
+`*_endpoints` modules take the subsystem they serve (catalog, intentions,
+CA, events, sidecars, audit). `auth` is the API token guard, `bodies` and
+`errors` the shared request and error shapes. docs/http-api.md lists every
+endpoint.
+
+Must not import the agent's wiring (`meshnode.agent`, except `agent.keys`
+for the key format), the CLI, or gossip: the agent mounts these routes, not
+the other way round.
+"""
 
 from ..http import Router
 from .agent_endpoints import member_json, register_agent_routes

@@ -1,7 +1,8 @@
-"""A tiny HTTP/1.1 client on trio + h11, for tests of the API without threads.
+"""Test helpers for the HTTP server: a tiny trio + h11 client, and a server on a thread.
 
 `TestClient` keeps one connection open (keep-alive) and sends requests in
-turn; `fetch` is the one-shot form.
+turn; `fetch` is the one-shot form. `serve_in_thread` runs a router in its
+own trio run on a daemon thread, for synchronous clients such as py-consul.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Rules that live here (Consul's semantics, DESIGN.md "Intentions"):
 The decision is a pure function of an index, so every connection is decided
 from the local replica with at most four dictionary look-ups, whatever the
 number of intentions. The index is updated in place, one intention at a
-time, by its owner (intention_state.IntentionState) as gossip delivers them.
+time, by its owner (`replica.IntentionState`) as gossip delivers them.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ What lives here:
   every `anti_entropy_interval_s`, with every member that joins, and after a
   restart (the rejoin produces joins).
 - Tombstone GC on a timer; indexes, listeners and blocking waits live in the
-  `ChangeTracker` (meshnode/state.py), so the Replicator is a `ReplicatedState`.
+  `ChangeTracker` (meshnode/store/state.py), so the Replicator is a `ReplicatedState`.
 """
 
 from __future__ import annotations
