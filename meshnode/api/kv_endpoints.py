@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import re
 
+from ..durations import DurationError, DurationRangeError, parse_duration_s
 from ..http import HttpError, Request, Response, Router
 from .errors import facade_errors
 from .facade import AgentFacade, KvEntry
@@ -36,8 +37,8 @@ VALUE_MAX_BYTES = 512 * 1024
 WAIT_DEFAULT_S = 300.0
 WAIT_MAX_S = 600.0
 _KIND_INDEX_HEADER = "X-Consul-Index"
-_WAIT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# A bare number is seconds: Consul needs a unit, but this API always took one.
+_BARE_SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
 
 _NO_CAS = "meshnode KV is last-writer-wins; check-and-set is not supported"
 _NO_LOCKS = (
@@ -62,13 +63,21 @@ def validate_key(key: str, *, allow_empty: bool = False) -> None:
 
 
 def parse_wait(text: str | None) -> float:
-    """Consul's ``wait`` (``10s``, ``500ms``, ``5m``, bare seconds), capped at 10 minutes."""
+    """Consul's ``wait`` (``10s``, ``500ms``, ``1m30s``, bare seconds), capped at 10 minutes.
+
+    The grammar is `meshnode.durations` (Go's, as Consul parses it).
+    """
     if text is None or text == "":
         return WAIT_DEFAULT_S
-    found = _WAIT.match(text.strip())
-    if found is None:
-        raise HttpError(400, f"invalid wait {text!r}: use a duration such as 10s or 5m")
-    return min(float(found.group(1)) * _UNIT_S[found.group(2)], WAIT_MAX_S)
+    raw = text.strip()
+    if _BARE_SECONDS.match(raw):
+        return min(float(raw), WAIT_MAX_S)
+    try:
+        return min(parse_duration_s(raw), WAIT_MAX_S)
+    except DurationRangeError:
+        return WAIT_MAX_S  # longer than any wait: the cap, as before
+    except DurationError:
+        raise HttpError(400, f"invalid wait {text!r}: use a duration such as 10s or 5m") from None
 
 
 def parse_index(text: str | None) -> int | None:

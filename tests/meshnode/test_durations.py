@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshnode.api.kv_endpoints import parse_wait
 from meshnode.catalog.definitions import DefinitionError, parse_service
 from meshnode.config import ConfigError, load_config
 from meshnode.durations import (
@@ -23,6 +24,7 @@ from meshnode.durations import (
     format_duration,
     parse_duration_s,
 )
+from meshnode.http import HttpError
 
 
 @pytest.mark.parametrize(
@@ -165,3 +167,29 @@ def test_a_check_takes_go_spellings_and_caps_at_a_day() -> None:
     assert service.checks[0].ttl_s == 60.5
     with pytest.raises(DefinitionError, match="is more than 86400 s"):
         parse_service({"Name": "web", "Check": {"TTL": "24h1ms"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (None, 300.0),
+        ("", 300.0),
+        ("10", 10.0),  # bare seconds, as this API always took
+        ("2.5", 2.5),
+        ("500ms", 0.5),
+        ("5m", 300.0),
+        ("1m30s", 90.0),  # refused before: one unit only
+        (".5s", 0.5),
+        ("1h", 600.0),  # capped
+        ("3000000h", 600.0),  # past Go's range: still just the cap
+    ],
+)
+def test_a_blocking_wait_uses_the_grammar_and_the_cap(text: str | None, seconds: float) -> None:
+    assert parse_wait(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-1s", "1d", "10 s"])
+def test_a_bad_wait_is_a_400(text: str) -> None:
+    with pytest.raises(HttpError) as caught:
+        parse_wait(text)
+    assert caught.value.status == 400
