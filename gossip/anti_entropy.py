@@ -18,7 +18,7 @@ Rules that live here:
 - No I/O, no clock: the caller passes `now` to `StepReader` for the envelope's
   replay window, and moves the bytes.
 
-Used by the simulator (simulations/sim.py); the agent's `meshnode/replication.py`
+Used by the simulator (simulations/sim.py); the agent's `meshnode/store/replication.py`
 runs the same round over trio streams.
 """
 

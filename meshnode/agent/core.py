@@ -272,7 +272,6 @@ class Agent:
         self._members_dirty = False
         # Names seen as members since start, to tell a returning member from
         # a newcomer.
-        self._seen_members: set[str] = {config.node_name}
         self._seen_queries = keyring_ops.SeenQueries()
         self._tallies: dict[bytes, keyring_ops.Tally] = {}
         self._tally_events: dict[bytes, trio.Event] = {}
@@ -433,16 +432,12 @@ class Agent:
         if not isinstance(event, UserMessage):
             # Health answers depend on member states: wake blocking queries.
             self.replicator.tracker.touch(TOPIC_MEMBERS)
+            # A member returning from failure may hold writes we lack: a round.
+            self.replicator.on_member_event(event)
         match event:
             case MemberJoined(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member joined", node=m.name, addr=str(m.addr))
-                if m.name in self._seen_members:
-                    # A member returning from failure (a restart, a pause, a
-                    # healed partition) may hold writes we lack and lack ours.
-                    # A newcomer reconciles by itself after its own join.
-                    self.replicator.start_anti_entropy(m.addr)
-                self._seen_members.add(m.name)
             case MemberLeft(member=m):
                 self._members_dirty = True
                 log(_log, "info", "member left", node=m.name)
@@ -534,13 +529,7 @@ class Agent:
         """
         ok = await self.driver.join(addrs)
         if ok > 0:
-            peers = [
-                m.addr
-                for m in self.core.members()
-                if m.state == State.ALIVE and m.name != self.config.node_name
-            ]
-            if peers:
-                self.replicator.start_anti_entropy(random.choice(peers))
+            self.replicator.reconcile_after_join()
         return ok
 
     async def join(self, addrs: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The replication glue (meshnode/replication.py) with real drivers over the in-memory network.
+"""The replication driver (meshnode/store/replication.py) with real drivers over a memory network.
 
 Three nodes, each a `Membership` + `GossipDriver` + `Replicator` with its own
 SQLite file, under trio's autojump clock: broadcasts, the notice + TCP fetch of

@@ -178,14 +178,37 @@ def test_paused_node_can_drop_instead_of_queueing() -> None:
     assert all(n.up_count == 8 for n in sim.nodes)
 
 
-def test_store_constants_match_the_agent() -> None:
-    """The simulator mirrors meshnode/replication.py's channel and defaults (it avoids trio)."""
-    from meshnode.store import replication
-    from simulations import sim
+def test_the_simulator_runs_the_agents_replication_core() -> None:
+    """Each node holds the agent's `Replication` core: its relay rule and its config."""
+    from meshnode.gossip.replication import Replication, ReplicationConfig
+    from meshnode.store import replication as agent
 
-    cfg = replication.ReplicationConfig()
-    assert sim.CHANNEL_STORE_ENTRY == replication.CHANNEL_STORE_ENTRY
-    assert cfg.anti_entropy_interval_s == sim.ANTI_ENTROPY_INTERVAL_S
-    assert cfg.exchange_timeout_s == sim._EXCHANGE_TIMEOUT_S
-    assert cfg.broadcast_max_bytes == sim._BROADCAST_MAX_BYTES
-    assert cfg.concurrent_exchanges_max == sim._CONCURRENT_EXCHANGES_MAX
+    sim = Simulator(n_nodes=30, seed=SEED, anti_entropy_interval_s=None)
+    sim.warm_start()
+    assert all(isinstance(n.rules, Replication) for n in sim.nodes)
+    assert sim.replication_config == ReplicationConfig()
+    assert agent.ReplicationConfig is ReplicationConfig  # one config, not a mirrored copy
+    sim.store_put(7, "kv", "flag", b"on")
+    sim.run(5.0)
+    assert all(n.store is not None and n.store.get("kv", "flag") for n in sim.nodes)
+    # The core's rule: every other node relays the write once, the first time it applies it.
+    assert sim.counters.store_relayed == 29
+
+
+def test_a_joiner_that_knows_few_members_still_reconciles_at_once() -> None:
+    """The core picks among the alive members it knows, even when random draws miss them.
+
+    A joiner of a 200-node cluster knows a handful of members when its join
+    exchange ends; rejection sampling alone would give up and leave its
+    store stale until the periodic round.
+    """
+    sim = Simulator(n_nodes=200, seed=SEED, anti_entropy_interval_s=None)
+    sim.start_node(0)
+    sim.run(1.0)
+    sim.store_put(0, "kv", "before", b"x")
+    sim.run(5.0)
+    sim.start_node(1, join=[0])
+    sim.run(8.0)
+    assert sim.counters.anti_entropy_done >= 1
+    store = sim.nodes[1].store
+    assert store is not None and store.get("kv", "before") is not None
