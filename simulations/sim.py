@@ -18,7 +18,8 @@ Rules that live here:
   timers. Other user payloads are re-broadcast the first time they are
   seen, as serf's user events are;
 - an anti-entropy round (gossip/anti_entropy.py) is four stream halves
-  through the network, each a real sealed step of messages.
+  through the network, each a real sealed step of messages; a push of a
+  security write is one stream half, a step of `Entries`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
-from meshnode.gossip import codec
+from meshnode.gossip import codec, store_codec
 from meshnode.gossip.anti_entropy import Initiator, Responder, StepReader, encode_step
 from meshnode.gossip.config import GossipConfig
 from meshnode.gossip.errors import RemoteProtocolError
@@ -67,6 +68,7 @@ _PP_REQUEST = 2
 _PP_RESPONSE = 3
 _ACTION = 4
 _AE_STEP = 5
+_STORE_PUSH = 6
 
 # Trace record kinds.
 _T_DELIVER = 1
@@ -76,6 +78,7 @@ _T_EVENT = 4
 _T_PP = 5
 _T_STORE = 6
 _T_AE = 7
+_T_PUSH = 8
 _EVENT_CODES: dict[type, int] = {
     MemberJoined: 1,
     MemberUpdated: 2,
@@ -93,6 +96,7 @@ _DEFAULTS = ReplicationConfig()
 # The core's counters the simulator keeps, by the name of its `Counters` field.
 _CORE_COUNTERS = {
     "relayed": "store_relayed",
+    "push.started": "store_pushes",
     "rejected": "store_rejected",
     "anti_entropy.started": "anti_entropy_started",
     "anti_entropy.skipped": "anti_entropy_skipped",
@@ -157,6 +161,8 @@ class Counters:
     anti_entropy_done: int = 0
     anti_entropy_bytes: int = 0
     anti_entropy_steps: int = 0
+    store_pushes: int = 0
+    store_push_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -193,6 +199,7 @@ class Simulator:
         push_pull_timeout_s: float = 10.0,
         join_retry_s: float = 2.0,
         anti_entropy_interval_s: float | None = _DEFAULTS.anti_entropy_interval_s,
+        replication: ReplicationConfig = _DEFAULTS,
     ) -> None:
         self.seed = seed
         self.n_nodes = n_nodes
@@ -205,7 +212,7 @@ class Simulator:
         self.join_retry_s = join_retry_s
         # None: no periodic rounds (the rounds after a join or a return still run).
         self.anti_entropy_interval_s = anti_entropy_interval_s
-        self.replication_config = _DEFAULTS
+        self.replication_config = replication
         if anti_entropy_interval_s is not None:
             self.replication_config = replace(
                 self.replication_config, anti_entropy_interval_s=anti_entropy_interval_s
@@ -281,6 +288,8 @@ class Simulator:
                 self._finish_push_pull(payload)
             elif kind == _AE_STEP:
                 self._anti_entropy_arrive(payload)
+            elif kind == _STORE_PUSH:
+                self._store_push_arrive(payload)
             else:
                 payload()
         if not self.stopped:
@@ -319,6 +328,7 @@ class Simulator:
             config=self.replication_config,
             count=self._count,
         )
+        node.rules.loaded(len(node.store))
         if join:
             node.core.join([self.nodes[j].addr for j in join], self.now_s)
         self._flush(node)
@@ -400,6 +410,8 @@ class Simulator:
                 self._deliver(payload)
             elif kind == _AE_STEP:
                 self._anti_entropy_arrive(payload)
+            elif kind == _STORE_PUSH:
+                self._store_push_arrive(payload)
             else:
                 self._serve_push_pull(payload)
         if node.core is not None:
@@ -596,8 +608,57 @@ class Simulator:
         entry = node.store.put(kind, key, value)
         self._record(_T_STORE, index, entry.version.lamport & 0xFFFFFFFF, len(value), 0)
         self._broadcast(node, node.rules.local_writes([entry]))
+        pushed = node.rules.push_entries([entry])
+        for peer in node.rules.push_targets(pushed, *self._alive_peers(node)):
+            self._store_push_send(node, peer, pushed, node.rules)
         self._flush(node)
         return entry
+
+    def _store_push_send(
+        self, node: SimNode, dst: int, entries: list[Entry], rules: Replication[int]
+    ) -> None:
+        """The agent's push of a security write: one step of `Entries` on a stream."""
+        assert node.wire is not None
+        data = encode_step(node.wire, store_codec.encode_entries(entries))
+        self.counters.store_push_bytes += len(data)
+        timeout_s = self.replication_config.push_timeout_s
+        delay_s = self.net.retransmitted_stream_delay_s(node.index, dst, len(data), timeout_s)
+        if delay_s is None:
+            self._record(_T_PUSH, node.index, dst, len(data), 1)
+            rules.push_done(ok=False)
+            return
+        self._push(self.now_s + delay_s, _STORE_PUSH, (node.index, dst, data, self.now_s, rules))
+
+    def _store_push_arrive(self, payload: tuple[int, int, bytes, float, Replication[int]]) -> None:
+        """A push reaches its peer: merge and relay, as a broadcast's receiver does."""
+        src, dst, data, sent_s, rules = payload
+        node = self.nodes[dst]
+        if node.core is None or node.rules is None:
+            self._record(_T_PUSH, src, dst, len(data), 2)
+            rules.push_done(ok=False)
+            return
+        if node.paused:
+            node.backlog.append((_STORE_PUSH, 0, payload))
+            return
+        self._record(_T_PUSH, src, dst, len(data), zlib.crc32(data))
+        assert node.wire is not None
+        reader = StepReader(node.wire)
+        reader.feed(data)
+        try:
+            step = reader.next_step(self.now_s)
+            if step is None:
+                raise AssertionError("a simulated step always arrives whole")
+            entries = [e for m in step if isinstance(m, store_codec.Entries) for e in m.entries]
+        except RemoteProtocolError:
+            self.counters.packets_rejected += 1
+            self._record(_T_REJECT, src, dst, len(data), 40)
+            rules.push_done(ok=False)
+            return
+        self._apply(node, node.rules.receive_entries(entries, relay=True))
+        # The data sat in the socket buffer of a paused peer; the sender gave up on the ack.
+        rules.push_done(ok=self.now_s - sent_s <= self.replication_config.push_timeout_s)
+        if node.core is not None:
+            self._flush(node)
 
     def _count(self, name: str, amount: int) -> None:
         """The core's counter sink: the counters the simulator reports."""
@@ -694,7 +755,9 @@ class Simulator:
         if ex.ended:
             return
         ex.ended = True
-        ex.rules.end_exchange(ok=ok)
+        queued = ex.rules.end_exchange(ok=ok)
+        if queued is not None and self.nodes[ex.initiator].life == ex.initiator_life:
+            self.start_anti_entropy(ex.initiator, queued)
 
     def _anti_entropy_arrive(self, payload: tuple[_Exchange, int, bytes]) -> None:
         """One step reaches its end of the stream: read it whole, answer with the next."""

@@ -12,7 +12,8 @@ same object. What lives here is I/O:
   Malformed payloads are dropped and counted (`store.rejected`), never fatal.
 - TCP on the gossip port (stream type byte `STREAM_STORE`): anti-entropy
   rounds (gossip/anti_entropy.py, each step a count frame then that many store
-  messages) and fetches (a `Want`, answered with `Entries`).
+  messages), fetches (a `Want`, answered with `Entries`) and pushes of
+  security writes (`Entries`, merged and relayed, answered with an empty step).
 - Timers: the periodic round (`Replication.anti_entropy_delay_s`) and
   tombstone GC; indexes, listeners and blocking waits live in the
   `ChangeTracker` (meshnode/store/state.py), so the Replicator is a `ReplicatedState`.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
@@ -153,6 +154,7 @@ class Replicator:
         entries, clock = self.persist.load_store()
         self.store.load(entries, clock)
         self.tracker.loaded(entries)
+        self.rules.loaded(len(entries))
         return len(entries)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,9 +205,54 @@ class Replicator:
         return entries
 
     def _written(self, entries: list[Entry]) -> None:
-        """Send what the core asks for after a durable local write."""
+        """Send what the core asks for after a durable local write: broadcasts, pushes."""
         for b in self.rules.local_writes(entries):
             self._queue(b.payload, b.key)
+        pushed = self.rules.push_entries(entries)
+        if not pushed:
+            return
+        targets = self.rules.push_targets(pushed, self._others(), _alive)
+        for m in targets:
+            if self._nursery is None:
+                self.rules.push_done(ok=False)
+            else:
+                self._nursery.start_soon(self._push, m.addr, pushed)
+
+    async def _push(self, addr: Addr, entries: list[Entry]) -> None:
+        """Send entries on a store stream; the peer merges, relays, and acknowledges."""
+
+        async def talk(stream: trio.abc.Stream) -> None:
+            steps = _Steps(stream, self.wire)
+            await steps.send(store_codec.encode_entries(entries), prefix=bytes([STREAM_STORE]))
+            if await steps.read():
+                raise StoreMessageError("a push is acknowledged by an empty step")
+
+        ok = False
+        try:
+            ok = await self._talk("push", addr, self.config.push_timeout_s, talk)
+        finally:
+            self.rules.push_done(ok=ok)
+
+    async def _talk(
+        self,
+        what: str,
+        addr: Addr,
+        timeout_s: float,
+        talk: Callable[[trio.abc.Stream], Awaitable[None]],
+    ) -> bool:
+        """Run `talk` on a stream to `addr`; False (logged) on a network or a peer's error."""
+        try:
+            with trio.fail_after(timeout_s):
+                stream = await self.transport.connect_stream(addr)
+                async with stream:
+                    await talk(stream)
+            return True
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            log(_log, "debug", f"store {what} failed", peer=str(addr), reason=str(exc))
+        except RemoteProtocolError as exc:
+            self._count("rejected")
+            log(_log, "warning", f"store {what} rejected", peer=str(addr), reason=str(exc))
+        return False
 
     def _queue(self, payload: bytes, key: tuple[str, str, str]) -> None:
         self.driver.apply(lambda now: self.core.broadcast_user(payload, key=key))
@@ -242,31 +289,19 @@ class Replicator:
         return True
 
     async def _fetch(self, fetch: Fetch) -> None:
-        addr = fetch.origin
-        try:
-            with trio.fail_after(self.config.exchange_timeout_s):
-                stream = await self.transport.connect_stream(addr)
-                async with stream:
-                    steps = _Steps(stream, self.wire)
-                    await steps.send(
-                        store_codec.encode_want([(fetch.kind, fetch.key)]),
-                        prefix=bytes([STREAM_STORE]),
-                    )
-                    reply = await steps.read()
+        async def talk(stream: trio.abc.Stream) -> None:
+            steps = _Steps(stream, self.wire)
+            want = store_codec.encode_want([(fetch.kind, fetch.key)])
+            await steps.send(want, prefix=bytes([STREAM_STORE]))
+            reply = await steps.read()
             entries = [e for m in reply if isinstance(m, store_codec.Entries) for e in m.entries]
-            self._apply(self.rules.receive_entries(entries, relay=True), addr)
-            self._count("fetch.ok")
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            self._count("fetch.failed")
-            log(_log, "debug", "store fetch failed", peer=str(addr), reason=str(exc))
-        except RemoteProtocolError as exc:
-            self._count("fetch.failed")
-            self._count("rejected")
-            log(_log, "warning", "store fetch rejected", peer=str(addr), reason=str(exc))
+            self._apply(self.rules.receive_entries(entries, relay=True), fetch.origin)
+
+        try:
+            ok = await self._talk("fetch", fetch.origin, self.config.exchange_timeout_s, talk)
+            self._count("fetch.ok" if ok else "fetch.failed")
         finally:
             self.rules.fetch_done(fetch)
-
-    # ------------------------------------------------------------------ anti-entropy
 
     def _others(self) -> list[Member]:
         me = self.core.name
@@ -308,21 +343,17 @@ class Replicator:
 
     async def _anti_entropy(self, addr: Addr) -> None:
         """One full round with `addr` as the initiator (a slot was taken by `begin_exchange`)."""
+
+        async def talk(stream: trio.abc.Stream) -> None:
+            self.merge(await self._initiate(stream), addr)
+
         ok = False
         try:
-            with trio.fail_after(self.config.exchange_timeout_s):
-                stream = await self.transport.connect_stream(addr)
-                async with stream:
-                    received = await self._initiate(stream)
-            self.merge(received, addr)
-            ok = True
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            log(_log, "debug", "anti-entropy failed", peer=str(addr), reason=str(exc))
-        except RemoteProtocolError as exc:
-            self._count("rejected")
-            log(_log, "warning", "anti-entropy rejected", peer=str(addr), reason=str(exc))
+            ok = await self._talk("anti-entropy", addr, self.config.exchange_timeout_s, talk)
         finally:
-            self.rules.end_exchange(ok=ok)
+            queued = self.rules.end_exchange(ok=ok)
+            if queued is not None:
+                self.start_anti_entropy(queued.addr)
 
     async def _initiate(self, stream: trio.abc.Stream) -> list[Entry]:
         steps = _Steps(stream, self.wire)
@@ -334,7 +365,7 @@ class Replicator:
         return session.on_entries(await steps.read())
 
     async def _serve(self, stream: trio.abc.Stream, peer: Addr, first: bytes) -> None:
-        """Answer a store stream: a digest round or a fetch (Want)."""
+        """Answer a store stream: a digest round, a fetch (Want) or a push (Entries)."""
         try:
             with trio.fail_after(self.config.exchange_timeout_s):
                 steps = _Steps(stream, self.wire, first[1:])
@@ -344,8 +375,17 @@ class Replicator:
                 elif opening and all(isinstance(m, store_codec.Want) for m in opening):
                     keys = [k for m in opening if isinstance(m, store_codec.Want) for k in m.keys]
                     await steps.send(store_codec.encode_entries(self.store.entries_for(keys)))
+                elif opening and all(isinstance(m, store_codec.Entries) for m in opening):
+                    pushed = [
+                        e for m in opening if isinstance(m, store_codec.Entries) for e in m.entries
+                    ]
+                    self._apply(self.rules.receive_entries(pushed, relay=True), peer)
+                    self._count("push.received")
+                    await steps.send([])
                 else:
-                    raise StoreMessageError("a store stream starts with a Digest or a Want")
+                    raise StoreMessageError(
+                        "a store stream starts with a Digest, a Want or Entries"
+                    )
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self._count("serve.failed")
             log(_log, "debug", "serving a store stream failed", peer=str(peer), reason=str(exc))

@@ -208,3 +208,48 @@ def test_a_join_reconciles_with_one_alive_member(members: int) -> None:
     rules, _ = core()
     peers = rules.after_join(range(members), lambda i: True)
     assert len(peers) == min(members, 1)
+
+
+def test_only_security_kinds_are_pushed() -> None:
+    rules, _ = core()
+    entries = [rules.store.put(kind, "k", b"v") for kind in ("kv", "intention", "revocation", "ca")]
+    assert [e.kind for e in rules.push_entries(entries)] == ["intention", "revocation", "ca"]
+
+
+def test_a_push_goes_to_distinct_alive_peers_within_the_bound() -> None:
+    config = ReplicationConfig(push_peers=3, pushes_concurrent_max=4)
+    rules, counts = core(config=config)
+    deny = [rules.store.put("intention", "web/db", b"deny")]
+    alive = {1, 2, 4, 6, 7}
+    first = rules.push_targets(deny, range(8), alive.__contains__)
+    assert len(first) == 3 and len(set(first)) == 3 and set(first) <= alive
+    # One slot left: one push now, two skipped (gossip and anti-entropy carry the write).
+    assert len(rules.push_targets(deny, range(8), alive.__contains__)) == 1
+    assert counts["push.skipped"] == 2
+    assert rules.push_targets(deny, range(8), alive.__contains__) == []
+    rules.push_done(ok=True)
+    assert len(rules.push_targets(deny, range(8), alive.__contains__)) == 1
+    assert counts["push.started"] == 5 and counts["push.ok"] == 1
+    assert rules.push_targets([], range(8), alive.__contains__) == []
+
+
+def test_after_a_restart_the_first_join_reconciles_with_several_peers() -> None:
+    config = ReplicationConfig(restart_exchange_peers=6, concurrent_exchanges_max=4)
+    rules, counts = core(config=config)
+    rules.loaded(1200)
+    peers = rules.after_join(range(10), lambda i: True)
+    assert len(peers) == 4  # the bound; two more wait for a free slot
+    for _ in peers:
+        assert rules.begin_exchange()
+    queued = [rules.end_exchange(ok=True), rules.end_exchange(ok=True)]
+    assert rules.end_exchange(ok=True) is None
+    assert len(set(peers) | {q for q in queued if q is not None}) == 6
+    assert counts["anti_entropy.restart"] == 6
+    # Later joins (a healed partition) are ordinary: one round.
+    assert len(rules.after_join(range(10), lambda i: True)) == 1
+
+
+def test_a_first_boot_reconciles_with_one_peer() -> None:
+    rules, _ = core()
+    rules.loaded(0)
+    assert len(rules.after_join(range(10), lambda i: True)) == 1
