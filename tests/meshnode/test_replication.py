@@ -33,6 +33,7 @@ from meshnode.store.replication import (
     STREAM_STORE,
     ReplicationConfig,
     Replicator,
+    _Steps,
 )
 
 KEY = bytes(range(32))
@@ -384,3 +385,27 @@ async def test_a_restarted_node_reconciles_with_several_peers_at_once(
             1.0,  # the periodic round is 2.5-7.5 s away
         )
         assert counter(n2, "anti_entropy.restart") == 4
+
+
+async def test_a_push_is_merged_relayed_and_acknowledged_and_a_bad_one_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def push(entries: list[Entry]) -> list[store_codec.StoreMessage]:
+        stream = await c.nodes[2].driver.transport.connect_stream(addr(1))
+        async with stream:
+            steps = _Steps(stream, c.nodes[2].wire)
+            await steps.send(store_codec.encode_entries(entries), prefix=bytes([STREAM_STORE]))
+            return await steps.read()
+
+    async with cluster(tmp_path) as c:
+        n1 = c.nodes[1]
+        bad = Entry("intention", "web/cache", b"deny", Version(0, "n2"))  # Lamport 0 is invalid
+        with pytest.raises(trio.BrokenResourceError):
+            await push([Entry("intention", "web/ok", b"deny", Version(40, "n2")), bad])
+        assert counter(n1, "rejected") == 1 and len(n1.rep.store) == 0
+        good = Entry("intention", "web/db", b"deny", Version(50, "n2"))
+        assert await push([good]) == []  # the acknowledgement: an empty step
+        assert n1.rep.store.get("intention", "web/db") == good
+        assert counter(n1, "push.received") == 1
+        # n1 relays what was news to it by gossip: n3 had no push.
+        await eventually(lambda: c.nodes[3].rep.store.get("intention", "web/db") == good, 2.0)
