@@ -10,6 +10,9 @@ cares about):
   directions between two groups, an asymmetric one only `side_a -> side_b`;
 - a push/pull is a TCP exchange: it needs both directions, is never
   duplicated, and one lost segment here stands for a failed exchange;
+- a store push (one short stream) retransmits as TCP does: each lost
+  segment costs its retransmission timeout (1 s for the handshake, 0.2 s for
+  data, doubling), and the push fails past its timeout;
 - every draw comes from the one `random.Random` the simulator hands in.
 
 Nodes are small integers (their index in the simulator), so a partition is a
@@ -21,6 +24,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+
+# Linux's initial TCP retransmission timeout (RFC 6298), and its floor once
+# the handshake measured a LAN round trip (TCP_RTO_MIN).
+_INITIAL_RTO_S = 1.0
+_MIN_RTO_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +141,25 @@ class Network:
         if cfg.loss and self._rng.random() < cfg.loss:
             return None
         return self.delay_s() + n_bytes / cfg.bandwidth_bytes_per_s
+
+    def retransmitted_stream_delay_s(
+        self, src: int, dst: int, n_bytes: int, timeout_s: float
+    ) -> float | None:
+        """Delay of one short stream that TCP retransmits, or None past `timeout_s`.
+
+        Each of the three segments that open it and carry its data (SYN,
+        SYN-ACK, data) may be lost; Linux retransmits a handshake segment
+        after 1 s, then 2 s..., and data after its minimum RTO, 0.2 s, doubling.
+        """
+        if self._active and (self.blocked(src, dst) or self.blocked(dst, src)):
+            return None
+        cfg = self.config
+        waited_s = 0.0
+        for first_rto_s in (_INITIAL_RTO_S, _INITIAL_RTO_S, _MIN_RTO_S):
+            rto_s = first_rto_s
+            while cfg.loss and self._rng.random() < cfg.loss:
+                waited_s += rto_s
+                rto_s *= 2
+                if waited_s > timeout_s:
+                    return None
+        return waited_s + 3 * self.delay_s() + n_bytes / cfg.bandwidth_bytes_per_s

@@ -11,15 +11,15 @@ Rules that live here:
   sealed by the real `Wire` (AES-256-GCM with `encrypt=True`);
 - every delivered or dropped packet and every core event is folded into a
   sha256 trace, which is the run's fingerprint;
-- every node holds a real replicated `Store`; a write is broadcast as the
-  agent does (a gossip `User` payload: channel byte 0x03 + `store_codec`'s
-  entry) and every node relays an entry the first time it changes its replica
-  (meshnode/replication.py's `_merge_and_relay`); other user payloads are
-  re-broadcast the first time they are seen, as serf's user events are;
-- each node runs the store's anti-entropy round (gossip/anti_entropy.py) with
-  a random alive member every `anti_entropy_interval_s` (jittered), after its
-  join, and with a member that returns from failure, as the agent does: four
-  stream halves through the network, each a real sealed step of messages.
+- every node holds a real replicated `Store` and the agent's replication core
+  (gossip/replication.py's `Replication`): the core decides what a write
+  broadcasts, what a received payload merges and relays, and when and with
+  whom anti-entropy runs; this module only moves its bytes and keeps its
+  timers. Other user payloads are re-broadcast the first time they are
+  seen, as serf's user events are;
+- an anti-entropy round (gossip/anti_entropy.py) is four stream halves
+  through the network, each a real sealed step of messages; a push of a
+  security write is one stream half, a step of `Entries`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import heapq
 import random
 import struct
 import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, overload
 
 from meshnode.gossip import codec, store_codec
 from meshnode.gossip.anti_entropy import Initiator, Responder, StepReader, encode_step
@@ -50,6 +50,14 @@ from meshnode.gossip.events import (
 from meshnode.gossip.keyring import Keyring
 from meshnode.gossip.membership import Membership
 from meshnode.gossip.messages import Addr, NodeState, State
+from meshnode.gossip.replication import (
+    CHANNEL_STORE_ENTRY,
+    CHANNEL_STORE_NOTICE,
+    Broadcast,
+    Outcome,
+    Replication,
+    ReplicationConfig,
+)
 from meshnode.gossip.store import Entry, Store
 from meshnode.gossip.wire import FrameReader, Wire
 from simulations.network import Network, NetworkConfig, Partition
@@ -60,6 +68,7 @@ _PP_REQUEST = 2
 _PP_RESPONSE = 3
 _ACTION = 4
 _AE_STEP = 5
+_STORE_PUSH = 6
 
 # Trace record kinds.
 _T_DELIVER = 1
@@ -69,6 +78,7 @@ _T_EVENT = 4
 _T_PP = 5
 _T_STORE = 6
 _T_AE = 7
+_T_PUSH = 8
 _EVENT_CODES: dict[type, int] = {
     MemberJoined: 1,
     MemberUpdated: 2,
@@ -81,16 +91,18 @@ _INF = float("inf")
 _SIM_KEY = bytes(range(32))
 # A SIGSTOPped process's socket buffer holds about this many datagrams.
 _PAUSE_BACKLOG_MAX = 2_000
-# meshnode/replication.py's CHANNEL_STORE_ENTRY (that module needs trio, this
-# one must not; tests/simulations checks they agree).
-CHANNEL_STORE_ENTRY = 0x03
-# meshnode/replication.py's ReplicationConfig defaults, for the same reasons.
-ANTI_ENTROPY_INTERVAL_S = 10.0
-_EXCHANGE_TIMEOUT_S = 30.0
-_BROADCAST_MAX_BYTES = 1000
-_CONCURRENT_EXCHANGES_MAX = 4
-# Rejection sampling of a random alive peer: tries before giving up this round.
-_PEER_TRIES = 16
+_STORE_CHANNELS = (CHANNEL_STORE_ENTRY, CHANNEL_STORE_NOTICE)
+_DEFAULTS = ReplicationConfig()
+# The core's counters the simulator keeps, by the name of its `Counters` field.
+_CORE_COUNTERS = {
+    "relayed": "store_relayed",
+    "push.started": "store_pushes",
+    "rejected": "store_rejected",
+    "anti_entropy.started": "anti_entropy_started",
+    "anti_entropy.skipped": "anti_entropy_skipped",
+    "anti_entropy.done": "anti_entropy_done",
+    "anti_entropy.failed": "anti_entropy_failed",
+}
 
 
 @dataclass(slots=True)
@@ -114,9 +126,9 @@ class SimNode:
     full_view_at_s: float | None = None
     # The replica survives crashes: the agent persists it in SQLite.
     store: Store | None = None
-    # The application's own randomness (anti-entropy jitter and peers), from the node's seed.
-    app_rng: random.Random | None = None
-    exchanges: int = 0  # anti-entropy rounds this node initiated that are in flight
+    # The replication core of this life; its randomness (anti-entropy jitter
+    # and peers) is the application's own, from the node's seed.
+    rules: Replication[int] | None = None
 
     def queued_datagrams(self) -> int:
         """Datagrams waiting in a paused node's socket buffer (stream data queues apart)."""
@@ -149,6 +161,8 @@ class Counters:
     anti_entropy_done: int = 0
     anti_entropy_bytes: int = 0
     anti_entropy_steps: int = 0
+    store_pushes: int = 0
+    store_push_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -160,6 +174,7 @@ class _Exchange:
     initiator_life: int
     started_s: float
     session: Initiator
+    rules: Replication[int]  # the initiator's core, which counts the round in flight
     responder_life: int = -1
     answer: Responder | None = None
     step: int = 1  # the step travelling now (1 digest, 2 versions, 3 push, 4 wanted entries)
@@ -183,7 +198,8 @@ class Simulator:
         pause_drops: bool = False,
         push_pull_timeout_s: float = 10.0,
         join_retry_s: float = 2.0,
-        anti_entropy_interval_s: float | None = ANTI_ENTROPY_INTERVAL_S,
+        anti_entropy_interval_s: float | None = _DEFAULTS.anti_entropy_interval_s,
+        replication: ReplicationConfig = _DEFAULTS,
     ) -> None:
         self.seed = seed
         self.n_nodes = n_nodes
@@ -196,6 +212,11 @@ class Simulator:
         self.join_retry_s = join_retry_s
         # None: no periodic rounds (the rounds after a join or a return still run).
         self.anti_entropy_interval_s = anti_entropy_interval_s
+        self.replication_config = replication
+        if anti_entropy_interval_s is not None:
+            self.replication_config = replace(
+                self.replication_config, anti_entropy_interval_s=anti_entropy_interval_s
+            )
         master = random.Random(seed)
         self._node_seeds = [master.getrandbits(64) for _ in range(n_nodes)]
         self.net = Network(
@@ -267,6 +288,8 @@ class Simulator:
                 self._finish_push_pull(payload)
             elif kind == _AE_STEP:
                 self._anti_entropy_arrive(payload)
+            elif kind == _STORE_PUSH:
+                self._store_push_arrive(payload)
             else:
                 payload()
         if not self.stopped:
@@ -298,8 +321,14 @@ class Simulator:
         node.full_view_at_s = None
         if node.store is None:
             node.store = Store(node.name)
-        node.app_rng = random.Random(seed ^ 0xAE)
-        node.exchanges = 0
+        node.rules = Replication(
+            node.store,
+            rng=random.Random(seed ^ 0xAE),
+            local_addr=node.addr,
+            config=self.replication_config,
+            count=self._count,
+        )
+        node.rules.loaded(len(node.store))
         if join:
             node.core.join([self.nodes[j].addr for j in join], self.now_s)
         self._flush(node)
@@ -357,7 +386,7 @@ class Simulator:
         node.wake_at_s = _INF
         node.paused = False
         node.backlog = []
-        node.exchanges = 0
+        node.rules = None
 
     def pause(self, index: int, duration_s: float) -> None:
         """The process stops (GC pause, SIGSTOP): it handles nothing until resumed."""
@@ -381,6 +410,8 @@ class Simulator:
                 self._deliver(payload)
             elif kind == _AE_STEP:
                 self._anti_entropy_arrive(payload)
+            elif kind == _STORE_PUSH:
+                self._store_push_arrive(payload)
             else:
                 self._serve_push_pull(payload)
         if node.core is not None:
@@ -562,75 +593,113 @@ class Simulator:
             return
         node.core.merge_remote_state(msg, self.now_s)
         self._flush(node)
-        if join and node.core is not None:
-            # The agent's _join: once in, the joiner reconciles its store with one member.
-            self.start_anti_entropy(client)
+        if join and node.core is not None and node.rules is not None:
+            # The agent's _join: once in, the joiner reconciles its store (the core says with whom).
+            for peer in node.rules.after_join(*self._alive_peers(node)):
+                self.start_anti_entropy(client, peer)
 
     # ------------------------------------------------------------------ the replicated store
 
     def store_put(self, index: int, kind: str, key: str, value: bytes) -> Entry:
         """A local write on a live node, broadcast as the agent's Replicator.put does."""
         node = self.nodes[index]
-        if node.core is None or node.store is None:
+        if node.core is None or node.store is None or node.rules is None:
             raise ValueError(f"node {index} is down: it cannot take a write")
         entry = node.store.put(kind, key, value)
         self._record(_T_STORE, index, entry.version.lamport & 0xFFFFFFFF, len(value), 0)
-        self._broadcast_entry(node, entry)
+        self._broadcast(node, node.rules.local_writes([entry]))
+        pushed = node.rules.push_entries([entry])
+        for peer in node.rules.push_targets(pushed, *self._alive_peers(node)):
+            self._store_push_send(node, peer, pushed, node.rules)
         self._flush(node)
         return entry
 
-    def _broadcast_entry(self, node: SimNode, entry: Entry) -> None:
-        payload = bytes((CHANNEL_STORE_ENTRY,)) + store_codec.encode_entry(entry)
-        if len(payload) > _BROADCAST_MAX_BYTES:
-            # The agent sends a notice and the receivers fetch; the simulated
-            # writes are small, so this would be a scenario's mistake.
-            raise ValueError(f"a {len(payload)}-byte entry needs the notice path")
-        assert node.core is not None
-        node.core.broadcast_user(payload, key=("store", entry.kind, entry.key))
-
-    def _on_store_payload(self, node: SimNode, payload: bytes) -> None:
-        """Replicator.on_user and _merge_and_relay: merge, and relay what was news."""
-        try:
-            entry = store_codec.decode_entry(payload[1:])
-        except RemoteProtocolError:
-            self.counters.store_rejected += 1
+    def _store_push_send(
+        self, node: SimNode, dst: int, entries: list[Entry], rules: Replication[int]
+    ) -> None:
+        """The agent's push of a security write: one step of `Entries` on a stream."""
+        assert node.wire is not None
+        data = encode_step(node.wire, store_codec.encode_entries(entries))
+        self.counters.store_push_bytes += len(data)
+        timeout_s = self.replication_config.push_timeout_s
+        delay_s = self.net.retransmitted_stream_delay_s(node.index, dst, len(data), timeout_s)
+        if delay_s is None:
+            self._record(_T_PUSH, node.index, dst, len(data), 1)
+            rules.push_done(ok=False)
             return
-        for current in self._merge(node, [entry]):
-            if current.version == entry.version:
-                self.counters.store_relayed += 1
-                self._broadcast_entry(node, current)
+        self._push(self.now_s + delay_s, _STORE_PUSH, (node.index, dst, data, self.now_s, rules))
 
-    def _merge(self, node: SimNode, entries: Iterable[Entry]) -> list[Entry]:
-        """Replicator.merge: the entries (as they are now) whose keys changed our replica."""
-        store = node.store
-        assert store is not None
-        changed: dict[tuple[str, str], None] = {}
-        for entry in entries:
-            try:
-                if store.merge(entry):
-                    changed[(entry.kind, entry.key)] = None
-            except RemoteProtocolError:
-                self.counters.store_rejected += 1
-        out: list[Entry] = []
-        for kind, key in changed:
-            current = store.get(kind, key, tombstones=True)
-            if current is None:
-                continue
-            out.append(current)
+    def _store_push_arrive(self, payload: tuple[int, int, bytes, float, Replication[int]]) -> None:
+        """A push reaches its peer: merge and relay, as a broadcast's receiver does."""
+        src, dst, data, sent_s, rules = payload
+        node = self.nodes[dst]
+        if node.core is None or node.rules is None:
+            self._record(_T_PUSH, src, dst, len(data), 2)
+            rules.push_done(ok=False)
+            return
+        if node.paused:
+            node.backlog.append((_STORE_PUSH, 0, payload))
+            return
+        self._record(_T_PUSH, src, dst, len(data), zlib.crc32(data))
+        assert node.wire is not None
+        reader = StepReader(node.wire)
+        reader.feed(data)
+        try:
+            step = reader.next_step(self.now_s)
+            if step is None:
+                raise AssertionError("a simulated step always arrives whole")
+            entries = [e for m in step if isinstance(m, store_codec.Entries) for e in m.entries]
+        except RemoteProtocolError:
+            self.counters.packets_rejected += 1
+            self._record(_T_REJECT, src, dst, len(data), 40)
+            rules.push_done(ok=False)
+            return
+        self._apply(node, node.rules.receive_entries(entries, relay=True))
+        # The data sat in the socket buffer of a paused peer; the sender gave up on the ack.
+        rules.push_done(ok=self.now_s - sent_s <= self.replication_config.push_timeout_s)
+        if node.core is not None:
+            self._flush(node)
+
+    def _count(self, name: str, amount: int) -> None:
+        """The core's counter sink: the counters the simulator reports."""
+        field_name = _CORE_COUNTERS.get(name)
+        if field_name is not None:
+            setattr(self.counters, field_name, getattr(self.counters, field_name) + amount)
+
+    def _broadcast(self, node: SimNode, broadcasts: Iterable[Broadcast]) -> None:
+        assert node.core is not None
+        for b in broadcasts:
+            if b.payload[0] != CHANNEL_STORE_ENTRY:
+                # The agent sends a notice and the receivers fetch; the simulated
+                # writes are small, so this would be a scenario's mistake.
+                raise ValueError(f"a {len(b.payload)}-byte entry needs the notice path")
+            node.core.broadcast_user(b.payload, key=b.key)
+
+    def _apply(self, node: SimNode, outcome: Outcome) -> None:
+        """What the agent's Replicator does with an outcome: persist (trace), then send."""
+        for current in outcome.changed:
             self.counters.store_merged += 1
-            crc = zlib.crc32(f"{kind}\xff{key}".encode())
+            crc = zlib.crc32(f"{current.kind}\xff{current.key}".encode())
             self._record(_T_STORE, node.index, current.version.lamport & 0xFFFFFFFF, 1, crc)
             for hook in self.store_hooks:
                 hook(self, node, current)
-        return out
+        if outcome.fetches:
+            raise ValueError("a notice reached a node: the simulated writes must be small")
+        if outcome.broadcasts and node.core is not None:
+            self._broadcast(node, outcome.broadcasts)
+
+    def _merge(self, node: SimNode, entries: Iterable[Entry]) -> None:
+        """An anti-entropy merge (not relayed)."""
+        assert node.rules is not None
+        self._apply(node, node.rules.receive_entries(entries, relay=False))
 
     # ------------------------------------------------------------------ anti-entropy
 
     def _schedule_anti_entropy(self, index: int, life: int) -> None:
-        """The agent's loop: sleep interval x U(0.5, 1.5), then one round with a random peer."""
+        """The agent's loop: sleep for the core's jittered interval, then one round."""
         node = self.nodes[index]
-        assert node.app_rng is not None and self.anti_entropy_interval_s is not None
-        delay_s = self.anti_entropy_interval_s * (0.5 + node.app_rng.random())
+        assert node.rules is not None
+        delay_s = node.rules.anti_entropy_delay_s()
 
         def tick() -> None:
             if node.life != life or node.core is None:
@@ -641,35 +710,32 @@ class Simulator:
 
         self.at(self.now_s + delay_s, tick)
 
-    def _random_alive_peer(self, node: SimNode) -> int | None:
-        """A uniformly random member this node believes alive (rejection sampling, O(1))."""
-        assert node.core is not None and node.app_rng is not None
-        if self.n_nodes < 2:
-            return None
-        for _ in range(_PEER_TRIES):
-            other = node.app_rng.randrange(self.n_nodes - 1)
-            other += other >= node.index
-            m = node.core.member(self.nodes[other].name)
-            if m is not None and m.state == State.ALIVE:
-                return other
-        return None
+    def _alive_peers(self, node: SimNode) -> tuple[_Others, Callable[[int], bool]]:
+        """The core's view of the other members: indices, and "is it alive here"."""
+        core = node.core
+        assert core is not None
+        nodes = self.nodes
+
+        def alive(other: int) -> bool:
+            m = core.member(nodes[other].name)
+            return m is not None and m.state == State.ALIVE
+
+        return _Others(self.n_nodes, node.index), alive
 
     def start_anti_entropy(self, index: int, peer: int | None = None) -> None:
         """Start one round from `index` (with `peer`, or a random alive member) unless busy."""
         node = self.nodes[index]
-        if node.core is None or node.store is None or node.paused:
+        if node.core is None or node.store is None or node.rules is None or node.paused:
             return
         if peer is None:
-            peer = self._random_alive_peer(node)
-            if peer is None:
+            picked = node.rules.pick_peers(*self._alive_peers(node), 1)
+            if not picked:
                 return
-        if node.exchanges >= _CONCURRENT_EXCHANGES_MAX:
-            self.counters.anti_entropy_skipped += 1
+            peer = picked[0]
+        if not node.rules.begin_exchange():
             return
-        node.exchanges += 1
-        self.counters.anti_entropy_started += 1
         session = Initiator(node.store)
-        ex = _Exchange(index, peer, node.life, self.now_s, session)
+        ex = _Exchange(index, peer, node.life, self.now_s, session, node.rules)
         self._anti_entropy_send(ex, index, peer, session.opening())
 
     def _anti_entropy_send(self, ex: _Exchange, src: int, dst: int, messages: list[bytes]) -> None:
@@ -689,13 +755,9 @@ class Simulator:
         if ex.ended:
             return
         ex.ended = True
-        if ok:
-            self.counters.anti_entropy_done += 1
-        else:
-            self.counters.anti_entropy_failed += 1
-        node = self.nodes[ex.initiator]
-        if node.life == ex.initiator_life and node.exchanges > 0:
-            node.exchanges -= 1
+        queued = ex.rules.end_exchange(ok=ok)
+        if queued is not None and self.nodes[ex.initiator].life == ex.initiator_life:
+            self.start_anti_entropy(ex.initiator, queued)
 
     def _anti_entropy_arrive(self, payload: tuple[_Exchange, int, bytes]) -> None:
         """One step reaches its end of the stream: read it whole, answer with the next."""
@@ -710,7 +772,7 @@ class Simulator:
         if node.paused:
             node.backlog.append((_AE_STEP, 0, payload))
             return
-        if self.now_s - ex.started_s > _EXCHANGE_TIMEOUT_S:
+        if self.now_s - ex.started_s > self.replication_config.exchange_timeout_s:
             self._record(_T_AE, ex.initiator, ex.responder, len(data), 20 + ex.step)
             self._anti_entropy_end(ex, ok=False)
             return
@@ -757,8 +819,11 @@ class Simulator:
         if isinstance(event, UserMessage):
             payload = event.payload
             self._record(_T_EVENT, node.index, 6, len(payload), zlib.crc32(payload))
-            if payload and payload[0] == CHANNEL_STORE_ENTRY:
-                self._on_store_payload(node, payload)
+            if payload and payload[0] in _STORE_CHANNELS:
+                assert node.rules is not None
+                outcome = node.rules.receive_user(payload)
+                assert outcome is not None
+                self._apply(node, outcome)
             elif payload not in node.user_seen:
                 node.user_seen[event.payload] = self.now_s
                 # The application's rule: pass news on once (serf user events, store updates).
@@ -769,6 +834,8 @@ class Simulator:
             if event.name in node.down:
                 del node.down[event.name]
                 node.known -= 1
+            assert node.rules is not None
+            node.rules.member_reaped(event.name)
         else:
             m = event.member
             code = _EVENT_CODES[type(event)]
@@ -776,15 +843,16 @@ class Simulator:
             if isinstance(event, MemberJoined):
                 if m.name in node.down:
                     del node.down[m.name]
-                    # The agent: a member back from failure (a restart, a pause, a
-                    # healed partition) may hold writes we lack, and lack ours.
-                    returning = self.index_of.get(m.name)
-                    if returning is not None:
-                        self.start_anti_entropy(node.index, returning)
                 else:
                     node.known += 1
+                assert node.rules is not None
+                returning = self.index_of.get(m.name)
+                if node.rules.member_joined(m.name) and returning is not None:
+                    self.start_anti_entropy(node.index, returning)
             elif isinstance(event, MemberFailed | MemberLeft):
                 node.down[m.name] = m.state
+                assert node.rules is not None
+                node.rules.member_departed(m.name)
         if (
             node.full_view_at_s is None
             and node.up_count == self.n_nodes
@@ -812,3 +880,25 @@ class Simulator:
 
     def heap_size(self) -> int:
         return len(self._heap)
+
+
+class _Others(Sequence[int]):
+    """Every node index but one, as a sequence: the core samples it in O(1) per draw."""
+
+    def __init__(self, n_nodes: int, me: int) -> None:
+        self._n = n_nodes - 1 if n_nodes > 1 else 0
+        self._me = me
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return i + (i >= self._me)

@@ -202,7 +202,6 @@ class Agent:
             self.replicator,
             self.known_peers,
             node_name=config.node_name,
-            rng=child_rng(rng),
         )
         self.cluster_keyring = ClusterKeyring(
             self.keyring,
@@ -215,7 +214,6 @@ class Agent:
         )
         self.kv = AgentKv(self.replicator)
         self._gossip_events = GossipEventRouter(
-            node_name=config.node_name,
             replicator=self.replicator,
             known_peers=self.known_peers,
             events=self.events,

@@ -39,7 +39,6 @@ class GossipEventRouter:
     def __init__(
         self,
         *,
-        node_name: str,
         replicator: Replicator,
         known_peers: KnownPeers,
         events: UserEvents,
@@ -51,24 +50,17 @@ class GossipEventRouter:
         self._events = events
         self._keyring = keyring
         self._driver = driver
-        # Names seen as members since start, to tell a returning member from
-        # a newcomer.
-        self._seen_members: set[str] = {node_name}
 
     def __call__(self, event: Event) -> None:
         if not isinstance(event, UserMessage):
             # Health answers depend on member states: wake blocking queries.
             self._replicator.tracker.touch(TOPIC_MEMBERS)
+            # A member returning from failure may hold writes we lack: a round.
+            self._replicator.on_member_event(event)
         match event:
             case MemberJoined(member=m):
                 self._known_peers.changed()
                 log(_log, "info", "member joined", node=m.name, addr=str(m.addr))
-                if m.name in self._seen_members:
-                    # A member returning from failure (a restart, a pause, a
-                    # healed partition) may hold writes we lack and lack ours.
-                    # A newcomer reconciles by itself after its own join.
-                    self._replicator.start_anti_entropy(m.addr)
-                self._seen_members.add(m.name)
             case MemberLeft(member=m):
                 self._known_peers.changed()
                 log(_log, "info", "member left", node=m.name)

@@ -1,8 +1,8 @@
 """Joining and leaving the cluster, and the member list the API shows.
 
 Join addresses may be names, so they are resolved by trio without blocking
-the event loop. A joiner reconciles its store with one member it picks (with
-the injected rng) instead of each member starting an exchange with it; a
+the event loop. A joiner reconciles its store itself (the replication core picks the
+peers) instead of each member starting an exchange with it; a
 restarted agent finds the cluster again through the peers it saved.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import socket
 
 import trio
@@ -21,7 +20,7 @@ from ..config import DEFAULT_GOSSIP_PORT
 from ..gossip.driver import GossipDriver
 from ..gossip.errors import LocalProtocolError
 from ..gossip.membership import Membership
-from ..gossip.messages import Addr, State
+from ..gossip.messages import Addr
 from ..logs import log
 from ..store.replication import Replicator
 from .errors import AgentStartError
@@ -50,14 +49,12 @@ class ClusterMembership:
         known_peers: KnownPeers,
         *,
         node_name: str,
-        rng: random.Random,
     ) -> None:
         self._core = core
         self._driver = driver
         self._replicator = replicator
         self._known_peers = known_peers
         self._node_name = node_name
-        self._rng = rng
 
     def members(self) -> list[MemberView]:
         return sorted((member_view(m) for m in self._core.members()), key=lambda v: v.name)
@@ -87,13 +84,7 @@ class ClusterMembership:
         """
         ok = await self._driver.join(addrs)
         if ok > 0:
-            peers = [
-                m.addr
-                for m in self._core.members()
-                if m.state == State.ALIVE and m.name != self._node_name
-            ]
-            if peers:
-                self._replicator.start_anti_entropy(self._rng.choice(peers))
+            self._replicator.reconcile_after_join()
         return ok
 
     async def join_at_start(

@@ -1,25 +1,30 @@
-"""Glue between the sans-IO replicated store (gossip/store.py), SQLite and gossip, in trio.
+"""The trio + SQLite driver of the store's replication core (gossip/replication.py).
 
-What lives here:
+The rules (what is broadcast, relayed, fetched, and when anti-entropy runs)
+live in `meshnode.gossip.replication.Replication`; the simulator drives the
+same object. What lives here is I/O:
 
 - Local writes (`put`, `delete`, `delete_many`): `Store` first, then SQLite in
   one transaction with the Lamport clock (durable when this returns, so the API
-  may acknowledge), then a gossip broadcast keyed by (kind, key) so that a newer
-  write to the same key replaces the older one still queued.
-- Broadcast payloads are gossip `User` messages whose first byte is a channel:
-  `CHANNEL_STORE_ENTRY` + one encoded entry when it fits a packet, else
-  `CHANNEL_STORE_NOTICE` + a small CBOR notice ``[kind, key, lamport, node,
-  origin host, origin port]``; a receiver that lacks that version fetches the
-  entry from the origin over TCP (anti-entropy catches it otherwise).
-- Received entries are merged and, when they change the replica, persisted
-  (`get(..., tombstones=True)`; None deletes the row) with the clock.
+  may acknowledge), then the core's broadcasts are queued in the gossip core.
+- Received entries: the core merges them; those that changed the replica are
+  persisted (`gone` rows deleted) with the clock before its broadcasts go out.
   Malformed payloads are dropped and counted (`store.rejected`), never fatal.
+<<<<<<< HEAD
 - Anti-entropy over TCP on the gossip port (stream type byte `STREAM_STORE`):
   the round described in gossip/store.py, each step being a count frame
   (uint32) then that many store messages. Run with one random alive member
   every `anti_entropy_interval_s`, with every member that joins, and after a
   restart (the rejoin produces joins).
 - Tombstone GC on a timer; indexes, listeners and blocking waits live in the
+=======
+- TCP on the gossip port (stream type byte `STREAM_STORE`): anti-entropy
+  rounds (gossip/anti_entropy.py, each step a count frame then that many store
+  messages), fetches (a `Want`, answered with `Entries`) and pushes of
+  security writes (`Entries`, merged and relayed, answered with an empty step).
+- Timers: the periodic round (`Replication.anti_entropy_delay_s`) and
+  tombstone GC; indexes, listeners and blocking waits live in the
+>>>>>>> replication
   `ChangeTracker` (meshnode/store/state.py), so the Replicator is a `ReplicatedState`.
 """
 
@@ -28,10 +33,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 
-import cbor2
 import trio
 
 from ..gossip import store_codec
@@ -40,14 +43,31 @@ from ..gossip.anti_entropy import (
     Initiator,
     Responder,
     StepReader,
-    UnexpectedStoreMessage,
     encode_step,
 )
 from ..gossip.driver import GossipDriver
 from ..gossip.errors import RemoteProtocolError
+from ..gossip.events import (
+    Event,
+    Member,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+)
 from ..gossip.membership import Membership
 from ..gossip.messages import Addr, State
-from ..gossip.store import Digest, Entry, Store, Version
+from ..gossip.replication import (
+    CHANNEL_STORE_ENTRY,
+    CHANNEL_STORE_NOTICE,
+    STREAM_STORE,
+    Fetch,
+    Outcome,
+    Replication,
+    ReplicationConfig,
+    StoreMessageError,
+)
+from ..gossip.store import Digest, Entry, Store
 from ..gossip.transport import Transport
 from ..gossip.wire import Wire
 from ..logs import log
@@ -65,62 +85,8 @@ __all__ = [
 
 _log = logging.getLogger("meshnode.replication")
 
-# First byte of a gossip User payload (keyring_ops uses 0x01 and 0x02).
-CHANNEL_STORE_ENTRY = 0x03
-CHANNEL_STORE_NOTICE = 0x04
-# First byte of a TCP stream on the gossip port that carries store anti-entropy.
-STREAM_STORE = 0xA5
-
 _READ_CHUNK_BYTES = 65536
-_NOTICE_MAX_BYTES = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicationConfig:
-    # Broadcasts reach everyone in O(log N) rounds but are best effort (transmit
-    # limit, loss, a paused process); this round is what bounds how long a
-    # missed write stays missing. 10 s costs one small TCP exchange per node per
-    # 10 s (a 2 KiB digest when replicas agree), like memberlist's push/pull
-    # at small cluster sizes.
-    anti_entropy_interval_s: float = 10.0
-    # A stalled or SIGSTOPped peer must not hold an exchange (and its memory) forever.
-    exchange_timeout_s: float = 30.0
-    # Tombstones live for hours (StoreLimits.tombstone_max_age_s); checking
-    # every 10 minutes collects them close enough to their age.
-    tombstone_gc_interval_s: float = 600.0
-    # A User payload larger than this goes as a notice + TCP fetch: a gossip
-    # packet is 1,400 bytes and must also carry the User/compound headers,
-    # the encryption envelope and piggybacked membership updates.
-    broadcast_max_bytes: int = 1000
-    # Exchanges started by join storms beyond this many at once are skipped
-    # (the periodic round catches up), so a 100-node join is not 100 streams.
-    concurrent_exchanges_max: int = 4
-
-
-# One error for every malformed store payload, gossiped or streamed.
-StoreMessageError = UnexpectedStoreMessage
-
-
-def _decode_notice(payload: bytes) -> tuple[str, str, Version, Addr]:
-    if len(payload) > _NOTICE_MAX_BYTES:
-        raise StoreMessageError(f"store notice of {len(payload)} bytes is too large")
-    try:
-        value = cbor2.loads(payload)
-    except Exception as exc:
-        raise StoreMessageError(f"store notice is not CBOR: {exc}") from None
-    if (
-        not isinstance(value, list)
-        or len(value) != 6
-        or not all(isinstance(value[i], str) for i in (0, 1, 3, 4))
-        or not all(type(value[i]) is int for i in (2, 5))
-        or not 0 < value[2] < 2**64
-        or not 0 < value[5] < 65536
-        or not value[0]
-        or not value[3]
-    ):
-        raise StoreMessageError("store notice is not [kind, key, lamport, node, host, port]")
-    kind, key, lamport, node, host, port = value
-    return kind, key, Version(lamport, node), Addr(host, port)
+_DEFAULT_CONFIG = ReplicationConfig()
 
 
 class _Steps:
@@ -167,7 +133,7 @@ class Replicator:
         transport: Transport,
         *,
         rng: random.Random,
-        config: ReplicationConfig = ReplicationConfig(),
+        config: ReplicationConfig = _DEFAULT_CONFIG,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -177,12 +143,12 @@ class Replicator:
         self.wire = wire
         self.transport = transport
         self.config = config
-        self._rng = rng
+        self.rules: Replication[Member] = Replication(
+            store, rng=rng, local_addr=transport.local_addr, config=config, count=self._count
+        )
         self._wall_clock = wall_clock
         self._nursery: trio.Nursery | None = None
         self.tracker = ChangeTracker(store)
-        self._fetching: set[tuple[str, str]] = set()
-        self._exchanges = trio.CapacityLimiter(config.concurrent_exchanges_max)
         driver.add_stream_handler(STREAM_STORE, self._serve)
 
     # ------------------------------------------------------------------ counters
@@ -197,6 +163,7 @@ class Replicator:
         entries, clock = self.persist.load_store()
         self.store.load(entries, clock)
         self.tracker.loaded(entries)
+        self.rules.loaded(len(entries))
         return len(entries)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -230,7 +197,7 @@ class Replicator:
         entry = self.store.put(kind, key, value)
         self.persist.save_store([entry], [], self.store.clock)
         self._note([entry])
-        self._broadcast(entry)
+        self._written([entry])
         return entry
 
     def delete(self, kind: str, key: str) -> Entry:
@@ -243,169 +210,159 @@ class Replicator:
         if entries:
             self.persist.save_store(entries, [], self.store.clock)
             self._note(entries)
-            for entry in entries:
-                self._broadcast(entry)
+            self._written(entries)
         return entries
 
-    def _broadcast(self, entry: Entry) -> None:
-        payload = bytes([CHANNEL_STORE_ENTRY]) + store_codec.encode_entry(entry)
-        if len(payload) > self.config.broadcast_max_bytes:
-            me = self.transport.local_addr
-            v = entry.version
-            notice = [entry.kind, entry.key, v.lamport, v.node, me.host, me.port]
-            payload = bytes([CHANNEL_STORE_NOTICE]) + cbor2.dumps(notice)
-            if len(payload) > self.config.broadcast_max_bytes:
-                # A key near its 512-byte limit: anti-entropy will carry it.
-                self._count("broadcast.skipped")
-                return
-            self._count("broadcast.notice")
-        else:
-            self._count("broadcast.entry")
-        key = ("store", entry.kind, entry.key)
+    def _written(self, entries: list[Entry]) -> None:
+        """Send what the core asks for after a durable local write: broadcasts, pushes."""
+        for b in self.rules.local_writes(entries):
+            self._queue(b.payload, b.key)
+        pushed = self.rules.push_entries(entries)
+        if not pushed:
+            return
+        targets = self.rules.push_targets(pushed, self._others(), _alive)
+        for m in targets:
+            if self._nursery is None:
+                self.rules.push_done(ok=False)
+            else:
+                self._nursery.start_soon(self._push, m.addr, pushed)
+
+    async def _push(self, addr: Addr, entries: list[Entry]) -> None:
+        """Send entries on a store stream; the peer merges, relays, and acknowledges."""
+
+        async def talk(stream: trio.abc.Stream) -> None:
+            steps = _Steps(stream, self.wire)
+            await steps.send(store_codec.encode_entries(entries), prefix=bytes([STREAM_STORE]))
+            if await steps.read():
+                raise StoreMessageError("a push is acknowledged by an empty step")
+
+        ok = False
+        try:
+            ok = await self._talk("push", addr, self.config.push_timeout_s, talk)
+        finally:
+            self.rules.push_done(ok=ok)
+
+    async def _talk(
+        self,
+        what: str,
+        addr: Addr,
+        timeout_s: float,
+        talk: Callable[[trio.abc.Stream], Awaitable[None]],
+    ) -> bool:
+        """Run `talk` on a stream to `addr`; False (logged) on a network or a peer's error."""
+        try:
+            with trio.fail_after(timeout_s):
+                stream = await self.transport.connect_stream(addr)
+                async with stream:
+                    await talk(stream)
+            return True
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            log(_log, "debug", f"store {what} failed", peer=str(addr), reason=str(exc))
+        except RemoteProtocolError as exc:
+            self._count("rejected")
+            log(_log, "warning", f"store {what} rejected", peer=str(addr), reason=str(exc))
+        return False
+
+    def _queue(self, payload: bytes, key: tuple[str, str, str]) -> None:
         self.driver.apply(lambda now: self.core.broadcast_user(payload, key=key))
 
     # ------------------------------------------------------------------ remote entries
 
     def merge(self, entries: Iterable[Entry], source: Addr | None = None) -> int:
-        """Merge received entries, persist those that changed the replica; how many did."""
-        changed: dict[tuple[str, str], None] = {}
-        for entry in entries:
-            try:
-                if self.store.merge(entry):
-                    changed[(entry.kind, entry.key)] = None
-            except RemoteProtocolError as exc:
-                self._count("rejected")
-                log(_log, "debug", "dropped a store entry", source=str(source), reason=str(exc))
-        if not changed:
-            return 0
-        upserts, deletes, applied = [], [], []
-        for kind, key in changed:
-            current = self.store.get(kind, key, tombstones=True)
-            if current is None:
-                deletes.append((kind, key))
+        """Merge entries from an anti-entropy round (not relayed); how many keys changed."""
+        outcome = self.rules.receive_entries(entries, relay=False)
+        self._apply(outcome, source)
+        return len(outcome.changed) + len(outcome.gone)
+
+    def _apply(self, outcome: Outcome, source: Addr | None) -> None:
+        """Persist what changed, then send what the core asks for."""
+        for reason in outcome.rejected:
+            log(_log, "debug", "dropped a store entry", source=str(source), reason=reason)
+        if outcome.changed or outcome.gone:
+            self.persist.save_store(outcome.changed, outcome.gone, self.store.clock)
+            self._note(outcome.changed)
+        for b in outcome.broadcasts:
+            self._queue(b.payload, b.key)
+        for fetch in outcome.fetches:
+            if self._nursery is None:
+                self.rules.fetch_done(fetch)
             else:
-                upserts.append(current)
-                applied.append(current)
-        self.persist.save_store(upserts, deletes, self.store.clock)
-        self._note(applied)
-        self._count("merged", len(changed))
-        return len(changed)
+                self._nursery.start_soon(self._fetch, fetch)
 
     def on_user(self, payload: bytes, source: Addr) -> bool:
         """Handle a gossip User payload if it is on a store channel; True when it was."""
-        if not payload or payload[0] not in (CHANNEL_STORE_ENTRY, CHANNEL_STORE_NOTICE):
+        outcome = self.rules.receive_user(payload)
+        if outcome is None:
             return False
-        try:
-            if payload[0] == CHANNEL_STORE_ENTRY:
-                self._merge_and_relay([store_codec.decode_entry(payload[1:])], source)
-            else:
-                self._on_notice(*_decode_notice(payload[1:]))
-        except RemoteProtocolError as exc:
-            self._count("rejected")
-            log(
-                _log,
-                "warning",
-                "dropped malformed store message",
-                source=str(source),
-                reason=str(exc),
-            )
+        self._apply(outcome, source)
         return True
 
-    def _merge_and_relay(self, entries: list[Entry], source: Addr) -> None:
-        """Merge broadcast entries and gossip on those that were news to us.
-
-        The writer alone reaches at most `retransmit limit x gossip fan-out`
-        members (about 18 of 30), so like serf's user events every member
-        relays a change the first time it applies it; a duplicate changes
-        nothing and is not relayed, which bounds the epidemic. Anti-entropy
-        merges are not relayed: both sides of an exchange are already in step.
-        """
-        if not self.merge(entries, source):
-            return
-        for entry in entries:
-            current = self.store.get(entry.kind, entry.key, tombstones=True)
-            if current is not None and current.version == entry.version:
-                self._count("relayed")
-                self._broadcast(current)
-
-    def _on_notice(self, kind: str, key: str, version: Version, origin: Addr) -> None:
-        have = self.store.get(kind, key, tombstones=True)
-        if have is not None and have.version >= version:
-            return
-        if origin == self.transport.local_addr or (kind, key) in self._fetching:
-            return
-        if self._nursery is not None:
-            self._fetching.add((kind, key))
-            self._nursery.start_soon(self._fetch, origin, kind, key)
-
-    async def _fetch(self, addr: Addr, kind: str, key: str) -> None:
-        try:
-            with trio.fail_after(self.config.exchange_timeout_s):
-                stream = await self.transport.connect_stream(addr)
-                async with stream:
-                    steps = _Steps(stream, self.wire)
-                    await steps.send(
-                        store_codec.encode_want([(kind, key)]), prefix=bytes([STREAM_STORE])
-                    )
-                    reply = await steps.read()
+    async def _fetch(self, fetch: Fetch) -> None:
+        async def talk(stream: trio.abc.Stream) -> None:
+            steps = _Steps(stream, self.wire)
+            want = store_codec.encode_want([(fetch.kind, fetch.key)])
+            await steps.send(want, prefix=bytes([STREAM_STORE]))
+            reply = await steps.read()
             entries = [e for m in reply if isinstance(m, store_codec.Entries) for e in m.entries]
-            self._merge_and_relay(entries, addr)
-            self._count("fetch.ok")
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            self._count("fetch.failed")
-            log(_log, "debug", "store fetch failed", peer=str(addr), reason=str(exc))
-        except RemoteProtocolError as exc:
-            self._count("fetch.failed")
-            self._count("rejected")
-            log(_log, "warning", "store fetch rejected", peer=str(addr), reason=str(exc))
+            self._apply(self.rules.receive_entries(entries, relay=True), fetch.origin)
+
+        try:
+            ok = await self._talk("fetch", fetch.origin, self.config.exchange_timeout_s, talk)
+            self._count("fetch.ok" if ok else "fetch.failed")
         finally:
-            self._fetching.discard((kind, key))
+            self.rules.fetch_done(fetch)
 
-    # ------------------------------------------------------------------ anti-entropy
-
-    def _peers(self) -> list[Addr]:
+    def _others(self) -> list[Member]:
         me = self.core.name
-        return [m.addr for m in self.core.members() if m.state == State.ALIVE and m.name != me]
+        return [m for m in self.core.members() if m.name != me]
+
+    def _pick(self, k: int) -> list[Addr]:
+        """Up to `k` random alive members (the core's choice)."""
+        return [m.addr for m in self.rules.pick_peers(self._others(), _alive, k)]
 
     async def _anti_entropy_loop(self) -> None:
         while True:
-            # Jitter, so that agents started together do not exchange in lockstep.
-            interval_s = self.config.anti_entropy_interval_s
-            await trio.sleep(interval_s * (0.5 + self._rng.random()))
-            peers = self._peers()
-            if peers:
-                self.start_anti_entropy(self._rng.choice(peers))
+            await trio.sleep(self.rules.anti_entropy_delay_s())
+            for addr in self._pick(1):
+                self.start_anti_entropy(addr)
+
+    def reconcile_after_join(self) -> None:
+        """The joiner pulls what it missed itself (the core says with whom)."""
+        for m in self.rules.after_join(self._others(), _alive):
+            self.start_anti_entropy(m.addr)
+
+    def on_member_event(self, event: Event) -> None:
+        """Membership changes the core's rules care about (a member's return starts a round)."""
+        match event:
+            case MemberJoined(member=m) if m.name != self.core.name:
+                if self.rules.member_joined(m.name):
+                    self.start_anti_entropy(m.addr)
+            case MemberFailed(member=m) | MemberLeft(member=m):
+                self.rules.member_departed(m.name)
+            case MemberReaped(name=name):
+                self.rules.member_reaped(name)
+            case _:
+                pass
 
     def start_anti_entropy(self, addr: Addr) -> None:
         """Start a round with `addr` in the background, unless too many are running."""
-        if self._nursery is None:
+        if self._nursery is None or not self.rules.begin_exchange():
             return
-        if self._exchanges.available_tokens == 0:
-            self._count("anti_entropy.skipped")
-            return
-        self._nursery.start_soon(self.anti_entropy, addr)
+        self._nursery.start_soon(self._anti_entropy, addr)
 
-    async def anti_entropy(self, addr: Addr) -> bool:
-        """One full round with `addr` as the initiator; True when it completed."""
-        async with self._exchanges:
-            self._count("anti_entropy.started")
-            try:
-                with trio.fail_after(self.config.exchange_timeout_s):
-                    stream = await self.transport.connect_stream(addr)
-                    async with stream:
-                        received = await self._initiate(stream)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                self._count("anti_entropy.failed")
-                log(_log, "debug", "anti-entropy failed", peer=str(addr), reason=str(exc))
-                return False
-            except RemoteProtocolError as exc:
-                self._count("anti_entropy.failed")
-                self._count("rejected")
-                log(_log, "warning", "anti-entropy rejected", peer=str(addr), reason=str(exc))
-                return False
-            self.merge(received, addr)
-            self._count("anti_entropy.done")
-            return True
+    async def _anti_entropy(self, addr: Addr) -> None:
+        """One full round with `addr` as the initiator (a slot was taken by `begin_exchange`)."""
+
+        async def talk(stream: trio.abc.Stream) -> None:
+            self.merge(await self._initiate(stream), addr)
+
+        ok = False
+        try:
+            ok = await self._talk("anti-entropy", addr, self.config.exchange_timeout_s, talk)
+        finally:
+            queued = self.rules.end_exchange(ok=ok)
+            if queued is not None:
+                self.start_anti_entropy(queued.addr)
 
     async def _initiate(self, stream: trio.abc.Stream) -> list[Entry]:
         steps = _Steps(stream, self.wire)
@@ -417,7 +374,7 @@ class Replicator:
         return session.on_entries(await steps.read())
 
     async def _serve(self, stream: trio.abc.Stream, peer: Addr, first: bytes) -> None:
-        """Answer a store stream: a digest round or a fetch (Want)."""
+        """Answer a store stream: a digest round, a fetch (Want) or a push (Entries)."""
         try:
             with trio.fail_after(self.config.exchange_timeout_s):
                 steps = _Steps(stream, self.wire, first[1:])
@@ -427,8 +384,17 @@ class Replicator:
                 elif opening and all(isinstance(m, store_codec.Want) for m in opening):
                     keys = [k for m in opening if isinstance(m, store_codec.Want) for k in m.keys]
                     await steps.send(store_codec.encode_entries(self.store.entries_for(keys)))
+                elif opening and all(isinstance(m, store_codec.Entries) for m in opening):
+                    pushed = [
+                        e for m in opening if isinstance(m, store_codec.Entries) for e in m.entries
+                    ]
+                    self._apply(self.rules.receive_entries(pushed, relay=True), peer)
+                    self._count("push.received")
+                    await steps.send([])
                 else:
-                    raise StoreMessageError("a store stream starts with a Digest or a Want")
+                    raise StoreMessageError(
+                        "a store stream starts with a Digest, a Want or Entries"
+                    )
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self._count("serve.failed")
             log(_log, "debug", "serving a store stream failed", peer=str(peer), reason=str(exc))
@@ -458,3 +424,7 @@ class Replicator:
             self.tracker.forget(collected)
             self._count("tombstones_collected", len(collected))
         return len(collected)
+
+
+def _alive(m: Member) -> bool:
+    return m.state == State.ALIVE
