@@ -59,7 +59,6 @@ __all__ = [
     "IntermediateRecord",
     "MalformedCARecord",
     "RootRecord",
-    "TokenBucket",
     "cert_id",
     "decode_config",
     "decode_intermediate",
@@ -407,33 +406,6 @@ def signers_for(view: CAView, nodes: Iterable[NodeInfo]) -> list[str]:
     by_id = {(n.node_id or n.name): n.name for n in eligible}
     chosen = signer_set(view.config.cluster_id, list(by_id), k=view.config.ca_signers)
     return [by_id[i] for i in chosen]
-
-
-# --- rate limit -------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """`rate_per_s` tokens a second, at most `burst`; time is an argument (sans-IO)."""
-
-    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = burst
-        self._at = now
-
-    def set_rate(self, rate_per_s: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = max(1.0, rate_per_s)
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
-        elapsed = max(0.0, now - self._at)
-        self._tokens = min(self.burst, self._tokens + elapsed * self.rate_per_s)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 def rfc3339(wall_s: float) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -63,7 +62,6 @@ from .records import (
     CAView,
     IntermediateRecord,
     RootRecord,
-    TokenBucket,
     eligible_nodes,
     encode_config,
     encode_intermediate,
@@ -84,6 +82,14 @@ from .rpc import (
     RpcUnreachable,
     Signed,
     SignRequest,
+)
+from .signer import (
+    SignCheck,
+    TokenBucket,
+    bootstrap_at,
+    intermediate_due,
+    root_key_sources,
+    sign_refusal,
 )
 from .spiffe import ServiceID, SpiffeError, parse_spiffe_id, trust_domain_for
 
@@ -148,8 +154,6 @@ class _OwnIntermediate:
     not_after_s: float
 
 
-# An intermediate is renewed when less than this many leaf lives remain.
-_INTERMEDIATE_RENEW_LEAF_LIVES = 3
 # A change applied on another node reaches this one by gossip in well under
 # a second; the caller waits that long to read its own write.
 _FORWARDED_CHANGE_WAIT_S = 5.0
@@ -178,8 +182,9 @@ class CAService:
         local_host: Callable[[], str | None],
         settings: CASettings = CASettings(),
         provider: CAProvider | None = None,
-        rng: random.Random | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random,
+        wall_clock: Callable[[], float],
+        clock: Callable[[], float] = trio.current_time,
         connect: ca_rpc.Connect | None = None,
     ) -> None:
         self.state = state
@@ -194,13 +199,14 @@ class CAService:
         self.provider: CAProvider = provider or BuiltinProvider()
         self._member_addr = member_addr
         self._local_host = local_host
-        self._rng = rng or random.Random()
+        self._rng = rng
         self._wall_clock = wall_clock
+        self._clock = clock
         self._connect = connect
-        self._started_at = trio.current_time()
+        self._started_at = clock()
         self._intermediate: _OwnIntermediate | None = None
         self._bucket = TokenBucket(
-            settings.csr_max_per_second, max(1.0, settings.csr_max_per_second), trio.current_time()
+            settings.csr_max_per_second, max(1.0, settings.csr_max_per_second), clock()
         )
         self._listeners: list[Callable[[], None]] = []
         self._wakeup = trio.Event()
@@ -322,7 +328,7 @@ class CAService:
         interval_s = self.settings.reconcile_interval_s
         if self.view.config is not None or not self.settings.eligible:
             return interval_s
-        due_in_s = self._bootstrap_at() - trio.current_time()
+        due_in_s = self._bootstrap_at() - self._clock()
         return min(interval_s, max(0.05, due_in_s))
 
     async def reconcile(self) -> None:
@@ -346,12 +352,13 @@ class CAService:
 
     def _bootstrap_at(self) -> float:
         """When this node may bootstrap: later for each eligible member ranked before it."""
-        names = sorted({n.name for n in eligible_nodes(self.nodes.nodes())} | {self.node_name})
-        rank = names.index(self.node_name)
-        return self._started_at + self.settings.bootstrap_wait_s * (1 + rank)
+        eligible = [n.name for n in eligible_nodes(self.nodes.nodes())]
+        return bootstrap_at(
+            self._started_at, self.settings.bootstrap_wait_s, eligible, self.node_name
+        )
 
     def _bootstrap_due(self) -> bool:
-        return trio.current_time() >= self._bootstrap_at()
+        return self._clock() >= self._bootstrap_at()
 
     def bootstrap(self) -> CAConfigRecord:
         """Make a cluster id, trust domain and root; the key stays in this node's data dir."""
@@ -401,10 +408,8 @@ class CAService:
             await self._fetch_root_key(active)
 
     async def _fetch_root_key(self, root: RootRecord) -> bool:
-        signers = self.signers()
-        peers = [n.name for n in eligible_nodes(self.nodes.nodes()) if n.name != self.node_name]
-        order = [s for s in signers if s != self.node_name] + [p for p in peers if p not in signers]
-        for name in order:
+        eligible = [n.name for n in eligible_nodes(self.nodes.nodes())]
+        for name in root_key_sources(self.node_name, self.signers(), eligible):
             reply = await self._ask(name, RootKeyRequest(self.node_name, root.id))
             if not isinstance(reply, RootKey) or reply.root_id != root.id:
                 continue
@@ -429,11 +434,12 @@ class CAService:
         if active is None or config is None:
             return
         own = self._intermediate
-        renew_before_s = _INTERMEDIATE_RENEW_LEAF_LIVES * config.leaf_ttl_s
-        if (
-            own is None
-            or own.root_id != active.id
-            or own.not_after_s - self._wall_clock() < renew_before_s
+        if own is None or intermediate_due(
+            own_root_id=own.root_id,
+            own_not_after_s=own.not_after_s,
+            active_root_id=active.id,
+            leaf_ttl_s=config.leaf_ttl_s,
+            now_wall_s=self._wall_clock(),
         ):
             key_pem = self.keystore.load(active.id)
             if key_pem is None:
@@ -531,24 +537,27 @@ class CAService:
 
     def _sign(self, request: SignRequest, node: NodeInfo) -> Reply:
         view, config = self.view, self.view.config
-        if config is None or view.active is None:
-            return Refusal("no_ca", "the cluster has no CA yet")
-        if self.node_name not in self.signers():
-            return Refusal("not_signer", f"{self.node_name} is not an elected signer")
-        if not self._bucket.take(trio.current_time()):
-            return Refusal("rate_limited", "rate limited, retry")
         own = self._intermediate
-        if own is None or own.root_id != view.active.id:
-            return Refusal("not_ready", f"{self.node_name} has no intermediate for the active root")
+        check = SignCheck(
+            me=self.node_name,
+            signers=self.signers(),
+            has_ca=config is not None,
+            active_root_id=None if view.active is None else view.active.id,
+            own_root_id=None if own is None else own.root_id,
+        )
         owners = {v.node.name for v in self.catalog.service_nodes(request.service)}
         owners |= {v.node.name for v in self.catalog.service_nodes(request.service, connect=True)}
-        if node.name not in owners:
-            where = ", ".join(sorted(owners)) or "no node"
-            return Refusal(
-                "not_owner",
-                f"node {node.name} does not own service {request.service[:80]!r} "
-                f"in the catalog (registered on {where})",
-            )
+        refused = sign_refusal(
+            check,
+            self._bucket,
+            node=node.name,
+            service=request.service,
+            owners=owners,
+            now=self._clock(),
+        )
+        if refused is not None:
+            return Refusal(refused.code, refused.reason)
+        assert config is not None and view.active is not None and own is not None
         try:
             expected = ServiceID(config.trust_domain, node.datacenter, request.service)
             csr = validate_csr(request.csr_pem, expected=expected)
@@ -684,7 +693,7 @@ class CAService:
 
     async def issue(self, service: str, csr_pem: str) -> Issued:
         """Send a CSR to the current signers in order until one signs it (the leaf manager's)."""
-        deadline = trio.current_time() + self.settings.issue_deadline_s
+        deadline = self._clock() + self.settings.issue_deadline_s
         not_owner_since: float | None = None
         reasons: dict[str, str] = {}
         codes: dict[str, str] = {}
@@ -704,7 +713,7 @@ class CAService:
                 if reply.code != "rate_limited" or codes.get(name) is None:
                     reasons[name], codes[name] = reply.reason, reply.code
             all_not_owner = bool(signers) and all(codes.get(n) == "not_owner" for n in signers)
-            now = trio.current_time()
+            now = self._clock()
             if all_not_owner:
                 not_owner_since = now if not_owner_since is None else not_owner_since
                 if now - not_owner_since >= _NOT_OWNER_GIVE_UP_S:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
+
+import trio
 
 from ..ca.keystore import KeyStore
 from ..ca.leaf_manager import LeafManager
@@ -65,6 +68,9 @@ def build_ca(
         local_host=lambda: transport.local_addr.host,
         settings=settings,
         rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+        # The driver's clocks: wall time for certificates, trio's for timers.
+        wall_clock=time.time,
+        clock=trio.current_time,
     )
     driver.add_stream_handler(STREAM_CA, ca.serve)
     leaves = LeafManager(
@@ -73,6 +79,8 @@ def build_ca(
         roots=ca.roots,
         is_local=lambda service: service in owned_service_names(catalog.local_services()),
         rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+        wall_clock=time.time,
+        clock=trio.current_time,
         reissue_jitter_s=config.ca_reissue_jitter_s,
     )
     ca.on_view_change(leaves.roots_changed)
