@@ -49,6 +49,7 @@ def build_ca(
 
     settings = CASettings(
         eligible=config.ca_signer,
+        signer_token=config.ca_signer_token,
         leaf_ttl_s=config.leaf_cert_ttl_s,
         csr_max_per_second=config.csr_max_per_second,
         ca_signers=config.ca_signers,
@@ -59,6 +60,7 @@ def build_ca(
         nodes,
         catalog,
         node_name=config.node_name,
+        node_id=node_id,
         datacenter=config.datacenter,
         wire=wire,
         counters=driver.counters,
