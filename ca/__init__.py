@@ -4,7 +4,9 @@ Sans-IO (no trio, no socket, no clock, no global random; time comes in as
 `now`, randomness as a `random.Random`, certificates as PEM): `spiffe`,
 `csr`, `pem`, `provider`, `election`, `records` (the replicated CA records
 and the views decoded from them), `signer` (the signing decisions: rate
-limit, ownership, who signs, when to renew).
+limit, ownership, who signs, when to renew), `approval` (signer requests
+and approvals signed by a root), `sealing` (a secret sealed to one node's
+identity key) and `fields` (strict readers of replicated values).
 
 Trio drivers around them: `service` (the agent's part in the CA: bootstrap,
 root keys, intermediates, answering peers), `rpc` (agent-to-agent CA RPC on
@@ -15,7 +17,7 @@ clocks they are given and pass `now` down.
 This package must not import `dns`, `proxy`, `meshnode.agent` or
 `meshnode.api`: the agent wires the CA in (`meshnode/agent/ca_wiring.py`),
 never the other way round. docs/ca.md describes the identities, the
-certificate profile and the signers.
+certificate profile, the signers and their approval.
 """
 
 from .csr import CSRError, ValidatedCSR, make_csr, validate_csr
