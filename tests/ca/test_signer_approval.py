@@ -8,13 +8,16 @@ decoding) and may write anything into the replicated store.
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
+from meshnode.api.ca_endpoints import register_ca_routes
 from meshnode.ca import BuiltinProvider, ServiceID
 from meshnode.ca.approval import (
     SignerRequest,
@@ -24,14 +27,17 @@ from meshnode.ca.approval import (
     public_der,
     sign_approval,
 )
-from meshnode.ca.leaf_manager import LeafError
+from meshnode.ca.leaf_manager import LeafError, LeafManager
 from meshnode.ca.records import KIND, read_view
 from meshnode.ca.rpc import Refusal, RootKey, RootKeyRequest, SignRequest
 from meshnode.ca.sealing import SealError, open_sealed
 from meshnode.ca.service import CAError, CASettings, ConfigChange
+from meshnode.config import ConfigError, load_config
 from meshnode.gossip.messages import Addr
+from meshnode.http import Router
 from tests.ca.conftest import NOW, issue_leaf, make_intermediate, openssl_verify
 from tests.ca.test_service import Mesh, csr_for, two_signers_and_n3
+from tests.meshnode.test_ca_leaves_api import call
 
 NODES = ["n1", "n2", "rogue"]
 
@@ -230,3 +236,69 @@ def test_no_certificate_a_rogue_can_make_verifies_against_the_trust_bundle(
         extra=(),
     )
     assert result.returncode != 0, result.stdout
+
+
+async def test_the_signer_endpoints_approve_only_on_a_signer_and_list_every_status(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = Mesh(
+        tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"}, settings=CASettings(bootstrap_wait_s=0)
+    )
+    mesh.ca["n1"].bootstrap()
+    await mesh.reconcile()
+    routers = {}
+    for name in ("n1", "n3"):
+        routers[name] = Router()
+        leaves = LeafManager(
+            issue=mesh.ca[name].issue,
+            spiffe_id=mesh.ca[name].spiffe_id,
+            roots=mesh.ca[name].roots,
+            is_local=lambda s: False,
+            rng=random.Random(0),
+            wall_clock=mesh.clock,
+        )
+        register_ca_routes(routers[name], mesh.ca[name], leaves, lambda: [], wall_clock=mesh.clock)
+
+    status, rows = await call(routers["n3"], "GET", "/v1/connect/ca/signers?all")
+    assert status == 200 and isinstance(rows, list)
+    assert [(r["Node"], r["Status"], r["Alive"]) for r in rows] == [
+        ("n1", "elected", True),
+        ("n2", "pending", True),
+    ]
+    n2_print = mesh.ca["n2"].fingerprint()
+    assert rows[1]["Fingerprint"] == n2_print and rows[0]["ApprovedBy"] == "n1"
+
+    status, body = await call(routers["n3"], "PUT", "/v1/connect/ca/signers/n2")
+    assert status == 400 and "run this against a signer" in str(body)
+    status, body = await call(routers["n1"], "PUT", "/v1/connect/ca/signers/n2?fingerprint=ab:cd")
+    assert status == 400 and "not approved" in str(body)
+    status, body = await call(
+        routers["n1"], "PUT", f"/v1/connect/ca/signers/n2?fingerprint={n2_print}"
+    )
+    assert status == 200 and body == {"Node": "n2", "Fingerprint": n2_print, "ApprovedBy": "n1"}
+    await mesh.reconcile()
+    status, names = await call(routers["n3"], "GET", "/v1/connect/ca/signers")
+    assert status == 200 and isinstance(names, list) and sorted(names) == ["n1", "n2"]
+
+    status, _ = await call(routers["n1"], "DELETE", "/v1/connect/ca/signers/n2")
+    assert status == 200
+    status, body = await call(routers["n1"], "DELETE", "/v1/connect/ca/signers/n2")
+    assert status == 400 and "not an approved signer" in str(body)
+
+
+def test_the_signer_token_comes_from_the_flag_or_the_config_file(
+    tmp_path: Path,
+) -> None:
+    def no_keyring(path: Path) -> bool:
+        return False
+
+    flags = {"dev": True, "signer_token": "from-flag"}
+    config = load_config(flags, has_stored_keyring=no_keyring)
+    assert config.ca_signer_token == "from-flag"
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps({"connect": {"ca_signer": True, "signer_token": "from-file"}}))
+    config = load_config({"dev": True}, [path], has_stored_keyring=no_keyring)
+    assert config.ca_signer_token == "from-file" and config.ca_signer
+    path.write_text(json.dumps({"connect": {"signer_token": " padded "}}))
+    with pytest.raises(ConfigError, match=r"connect\.signer_token"):
+        load_config({"dev": True}, [path], has_stored_keyring=no_keyring)
