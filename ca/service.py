@@ -592,6 +592,16 @@ class CAService:
                 f"no signer request from {node[:80]!r}: start it with -signer and let it join"
             )
         found = fingerprint(request.public_key_der)
+        if (
+            current is not None
+            and current.public_key_der != request.public_key_der
+            and expected_fingerprint is None
+        ):
+            # Anyone with the gossip key can write a request naming an approved node.
+            raise CAError(
+                f"{node[:80]!r} is approved with key {fingerprint(current.public_key_der)}; "
+                f"a request names key {found}: pass --fingerprint {found} to replace it"
+            )
         if expected_fingerprint is not None and expected_fingerprint.lower() != found:
             raise CAError(
                 f"{node[:80]!r} asks with key {found}, not {expected_fingerprint[:100]}: "

@@ -23,8 +23,10 @@ from meshnode.ca.approval import (
     SignerRequest,
     approval_key,
     encode_approval,
+    encode_request,
     fingerprint,
     public_der,
+    request_key,
     sign_approval,
 )
 from meshnode.ca.leaf_manager import LeafError, LeafManager
@@ -302,3 +304,19 @@ def test_the_signer_token_comes_from_the_flag_or_the_config_file(
     path.write_text(json.dumps({"connect": {"signer_token": " padded "}}))
     with pytest.raises(ConfigError, match=r"connect\.signer_token"):
         load_config({"dev": True}, [path], has_stored_keyring=no_keyring)
+
+
+async def test_a_forged_request_for_an_approved_signer_needs_its_fingerprint_to_replace_it(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = await rogue_mesh(tmp_path, nursery)
+    n1, rogue = mesh.ca["n1"], mesh.ca["rogue"]
+    rogue_der = public_der(rogue.keystore.identity_key().public_key())
+    forged = SignerRequest("n1", "id-n1", rogue_der, 0.0)
+    mesh.state.put(KIND, request_key("n1"), encode_request(forged))
+    with pytest.raises(CAError, match=r"is approved with key .* pass --fingerprint"):
+        n1.approve("n1")
+    approval = n1.view.approval("n1")
+    assert approval is not None and approval.public_key_der != rogue_der
+    await mesh.reconcile("n1")  # the real n1 withdraws the request made in its name
+    assert n1.view.request("n1") is None
