@@ -1,9 +1,23 @@
-"""meshnode's certificate authority: SPIFFE IDs, CSRs, the provider, signer election.
+"""meshnode's certificate authority: SPIFFE IDs, CSRs, the provider, signers, leaves.
 
-The mechanics are pure and synchronous (no trio, no network, no store):
-time comes in as `now`, certificates go in and out as PEM. The agent side
-(bootstrap, signer RPC, the leaf manager) drives them. docs/ca.md describes
-the identities and the certificate profile.
+Sans-IO (no trio, no socket, no clock, no global random; time comes in as
+`now`, randomness as a `random.Random`, certificates as PEM): `spiffe`,
+`csr`, `pem`, `provider`, `election`, `records` (the replicated CA records
+and the views decoded from them), `signer` (the signing decisions: rate
+limit, ownership, who signs, when to renew), `approval` (signer requests
+and approvals signed by a root), `sealing` (a secret sealed to one node's
+identity key) and `fields` (strict readers of replicated values).
+
+Trio drivers around them: `service` (the agent's part in the CA: bootstrap,
+root keys, intermediates, answering peers), `rpc` (agent-to-agent CA RPC on
+the gossip port), `leaf_manager` (one fresh leaf per local service) and the
+file I/O of `keystore` (keys at rest in the data dir). The drivers read the
+clocks they are given and pass `now` down.
+
+This package must not import `dns`, `proxy`, `meshnode.agent` or
+`meshnode.api`: the agent wires the CA in (`meshnode/agent/ca_wiring.py`),
+never the other way round. docs/ca.md describes the identities, the
+certificate profile, the signers and their approval.
 """
 
 from .csr import CSRError, ValidatedCSR, make_csr, validate_csr

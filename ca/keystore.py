@@ -1,10 +1,13 @@
-"""Root private keys at rest, encrypted, in ``<data-dir>/ca/``.
+"""Root private keys and the node's identity key at rest, encrypted, in ``<data-dir>/ca/``.
 
-Only signer-eligible agents keep root keys; the replicated store never holds
-one. Each key is one file ``root-<hex id>.key``:
+Only approved signers keep root keys; the replicated store never holds one.
+Every agent keeps one P-256 identity key (``identity.key``, made on first
+use): a signer approval names its public key, and root keys are sealed to
+it in transit (`ca/approval.py`, `ca/sealing.py`). Each key is one file
+(``root-<hex id>.key`` for a root):
 ``b"MNCA1" | nonce(12) | AES-256-GCM(PKCS#8 PEM)``, with the associated data
-``node id | root id`` so a file copied to another node or renamed to another
-root does not open.
+``node id | root id`` (``node id | identity`` for the identity key) so a
+file copied to another node or renamed to another root does not open.
 
 The AES key is HKDF-SHA256 of a 32-byte random secret kept next to the keys
 (``ca/kek.secret``, mode 0600), salted with the node id. This protects a root
@@ -23,8 +26,11 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .pem import PemError, generate_key, key_from_pem, key_to_pem
 
 __all__ = ["KeyStore", "KeyStoreError"]
 
@@ -46,6 +52,7 @@ class KeyStore:
         self.directory = directory
         self._node_id = node_id
         self._aead: AESGCM | None = None
+        self._identity: ec.EllipticCurvePrivateKey | None = None
 
     def _cipher(self) -> AESGCM:
         if self._aead is None:
@@ -77,13 +84,33 @@ class KeyStore:
 
     def save(self, root_id: str, key_pem: str) -> None:
         """Write (or replace) the key of `root_id`, durable on return."""
+        self._seal_to(self._path(root_id), key_pem, self._aad(root_id))
+
+    def _seal_to(self, path: Path, key_pem: str, aad: bytes) -> None:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._cipher().encrypt(nonce, key_pem.encode("ascii"), self._aad(root_id))
-        _write_private(self._path(root_id), _MAGIC + nonce + sealed)
+        sealed = self._cipher().encrypt(nonce, key_pem.encode("ascii"), aad)
+        _write_private(path, _MAGIC + nonce + sealed)
 
     def load(self, root_id: str) -> str | None:
         """The PEM key of `root_id`, None when this node does not hold it."""
-        path = self._path(root_id)
+        return self._open(self._path(root_id), self._aad(root_id))
+
+    def identity_key(self) -> ec.EllipticCurvePrivateKey:
+        """This node's identity key, made and saved on first use."""
+        if self._identity is None:
+            path = self.directory / "identity.key"
+            aad = f"{self._node_id}|identity".encode()
+            key_pem = self._open(path, aad)
+            if key_pem is None:
+                key_pem = key_to_pem(generate_key())
+                self._seal_to(path, key_pem, aad)
+            try:
+                self._identity = key_from_pem(key_pem)
+            except PemError as exc:
+                raise KeyStoreError(f"{path}: {exc}") from None
+        return self._identity
+
+    def _open(self, path: Path, aad: bytes) -> str | None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -91,12 +118,10 @@ class KeyStore:
         except OSError as exc:
             raise KeyStoreError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _NONCE_BYTES + 16:
-            raise KeyStoreError(f"{path} is not a meshnode root key file")
+            raise KeyStoreError(f"{path} is not a meshnode key file")
         nonce = data[len(_MAGIC) : len(_MAGIC) + _NONCE_BYTES]
         try:
-            plain = self._cipher().decrypt(
-                nonce, data[len(_MAGIC) + _NONCE_BYTES :], self._aad(root_id)
-            )
+            plain = self._cipher().decrypt(nonce, data[len(_MAGIC) + _NONCE_BYTES :], aad)
         except InvalidTag:
             raise KeyStoreError(f"{path} does not open with this node's key") from None
         return plain.decode("ascii")

@@ -17,8 +17,9 @@ Rules that live here:
   `wait_roots_changed` return when a newer generation exists, so the proxy
   can swap certificates into new handshakes without polling.
 
-Time: wall clock (`wall_clock`) for certificate validity, trio's clock for
-timers; randomness from the `random.Random` passed in.
+Time: wall clock (`wall_clock`) for certificate validity, the monotonic
+`clock` (trio's) for timers, both passed in; randomness from the
+`random.Random` passed in. The renewal formulas are `ca/signer.py`'s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import trio
 
 from .csr import make_csr
 from .pem import cert_from_pem, generate_key, key_to_pem, serial_colon_hex
+from .signer import leaf_renew_at, reissue_at
 
 __all__ = ["Issued", "Leaf", "LeafError", "LeafManager", "Roots", "UnknownLocalService"]
 
@@ -110,6 +112,7 @@ class LeafManager:
         is_local: Callable[[str], bool],
         rng: random.Random,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = trio.current_time,
         reissue_jitter_s: float = 30.0,
         renew_fraction: tuple[float, float] = (0.6, 0.9),
     ) -> None:
@@ -119,6 +122,7 @@ class LeafManager:
         self._is_local = is_local
         self._rng = rng
         self._wall_clock = wall_clock
+        self._clock = clock
         self.reissue_jitter_s = reissue_jitter_s
         self._renew_fraction = renew_fraction
         self._leaves: dict[str, Leaf] = {}
@@ -208,10 +212,10 @@ class LeafManager:
         self._roots_event = trio.Event()
         if current is None or (previous is not None and previous.active_id == current.active_id):
             return
-        now = trio.current_time()
+        now = self._clock()
         for service, leaf in self._leaves.items():
             if leaf.root_id != current.active_id:
-                at = now + self._rng.uniform(0.0, self.reissue_jitter_s)
+                at = reissue_at(now, self.reissue_jitter_s, self._rng)
                 self._due[service] = min(self._due.get(service, math.inf), at)
         self._wakeup.set()
 
@@ -261,15 +265,20 @@ class LeafManager:
         return leaf
 
     def _schedule_renewal(self, leaf: Leaf) -> None:
-        low, high = self._renew_fraction
-        life_s = leaf.valid_before_s - leaf.valid_after_s
-        renew_wall_s = leaf.valid_after_s + life_s * self._rng.uniform(low, high)
-        at = trio.current_time() + max(0.0, renew_wall_s - self._wall_clock())
+        now = self._clock()
+        at = leaf_renew_at(
+            valid_after_s=leaf.valid_after_s,
+            valid_before_s=leaf.valid_before_s,
+            fraction=self._renew_fraction,
+            now=now,
+            now_wall_s=self._wall_clock(),
+            rng=self._rng,
+        )
         active = self._roots()
         if active is not None and active.active_id != leaf.root_id:
             # Issued under a root that is no longer active (a signer still on the
             # old one): try again within the jitter window.
-            at = min(at, trio.current_time() + self._rng.uniform(0.0, self.reissue_jitter_s))
+            at = min(at, reissue_at(now, self.reissue_jitter_s, self._rng))
         self._due[leaf.service] = at
         self._wakeup.set()
 
@@ -291,7 +300,7 @@ class LeafManager:
                 with trio.move_on_at(next_at):
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                now = trio.current_time()
+                now = self._clock()
                 for service in [s for s, at in self._due.items() if at <= now]:
                     del self._due[service]
                     nursery.start_soon(self._renew_in_background, service)
@@ -311,5 +320,5 @@ class LeafManager:
                 failures = self._failures.get(service, 0) + 1
                 self._failures[service] = failures
                 delay_s = min(_RETRY_MAX_S, _RETRY_MIN_S * 2 ** (failures - 1))
-                self._due[service] = trio.current_time() + delay_s
+                self._due[service] = self._clock() + delay_s
                 self._wakeup.set()

@@ -2,7 +2,7 @@
 
 Rules that live here:
 
-- Three kinds of key, all public material; a private key is never in the store:
+- Five kinds of key, all public material; a private key is never in the store:
   - ``config``: the cluster id, trust domain and cluster-wide CA settings
     (leaf TTL, CSR rate, how many signers). One last-writer-wins register:
     two bootstraps at once resolve to the higher store version.
@@ -12,6 +12,8 @@ Rules that live here:
     new root cross-signed by the previous one.
   - ``intermediate/<node>``: the intermediate certificate of an active
     signer, written by that signer, for the root it was issued under.
+  - ``signer-request/<node>`` and ``signer/<node>``: a node's request to
+    be a signer and its approval, signed by a root (`ca/approval.py`).
 - The active root is the live root of *this* cluster (same cluster id as
   ``config``) with the highest (generation, id); roots are never edited, so
   a rotation and a prune can never overwrite each other. A root from a
@@ -23,7 +25,8 @@ Rules that live here:
   unknown map keys are ignored so a newer agent can add fields. A value that
   does not decode, or a certificate whose id does not match its key, is
   skipped and counted, never raised out of a merge.
-- Signers: the `ca_signers` eligible alive members with the highest
+- Signers: the `ca_signers` alive members that ask to sign (``"signer":
+  true`` in their meta) *and* hold a verified approval, with the highest
   rendezvous hash of (cluster id, node id) (`ca/election.py`), so every
   node computes the same set from the same member list.
 """
@@ -34,17 +37,35 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
-import cbor2
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from ..gossip.errors import DecodeError
-from ..gossip.strict_cbor import load_strict
 from ..store.state import NodeInfo, ReplicatedState
+from .approval import (
+    APPROVAL_PREFIX,
+    REQUEST_PREFIX,
+    SignerApproval,
+    SignerRequest,
+    approval_verifies,
+    decode_approval,
+    decode_request,
+)
 from .election import signer_set
-from .pem import PemError, cert_from_pem, colon_hex
+from .fields import (
+    PEM_MAX_CHARS,
+    TEXT_MAX_CHARS,
+    MalformedCARecord,
+    dump,
+    integer,
+    load_cert,
+    load_map,
+    malformed,
+    number,
+    optional_text,
+    text,
+)
+from .pem import colon_hex
 
 __all__ = [
     "CONFIG_KEY",
@@ -59,7 +80,7 @@ __all__ = [
     "IntermediateRecord",
     "MalformedCARecord",
     "RootRecord",
-    "TokenBucket",
+    "approved_nodes",
     "cert_id",
     "decode_config",
     "decode_intermediate",
@@ -90,25 +111,6 @@ DEFAULT_SIGNERS = 3
 # Consul's IntermediateCertTTL (8760 h): a signer re-issues itself a fresh one
 # long before, and on every rotation.
 DEFAULT_INTERMEDIATE_TTL_S = 365 * 24 * 3600
-# Two certificates in PEM and a few fields take about 2 KiB; 32 KiB is room
-# for larger keys without letting one value hold megabytes.
-VALUE_MAX_BYTES = 32 * 1024
-_TEXT_MAX_CHARS = 256
-_PEM_MAX_CHARS = 12 * 1024
-
-
-class MalformedCARecord(DecodeError):
-    """A replicated CA value from the network cannot be read (a remote error)."""
-
-
-def _malformed(why: str) -> NoReturn:
-    raise MalformedCARecord(f"malformed CA record: {why}")
-
-
-def _refusal(why: str) -> MalformedCARecord:
-    return MalformedCARecord(f"malformed CA record: {why}")
-
-
 # --- records ----------------------------------------------------------------------------------
 
 
@@ -165,22 +167,11 @@ def intermediate_key(node: str) -> str:
 
 def cert_id(cert_pem: str) -> str:
     """A root's id, as `RootCA.id` computes it: the colon-hex SHA-256 fingerprint."""
-    return colon_hex(_load_cert(cert_pem).fingerprint(hashes.SHA256()))
-
-
-def _load_cert(pem: str) -> x509.Certificate:
-    try:
-        return cert_from_pem(pem)
-    except PemError as exc:
-        _malformed(str(exc))
-
-
-def _dump(value: dict[str, Any]) -> bytes:
-    return cbor2.dumps({"v": 1, **value}, canonical=True)
+    return colon_hex(load_cert(cert_pem).fingerprint(hashes.SHA256()))
 
 
 def encode_config(record: CAConfigRecord) -> bytes:
-    return _dump(
+    return dump(
         {
             "cluster_id": record.cluster_id,
             "trust_domain": record.trust_domain,
@@ -206,11 +197,11 @@ def encode_root(record: RootRecord) -> bytes:
     if record.cross_pem:
         value["cross_pem"] = record.cross_pem
         value["previous_id"] = record.previous_id
-    return _dump(value)
+    return dump(value)
 
 
 def encode_intermediate(record: IntermediateRecord) -> bytes:
-    return _dump(
+    return dump(
         {
             "node": record.node,
             "root_id": record.root_id,
@@ -220,91 +211,52 @@ def encode_intermediate(record: IntermediateRecord) -> bytes:
     )
 
 
-def _map(data: bytes) -> dict[str, Any]:
-    if len(data) > VALUE_MAX_BYTES:
-        _malformed(f"{len(data)} bytes is more than {VALUE_MAX_BYTES}")
-    value = load_strict(data, max_depth=2, refuse=_refusal)
-    if not isinstance(value, dict):
-        _malformed("value is not a map")
-    if value.get("v") != 1:
-        _malformed(f"unknown format version {value.get('v')!r}")
-    return value
-
-
-def _text(value: dict[str, Any], name: str, max_chars: int = _TEXT_MAX_CHARS) -> str:
-    found = value.get(name)
-    if not isinstance(found, str) or not 0 < len(found) <= max_chars:
-        _malformed(f"{name} is not text of 1..{max_chars} characters")
-    return found
-
-
-def _optional_text(value: dict[str, Any], name: str, max_chars: int) -> str:
-    return "" if value.get(name, "") == "" else _text(value, name, max_chars)
-
-
-def _int(value: dict[str, Any], name: str, low: int, high: int) -> int:
-    found = value.get(name)
-    # `type(...) is int`: a bool is an int but never a count.
-    if type(found) is not int or not low <= found <= high:
-        _malformed(f"{name} is not an integer in {low}..{high}")
-    return found
-
-
-def _number(value: dict[str, Any], name: str, low: float, high: float) -> float:
-    found = value.get(name)
-    if not (type(found) is int or type(found) is float):
-        _malformed(f"{name} is not a number")
-    if not math.isfinite(found) or not low <= found <= high:
-        _malformed(f"{name} is not a number in {low}..{high}")
-    return float(found)
-
-
 def decode_config(data: bytes) -> CAConfigRecord:
-    value = _map(data)
+    value = load_map(data)
     return CAConfigRecord(
-        cluster_id=_text(value, "cluster_id", 64),
-        trust_domain=_text(value, "trust_domain", 255),
-        leaf_ttl_s=_int(value, "leaf_ttl_s", 60, 10 * 365 * 24 * 3600),
-        csr_max_per_second=_number(value, "csr_max_per_second", 0.1, 1e6),
-        ca_signers=_int(value, "ca_signers", 1, 64),
-        intermediate_ttl_s=_int(value, "intermediate_ttl_s", 3600, 20 * 365 * 24 * 3600),
-        updated_by=_optional_text(value, "updated_by", _TEXT_MAX_CHARS),
-        updated_at_s=_number(value, "updated_at_s", 0, 1e12),
+        cluster_id=text(value, "cluster_id", 64),
+        trust_domain=text(value, "trust_domain", 255),
+        leaf_ttl_s=integer(value, "leaf_ttl_s", 60, 10 * 365 * 24 * 3600),
+        csr_max_per_second=number(value, "csr_max_per_second", 0.1, 1e6),
+        ca_signers=integer(value, "ca_signers", 1, 64),
+        intermediate_ttl_s=integer(value, "intermediate_ttl_s", 3600, 20 * 365 * 24 * 3600),
+        updated_by=optional_text(value, "updated_by", TEXT_MAX_CHARS),
+        updated_at_s=number(value, "updated_at_s", 0, 1e12),
     )
 
 
 def decode_root(key: str, data: bytes) -> RootRecord:
-    value = _map(data)
+    value = load_map(data)
     record = RootRecord(
-        id=_text(value, "id", 128),
-        cluster_id=_text(value, "cluster_id", 64),
-        cert_pem=_text(value, "cert_pem", _PEM_MAX_CHARS),
-        generation=_int(value, "generation", 1, 2**31),
-        created_at_s=_number(value, "created_at_s", 0, 1e12),
-        created_by=_text(value, "created_by"),
-        cross_pem=_optional_text(value, "cross_pem", _PEM_MAX_CHARS),
-        previous_id=_optional_text(value, "previous_id", 128),
+        id=text(value, "id", 128),
+        cluster_id=text(value, "cluster_id", 64),
+        cert_pem=text(value, "cert_pem", PEM_MAX_CHARS),
+        generation=integer(value, "generation", 1, 2**31),
+        created_at_s=number(value, "created_at_s", 0, 1e12),
+        created_by=text(value, "created_by"),
+        cross_pem=optional_text(value, "cross_pem", PEM_MAX_CHARS),
+        previous_id=optional_text(value, "previous_id", 128),
     )
     if key != root_key(record.id):
-        _malformed(f"key {key[:80]!r} does not match root id {record.id[:80]!r}")
+        malformed(f"key {key[:80]!r} does not match root id {record.id[:80]!r}")
     if cert_id(record.cert_pem) != record.id:
-        _malformed(f"root {record.id[:80]} certificate has another key id")
+        malformed(f"root {record.id[:80]} certificate has another key id")
     if record.cross_pem:
-        _load_cert(record.cross_pem)
+        load_cert(record.cross_pem)
     return record
 
 
 def decode_intermediate(key: str, data: bytes) -> IntermediateRecord:
-    value = _map(data)
+    value = load_map(data)
     record = IntermediateRecord(
-        node=_text(value, "node", 128),
-        root_id=_text(value, "root_id", 128),
-        cert_pem=_text(value, "cert_pem", _PEM_MAX_CHARS),
-        created_at_s=_number(value, "created_at_s", 0, 1e12),
+        node=text(value, "node", 128),
+        root_id=text(value, "root_id", 128),
+        cert_pem=text(value, "cert_pem", PEM_MAX_CHARS),
+        created_at_s=number(value, "created_at_s", 0, 1e12),
     )
     if key != intermediate_key(record.node):
-        _malformed(f"key {key[:80]!r} does not match node {record.node[:80]!r}")
-    _load_cert(record.cert_pem)
+        malformed(f"key {key[:80]!r} does not match node {record.node[:80]!r}")
+    load_cert(record.cert_pem)
     return record
 
 
@@ -319,6 +271,12 @@ class CAView:
     roots: tuple[RootRecord, ...] = ()  # this cluster's, highest rank first
     stray_roots: tuple[RootRecord, ...] = ()  # from a bootstrap that lost
     intermediates: tuple[IntermediateRecord, ...] = ()
+    # Approvals whose signature verifies against one of `roots`; requests as claimed.
+    approvals: tuple[SignerApproval, ...] = ()
+    requests: tuple[SignerRequest, ...] = ()
+    # Keys of approvals that are forged or under a losing bootstrap's root:
+    # the best signer deletes them (one under a root not seen yet is kept).
+    bad_approvals: tuple[str, ...] = ()
     malformed: int = 0
     _by_id: dict[str, RootRecord] = field(default_factory=dict, compare=False, repr=False)
 
@@ -355,12 +313,27 @@ class CAView:
     def intermediate(self, node: str) -> IntermediateRecord | None:
         return next((i for i in self.intermediates if i.node == node), None)
 
+    def approval(self, node: str) -> SignerApproval | None:
+        return next((a for a in self.approvals if a.node == node), None)
+
+    def request(self, node: str) -> SignerRequest | None:
+        return next((r for r in self.requests if r.node == node), None)
+
+    def approved(self, node: NodeInfo) -> SignerApproval | None:
+        """The verified approval of this member, if its node id is the one approved."""
+        found = self.approval(node.name)
+        if found is None or found.node_id != (node.node_id or node.name):
+            return None
+        return found
+
 
 def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, MalformedCARecord]]]:
     """Decode every live CA entry; the skipped ones come back with their reason."""
     config: CAConfigRecord | None = None
     roots: list[RootRecord] = []
     intermediates: list[IntermediateRecord] = []
+    approvals: list[tuple[str, SignerApproval]] = []
+    requests: list[SignerRequest] = []
     skipped: list[tuple[str, MalformedCARecord]] = []
     for entry in state.store.items(KIND):
         try:
@@ -370,21 +343,41 @@ def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, Malformed
                 roots.append(decode_root(entry.key, entry.value))
             elif entry.key.startswith(_INTERMEDIATE_PREFIX):
                 intermediates.append(decode_intermediate(entry.key, entry.value))
+            elif entry.key.startswith(APPROVAL_PREFIX):
+                approvals.append((entry.key, decode_approval(entry.key, entry.value)))
+            elif entry.key.startswith(REQUEST_PREFIX):
+                requests.append(decode_request(entry.key, entry.value))
             else:
-                _malformed(f"unknown key {entry.key[:80]!r}")
+                malformed(f"unknown key {entry.key[:80]!r}")
         except MalformedCARecord as exc:
             skipped.append((entry.key, exc))
     cluster = config.cluster_id if config is not None else None
     ours = sorted((r for r in roots if r.cluster_id == cluster), key=lambda r: r.rank, reverse=True)
     stray = tuple(r for r in roots if r.cluster_id != cluster)
+    by_id = {r.id: r for r in ours}
+    verified: list[SignerApproval] = []
+    bad: list[str] = []
+    stray_ids = {r.id for r in stray}
+    for key, approval in approvals:
+        root = by_id.get(approval.root_id)
+        if root is not None and approval_verifies(approval, root.cert_pem):
+            verified.append(approval)
+        else:
+            if root is not None or approval.root_id in stray_ids:
+                bad.append(key)
+            why = f"signer approval of {approval.node[:80]!r} is not signed by a root of this CA"
+            skipped.append((key, MalformedCARecord(f"malformed CA record: {why}")))
     return (
         CAView(
             config=config,
             roots=tuple(ours),
             stray_roots=stray,
             intermediates=tuple(sorted(intermediates, key=lambda i: i.node)),
+            approvals=tuple(sorted(verified, key=lambda a: a.node)),
+            requests=tuple(sorted(requests, key=lambda r: r.node)),
+            bad_approvals=tuple(bad),
             malformed=len(skipped),
-            _by_id={r.id: r for r in ours},
+            _by_id=by_id,
         ),
         skipped,
     )
@@ -394,46 +387,24 @@ def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, Malformed
 
 
 def eligible_nodes(nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
-    """Alive members that gossip ``"signer": true`` in their meta."""
+    """Alive members that gossip ``"signer": true`` in their meta (they *ask* to sign)."""
     return [n for n in nodes if n.state == "alive" and n.meta.get(META_SIGNER) is True]
 
 
+def approved_nodes(view: CAView, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
+    """Eligible members with a verified approval for their node id: they may sign."""
+    return [n for n in eligible_nodes(nodes) if view.approved(n) is not None]
+
+
 def signers_for(view: CAView, nodes: Iterable[NodeInfo]) -> list[str]:
-    """Node names of the active signers, best first; [] before the CA exists."""
+    """Node names of the active signers (approved ones only), best first; [] before a CA."""
     if view.config is None:
         return []
-    eligible = eligible_nodes(nodes)
+    eligible = approved_nodes(view, nodes)
     # The hash is over node ids (stable across renames); fall back to the name.
     by_id = {(n.node_id or n.name): n.name for n in eligible}
     chosen = signer_set(view.config.cluster_id, list(by_id), k=view.config.ca_signers)
     return [by_id[i] for i in chosen]
-
-
-# --- rate limit -------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """`rate_per_s` tokens a second, at most `burst`; time is an argument (sans-IO)."""
-
-    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = burst
-        self._at = now
-
-    def set_rate(self, rate_per_s: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = max(1.0, rate_per_s)
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
-        elapsed = max(0.0, now - self._at)
-        self._tokens = min(self.burst, self._tokens + elapsed * self.rate_per_s)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 def rfc3339(wall_s: float) -> str:

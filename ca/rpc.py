@@ -6,12 +6,14 @@ Rules that live here:
   anti-entropy is 0xA5), then one request frame; the server answers one
   reply frame and closes. Frames are `Wire` frames: a 4-byte length and a
   payload sealed with the cluster's gossip key (AES-256-GCM), so only a
-  holder of the key can ask, and nobody else can read a reply (the root key
-  travels in one).
+  holder of the key can ask, and nobody else can read a reply. The gossip
+  key is not a CA credential: a root key travels sealed to the approved
+  requester's identity key (`ca/sealing.py`), so another holder of the
+  gossip key who asks, reads or replays gets ciphertext it cannot open.
 - Payloads are strict CBOR maps (`load_strict`): ``{"op": ..., ...}``.
   Requests: ``sign`` (node, service, csr), ``root_key`` (node, root_id),
   ``configure`` (node and the settings to change, or ``rotate``).
-  Replies: ``signed`` (leaf, chain, root_id), ``root_key`` (root_id, key),
+  Replies: ``signed`` (leaf, chain, root_id), ``root_key`` (root_id, sealed key bytes),
   ``configured`` (active root id), or ``refused`` (code, reason).
 - Anything malformed from the network is a `CARpcError` (a
   `RemoteProtocolError`): the server counts it and drops the stream, the
@@ -139,8 +141,10 @@ class Signed:
 
 @dataclass(frozen=True, slots=True)
 class RootKey:
+    """A root key (PEM), sealed to the requester's approved identity key."""
+
     root_id: str
-    key_pem: str
+    sealed_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +193,8 @@ def encode_reply(reply: Reply) -> bytes:
             return _dump(
                 {"op": "signed", "leaf": leaf_pem, "chain": list(chain_pems), "root_id": root_id}
             )
-        case RootKey(root_id, key_pem):
-            return _dump({"op": "root_key", "root_id": root_id, "key": key_pem})
+        case RootKey(root_id, sealed_key):
+            return _dump({"op": "root_key", "root_id": root_id, "sealed_key": sealed_key})
         case Configured(active_root_id):
             return _dump({"op": "configured", "active_root_id": active_root_id})
         case Refusal(code, reason):
@@ -265,7 +269,10 @@ def decode_reply(data: bytes) -> Reply:
             raise _refuse(f"chain is not a list of 1..{_CHAIN_MAX} PEM texts")
         return Signed(_text(value, "leaf", _PEM_MAX_CHARS), tuple(chain), _text(value, "root_id"))
     if op == "root_key":
-        return RootKey(_text(value, "root_id"), _text(value, "key", _PEM_MAX_CHARS))
+        sealed = value.get("sealed_key")
+        if not isinstance(sealed, bytes) or not 0 < len(sealed) <= _PEM_MAX_CHARS:
+            raise _refuse(f"sealed_key is not 1..{_PEM_MAX_CHARS} bytes")
+        return RootKey(_text(value, "root_id"), sealed)
     if op == "configured":
         return Configured(_text(value, "active_root_id"))
     if op == "refused":

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -51,6 +50,20 @@ from ..intentions.rules import IntentionError, validate_name
 from ..logs import log
 from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from . import rpc as ca_rpc
+from .approval import (
+    SignerApproval,
+    SignerRequest,
+    approval_key,
+    encode_approval,
+    encode_request,
+    fingerprint,
+    identity_public_key,
+    public_der,
+    request_key,
+    sign_approval,
+    token_proof,
+    token_proof_ok,
+)
 from .csr import CSRError, validate_csr
 from .keystore import KeyStore, KeyStoreError
 from .leaf_manager import Issued, LeafError, Roots
@@ -63,7 +76,7 @@ from .records import (
     CAView,
     IntermediateRecord,
     RootRecord,
-    TokenBucket,
+    approved_nodes,
     eligible_nodes,
     encode_config,
     encode_intermediate,
@@ -85,9 +98,25 @@ from .rpc import (
     Signed,
     SignRequest,
 )
+from .sealing import SealError, open_sealed, seal
+from .signer import (
+    SignCheck,
+    TokenBucket,
+    bootstrap_at,
+    intermediate_due,
+    root_key_sources,
+    sign_refusal,
+)
 from .spiffe import ServiceID, SpiffeError, parse_spiffe_id, trust_domain_for
 
-__all__ = ["CAError", "CAService", "CASettings", "ConfigChange", "owned_service_names"]
+__all__ = [
+    "CAError",
+    "CAService",
+    "CASettings",
+    "ConfigChange",
+    "SignerStatus",
+    "owned_service_names",
+]
 
 _log = logging.getLogger("meshnode.ca")
 
@@ -106,8 +135,13 @@ class ServiceOwners(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CASettings:
-    # --signer: this node may hold the root key and be elected to sign.
+    # --signer: this node asks to hold the root key and be elected to sign;
+    # it does once an approved signer approves it (docs/ca.md, "Signers").
     eligible: bool = False
+    # --signer-token: a secret the operator gives to signer hosts only. A
+    # signer holding it approves requests that prove it; None: approvals
+    # come from `meshnode ca signers approve` alone. Never printed.
+    signer_token: str | None = field(default=None, repr=False)
     # Cluster-wide settings written at bootstrap (the store's config wins after):
     # Consul's 72 h leaf, its CSRMaxPerSecond of 50, three signers.
     leaf_ttl_s: int = 72 * 3600
@@ -141,6 +175,17 @@ class ConfigChange:
 
 
 @dataclass(frozen=True, slots=True)
+class SignerStatus:
+    """One row of `meshnode ca signers --all`."""
+
+    node: str
+    status: str  # elected, approved or pending
+    alive: bool
+    fingerprint: str  # of the key approved, or asked with while pending
+    approved_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class _OwnIntermediate:
     root_id: str
     cert_pem: str
@@ -148,8 +193,6 @@ class _OwnIntermediate:
     not_after_s: float
 
 
-# An intermediate is renewed when less than this many leaf lives remain.
-_INTERMEDIATE_RENEW_LEAF_LIVES = 3
 # A change applied on another node reaches this one by gossip in well under
 # a second; the caller waits that long to read its own write.
 _FORWARDED_CHANGE_WAIT_S = 5.0
@@ -170,6 +213,7 @@ class CAService:
         catalog: ServiceOwners,
         *,
         node_name: str,
+        node_id: str,
         datacenter: str,
         wire: Wire,
         counters: DriverCounters,
@@ -178,14 +222,16 @@ class CAService:
         local_host: Callable[[], str | None],
         settings: CASettings = CASettings(),
         provider: CAProvider | None = None,
-        rng: random.Random | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random,
+        wall_clock: Callable[[], float],
+        clock: Callable[[], float] = trio.current_time,
         connect: ca_rpc.Connect | None = None,
     ) -> None:
         self.state = state
         self.nodes = nodes
         self.catalog = catalog
         self.node_name = node_name
+        self.node_id = node_id
         self.datacenter = datacenter
         self.wire = wire
         self.counters = counters
@@ -194,13 +240,14 @@ class CAService:
         self.provider: CAProvider = provider or BuiltinProvider()
         self._member_addr = member_addr
         self._local_host = local_host
-        self._rng = rng or random.Random()
+        self._rng = rng
         self._wall_clock = wall_clock
+        self._clock = clock
         self._connect = connect
-        self._started_at = trio.current_time()
+        self._started_at = clock()
         self._intermediate: _OwnIntermediate | None = None
         self._bucket = TokenBucket(
-            settings.csr_max_per_second, max(1.0, settings.csr_max_per_second), trio.current_time()
+            settings.csr_max_per_second, max(1.0, settings.csr_max_per_second), clock()
         )
         self._listeners: list[Callable[[], None]] = []
         self._wakeup = trio.Event()
@@ -292,6 +339,11 @@ class CAService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Reconcile on every store or member change, and every `reconcile_interval_s`."""
+        if self.settings.eligible:
+            # What an operator compares before `meshnode ca signers approve`.
+            log(
+                _log, "info", "signer identity", node=self.node_name, fingerprint=self.fingerprint()
+            )
         task_status.started()
         seen = 0
         while True:
@@ -322,7 +374,7 @@ class CAService:
         interval_s = self.settings.reconcile_interval_s
         if self.view.config is not None or not self.settings.eligible:
             return interval_s
-        due_in_s = self._bootstrap_at() - trio.current_time()
+        due_in_s = self._bootstrap_at() - self._clock()
         return min(interval_s, max(0.05, due_in_s))
 
     async def reconcile(self) -> None:
@@ -333,7 +385,10 @@ class CAService:
             self.bootstrap()
         view = self.view
         if self.settings.eligible:
+            self._keep_request(view)
             await self._keep_root_keys(view)
+            if self.settings.signer_token is not None:
+                self._approve_by_token(self.view)
         signers = self.signers()
         if self.node_name in signers:
             self._ensure_intermediate(self.view)
@@ -341,17 +396,19 @@ class CAService:
             self._retire_own_intermediate()
         if signers and signers[0] == self.node_name:
             self._housekeeping(self.view, set(signers))
+            self._resign_approvals(self.view)
 
     # --- bootstrap ---------------------------------------------------------------------------
 
     def _bootstrap_at(self) -> float:
         """When this node may bootstrap: later for each eligible member ranked before it."""
-        names = sorted({n.name for n in eligible_nodes(self.nodes.nodes())} | {self.node_name})
-        rank = names.index(self.node_name)
-        return self._started_at + self.settings.bootstrap_wait_s * (1 + rank)
+        eligible = [n.name for n in eligible_nodes(self.nodes.nodes())]
+        return bootstrap_at(
+            self._started_at, self.settings.bootstrap_wait_s, eligible, self.node_name
+        )
 
     def _bootstrap_due(self) -> bool:
-        return trio.current_time() >= self._bootstrap_at()
+        return self._clock() >= self._bootstrap_at()
 
     def bootstrap(self) -> CAConfigRecord:
         """Make a cluster id, trust domain and root; the key stays in this node's data dir."""
@@ -380,6 +437,8 @@ class CAService:
         )
         self.state.put(KIND, root_key(root.id), encode_root(record))
         self.state.put(KIND, CONFIG_KEY, encode_config(config))
+        # The first signer approves itself with the root it just made.
+        self._write_approval(root.key_pem, root.id, self._own_request())
         self._count("bootstrapped")
         log(_log, "info", "CA bootstrapped", cluster_id=cluster_id, root=root.id[:23])
         return config
@@ -397,30 +456,209 @@ class CAService:
             # Our bootstrap lost to another node's (a higher store version).
             self.state.delete_many(KIND, [root_key(r.id) for r in mine_stray])
         active = view.active
-        if active is not None and self.keystore.load(active.id) is None:
+        if active is None or self.keystore.load(active.id) is not None:
+            return
+        if self._my_approval(view) is not None:
             await self._fetch_root_key(active)
 
     async def _fetch_root_key(self, root: RootRecord) -> bool:
-        signers = self.signers()
-        peers = [n.name for n in eligible_nodes(self.nodes.nodes()) if n.name != self.node_name]
-        order = [s for s in signers if s != self.node_name] + [p for p in peers if p not in signers]
-        for name in order:
+        approved = [n.name for n in approved_nodes(self.view, self.nodes.nodes())]
+        for name in root_key_sources(self.node_name, self.signers(), approved):
             reply = await self._ask(name, RootKeyRequest(self.node_name, root.id))
             if not isinstance(reply, RootKey) or reply.root_id != root.id:
                 continue
             try:
-                key = key_from_pem(reply.key_pem)
+                key_pem = open_sealed(
+                    self.keystore.identity_key(),
+                    reply.sealed_key,
+                    _root_key_aad(root.id, self.node_name),
+                ).decode("ascii")
+                key = key_from_pem(key_pem)
                 if key.public_key() != cert_from_pem(root.cert_pem).public_key():
                     self._count("root_key.mismatch")
                     continue
-            except PemError:
+            except (PemError, SealError, UnicodeDecodeError):
                 self._count("root_key.mismatch")
                 continue
-            self.keystore.save(root.id, reply.key_pem)
+            self.keystore.save(root.id, key_pem)
             self._count("root_key.fetched")
             log(_log, "info", "root key fetched", root=root.id[:23], peer=name)
             return True
         return False
+
+    # --- signer approvals -------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """This node's identity key fingerprint (what `approve --fingerprint` checks)."""
+        return fingerprint(public_der(self.keystore.identity_key().public_key()))
+
+    def _own_request(self) -> SignerRequest:
+        der = public_der(self.keystore.identity_key().public_key())
+        token = self.settings.signer_token
+        proof = b"" if token is None else token_proof(token, self.node_name, self.node_id, der)
+        return SignerRequest(self.node_name, self.node_id, der, self._wall_clock(), proof)
+
+    def _my_approval(self, view: CAView) -> SignerApproval | None:
+        """Our verified approval, if it names our node id and identity key."""
+        found = view.approval(self.node_name)
+        if found is None or found.node_id != self.node_id:
+            return None
+        if found.public_key_der != public_der(self.keystore.identity_key().public_key()):
+            return None
+        return found
+
+    def _keep_request(self, view: CAView) -> None:
+        """Ask to be a signer while not approved; withdraw the request once approved."""
+        published = view.request(self.node_name)
+        if self._my_approval(view) is not None:
+            if published is not None:
+                self.state.delete_many(KIND, [request_key(self.node_name)])
+            return
+        wanted = self._own_request()
+        if published is None or replace(published, requested_at_s=0.0) != replace(
+            wanted, requested_at_s=0.0
+        ):
+            self.state.put(KIND, request_key(self.node_name), encode_request(wanted))
+            log(
+                _log,
+                "info",
+                "asked to be a CA signer; an approved signer must approve this node",
+                fingerprint=fingerprint(wanted.public_key_der),
+            )
+
+    def _write_approval(self, root_key_pem: str, root_id: str, request: SignerRequest) -> None:
+        approval = sign_approval(
+            root_key_pem,
+            root_id,
+            request,
+            approved_by=self.node_name,
+            now_wall_s=self._wall_clock(),
+        )
+        self.state.put(KIND, approval_key(request.node), encode_approval(approval))
+
+    def _active_key(self, view: CAView) -> tuple[str, str] | None:
+        """(active root id, its key) when this node is approved and holds the key."""
+        if view.active is None or self._my_approval(view) is None:
+            return None
+        key_pem = self.keystore.load(view.active.id)
+        return None if key_pem is None else (view.active.id, key_pem)
+
+    def _approve_by_token(self, view: CAView) -> None:
+        """Approve pending requests that prove the signer token this node was given."""
+        token, held = self.settings.signer_token, self._active_key(view)
+        if token is None or held is None:
+            return
+        for request in view.requests:
+            current = view.approval(request.node)
+            if current is not None and current.public_key_der == request.public_key_der:
+                continue
+            if not token_proof_ok(token, request):
+                continue
+            self._write_approval(held[1], held[0], replace(request, proof=b""))
+            self._count("signer.approved")
+            log(_log, "info", "signer approved", node=request.node[:80], by="signer token")
+
+    def _resign_approvals(self, view: CAView) -> None:
+        """Re-sign approvals made under an older root, before that root is pruned."""
+        held = self._active_key(view)
+        if held is None:
+            return
+        for approval in view.approvals:
+            if approval.root_id != held[0]:
+                request = SignerRequest(
+                    approval.node, approval.node_id, approval.public_key_der, 0.0
+                )
+                self._write_approval(held[1], held[0], request)
+
+    def approve(self, node: str, expected_fingerprint: str | None = None) -> SignerApproval:
+        """Approve `node`'s pending request here (the operator's `ca signers approve`).
+
+        Only an approved signer holding the active root key can: the approval
+        is signed with it. `CAError` (one line) otherwise.
+        """
+        view = self.view
+        held = self._active_key(view)
+        if held is None:
+            raise CAError(
+                f"{self.node_name} is not an approved signer holding the active root key: "
+                "run this against a signer (meshnode ca signers lists them)"
+            )
+        request = view.request(node)
+        current = view.approval(node)
+        if request is None:
+            if current is not None:
+                return current
+            raise CAError(
+                f"no signer request from {node[:80]!r}: start it with -signer and let it join"
+            )
+        found = fingerprint(request.public_key_der)
+        if (
+            current is not None
+            and current.public_key_der != request.public_key_der
+            and expected_fingerprint is None
+        ):
+            # Anyone with the gossip key can write a request naming an approved node.
+            raise CAError(
+                f"{node[:80]!r} is approved with key {fingerprint(current.public_key_der)}; "
+                f"a request names key {found}: pass --fingerprint {found} to replace it"
+            )
+        if expected_fingerprint is not None and expected_fingerprint.lower() != found:
+            raise CAError(
+                f"{node[:80]!r} asks with key {found}, not {expected_fingerprint[:100]}: "
+                "not approved"
+            )
+        self._write_approval(held[1], held[0], replace(request, proof=b""))
+        self._count("signer.approved")
+        log(_log, "info", "signer approved", node=node[:80], fingerprint=found, by="operator")
+        approval = self.view.approval(node)
+        assert approval is not None  # just written and verified by the refresh
+        return approval
+
+    def revoke(self, node: str) -> None:
+        """Withdraw `node`'s approval here; it is no longer elected nor sent root keys."""
+        if self._active_key(self.view) is None:
+            raise CAError(
+                f"{self.node_name} is not an approved signer holding the active root key: "
+                "run this against a signer (meshnode ca signers lists them)"
+            )
+        if self.view.approval(node) is None:
+            raise CAError(f"{node[:80]!r} is not an approved signer")
+        self.state.delete_many(KIND, [approval_key(node)])
+        self._count("signer.revoked")
+        log(_log, "info", "signer approval revoked", node=node[:80])
+
+    def signer_table(self) -> list[SignerStatus]:
+        """Every node that asks to sign or is approved: elected, approved or pending."""
+        view, members = self.view, {n.name: n for n in self.nodes.nodes()}
+        elected = set(self.signers())
+        names = {a.node for a in view.approvals} | {r.node for r in view.requests}
+        names |= {n.name for n in eligible_nodes(members.values())}
+        rows = []
+        for name in sorted(names):
+            member = members.get(name)
+            approval = view.approved(member) if member is not None else view.approval(name)
+            request = view.request(name)
+            if name in elected:
+                status = "elected"
+            elif approval is not None and (
+                request is None or request.public_key_der == approval.public_key_der
+            ):
+                status = "approved"
+            else:
+                status = "pending"
+            der = request.public_key_der if status == "pending" and request else None
+            if der is None and approval is not None:
+                der = approval.public_key_der
+            rows.append(
+                SignerStatus(
+                    node=name,
+                    status=status,
+                    alive=member is not None and member.state == "alive",
+                    fingerprint=fingerprint(der) if der is not None else "",
+                    approved_by=approval.approved_by if approval is not None else "",
+                )
+            )
+        return rows
 
     # --- intermediates -----------------------------------------------------------------------
 
@@ -429,11 +667,12 @@ class CAService:
         if active is None or config is None:
             return
         own = self._intermediate
-        renew_before_s = _INTERMEDIATE_RENEW_LEAF_LIVES * config.leaf_ttl_s
-        if (
-            own is None
-            or own.root_id != active.id
-            or own.not_after_s - self._wall_clock() < renew_before_s
+        if own is None or intermediate_due(
+            own_root_id=own.root_id,
+            own_not_after_s=own.not_after_s,
+            active_root_id=active.id,
+            leaf_ttl_s=config.leaf_ttl_s,
+            now_wall_s=self._wall_clock(),
         ):
             key_pem = self.keystore.load(active.id)
             if key_pem is None:
@@ -475,6 +714,9 @@ class CAService:
         if retired or stale:
             self.state.delete_many(KIND, retired + stale)
             self.counters.add("ca.intermediate.retired", len(retired) + len(stale))
+        if view.bad_approvals:
+            self.state.delete_many(KIND, list(view.bad_approvals))
+            self.counters.add("ca.signer.bad_approvals_deleted", len(view.bad_approvals))
         doomed = [root_key(r.id) for r in view.expired(now_s)]
         doomed += [root_key(r.id) for r in view.stray_roots]
         if doomed:
@@ -531,24 +773,27 @@ class CAService:
 
     def _sign(self, request: SignRequest, node: NodeInfo) -> Reply:
         view, config = self.view, self.view.config
-        if config is None or view.active is None:
-            return Refusal("no_ca", "the cluster has no CA yet")
-        if self.node_name not in self.signers():
-            return Refusal("not_signer", f"{self.node_name} is not an elected signer")
-        if not self._bucket.take(trio.current_time()):
-            return Refusal("rate_limited", "rate limited, retry")
         own = self._intermediate
-        if own is None or own.root_id != view.active.id:
-            return Refusal("not_ready", f"{self.node_name} has no intermediate for the active root")
+        check = SignCheck(
+            me=self.node_name,
+            signers=self.signers(),
+            has_ca=config is not None,
+            active_root_id=None if view.active is None else view.active.id,
+            own_root_id=None if own is None else own.root_id,
+        )
         owners = {v.node.name for v in self.catalog.service_nodes(request.service)}
         owners |= {v.node.name for v in self.catalog.service_nodes(request.service, connect=True)}
-        if node.name not in owners:
-            where = ", ".join(sorted(owners)) or "no node"
-            return Refusal(
-                "not_owner",
-                f"node {node.name} does not own service {request.service[:80]!r} "
-                f"in the catalog (registered on {where})",
-            )
+        refused = sign_refusal(
+            check,
+            self._bucket,
+            node=node.name,
+            service=request.service,
+            owners=owners,
+            now=self._clock(),
+        )
+        if refused is not None:
+            return Refusal(refused.code, refused.reason)
+        assert config is not None and view.active is not None and own is not None
         try:
             expected = ServiceID(config.trust_domain, node.datacenter, request.service)
             csr = validate_csr(request.csr_pem, expected=expected)
@@ -563,22 +808,34 @@ class CAService:
         return Signed(leaf, chain, view.active.id)
 
     def _give_root_key(self, request: RootKeyRequest, node: NodeInfo) -> Reply:
-        if node.state != "alive" or node.meta.get("signer") is not True:
-            return Refusal("forbidden", f"node {node.name} is not a signer-eligible alive member")
+        approval = self.view.approved(node)
+        if node.state != "alive" or approval is None:
+            return Refusal(
+                "forbidden",
+                f"node {node.name} is not an approved signer "
+                f"(an operator approves it: meshnode ca signers approve {node.name})",
+            )
         key_pem = self.keystore.load(request.root_id)
         if key_pem is None:
             return Refusal("no_key", f"{self.node_name} does not hold root {request.root_id[:23]}")
+        # Sealed to the approved identity key: only that node opens it,
+        # whoever asked from its address and whoever reads the stream.
+        sealed = seal(
+            identity_public_key(approval.public_key_der),
+            key_pem.encode("ascii"),
+            _root_key_aad(request.root_id, node.name),
+        )
         self._count("root_key.served")
         log(_log, "info", "root key sent", root=request.root_id[:23], to=node.name)
-        return RootKey(request.root_id, key_pem)
+        return RootKey(request.root_id, sealed)
 
     # --- configuration and rotation ----------------------------------------------------------
 
     def _configure_here(self, request: ConfigureRequest) -> Reply:
-        """Apply a change on this node, which must be eligible (and hold the key to rotate)."""
+        """Apply a change here; this node must be an approved signer (holding the key to rotate)."""
         view, config = self.view, self.view.config
-        if not self.settings.eligible:
-            return Refusal("forbidden", f"{self.node_name} is not signer-eligible")
+        if not self.settings.eligible or self._my_approval(view) is None:
+            return Refusal("forbidden", f"{self.node_name} is not an approved signer")
         if config is None or view.active is None:
             return Refusal("no_ca", "the cluster has no CA yet")
         active = view.active
@@ -638,7 +895,7 @@ class CAService:
         others = [n for n in self.signers() if n != self.node_name]
         others += [
             n.name
-            for n in eligible_nodes(self.nodes.nodes())
+            for n in approved_nodes(self.view, self.nodes.nodes())
             if n.name != self.node_name and n.name not in others
         ]
         for name in others:
@@ -648,10 +905,8 @@ class CAService:
                 return reply.active_root_id
             reasons.append(f"{name}: {_reason(reply)}")
         if not reasons:
-            raise CAError("no signer-eligible agent is alive to apply the change")
-        raise CAError(
-            "no signer-eligible agent could apply the change (" + "; ".join(reasons) + ")"
-        )
+            raise CAError("no approved signer is alive to apply the change")
+        raise CAError("no approved signer could apply the change (" + "; ".join(reasons) + ")")
 
     async def _see_active_root(self, root_id: str) -> None:
         """Wait (bounded) until gossip brings a change made elsewhere: read-your-writes."""
@@ -684,7 +939,7 @@ class CAService:
 
     async def issue(self, service: str, csr_pem: str) -> Issued:
         """Send a CSR to the current signers in order until one signs it (the leaf manager's)."""
-        deadline = trio.current_time() + self.settings.issue_deadline_s
+        deadline = self._clock() + self.settings.issue_deadline_s
         not_owner_since: float | None = None
         reasons: dict[str, str] = {}
         codes: dict[str, str] = {}
@@ -704,7 +959,7 @@ class CAService:
                 if reply.code != "rate_limited" or codes.get(name) is None:
                     reasons[name], codes[name] = reply.reason, reply.code
             all_not_owner = bool(signers) and all(codes.get(n) == "not_owner" for n in signers)
-            now = trio.current_time()
+            now = self._clock()
             if all_not_owner:
                 not_owner_since = now if not_owner_since is None else not_owner_since
                 if now - not_owner_since >= _NOT_OWNER_GIVE_UP_S:
@@ -717,6 +972,11 @@ class CAService:
         self._count("issue.failed")
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no signer answered"
         raise LeafError(f"no signer issued a leaf for {service!r} ({detail})")
+
+
+def _root_key_aad(root_id: str, node: str) -> bytes:
+    """What a sealed root key is bound to: which root, for which node."""
+    return f"meshnode root key|{root_id}|{node}".encode()
 
 
 def _reason(reply: Reply) -> str:

@@ -130,6 +130,11 @@ class AgentConfig:
     # be elected to sign leaves. Off by default: the root key should live on a
     # few chosen hosts, not on every node. --dev turns it on.
     ca_signer: bool = False
+    # A secret the operator gives to signer hosts only (--signer-token,
+    # connect.signer_token): an approved signer holding it approves signer
+    # requests that prove it. None: approvals come from `meshnode ca signers
+    # approve` alone. The gossip key is not enough to become a signer.
+    ca_signer_token: str | None = field(default=None, repr=False)
     # Cluster-wide CA settings written by the node that bootstraps the CA
     # (connect.ca_config); later changes go through /v1/connect/ca/configuration.
     # Consul's defaults: 3 signers survive two failures, 50 CSRs/s per signer,
@@ -476,7 +481,7 @@ _CA_CONFIG_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
 def _apply_connect(
     b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
 ) -> None:
-    """``connect``: ``ca_signer`` (bool), ``ca_config`` {...}, ``leaf_reissue_jitter``."""
+    """``connect``: ``ca_signer``, ``signer_token``, ``ca_config``, ``leaf_reissue_jitter``."""
     for sub, value in obj.items():
         name = f"connect.{sub}"
         try:
@@ -484,6 +489,8 @@ def _apply_connect(
                 if not isinstance(value, bool):
                     raise ValueError(f"must be true or false, not {_type_name(value)}")
                 b.ca["ca_signer"] = value
+            elif sub == "signer_token":
+                b.ca["ca_signer_token"] = _token(_str(value))
             elif sub == "leaf_reissue_jitter":
                 b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
             elif sub == "ca_config":
@@ -616,6 +623,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.dns["recursors"] = tuple(b.dns.get("recursors", ())) + tuple(value)
     elif name == "signer":
         b.ca["ca_signer"] = bool(value)
+    elif name == "signer_token":
+        b.ca["ca_signer_token"] = _token(value)
     elif name == "ca_signers":
         b.ca["ca_signers"] = _positive_int(value, 64)
     elif name == "csr_max_per_second":
@@ -702,7 +711,7 @@ def load_config(
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
-    signer, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
+    signer, signer_token, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
     tombstone_ttl, audit_log;
     None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt

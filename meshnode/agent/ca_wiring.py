@@ -49,6 +49,7 @@ def build_ca(
 
     settings = CASettings(
         eligible=config.ca_signer,
+        signer_token=config.ca_signer_token,
         leaf_ttl_s=config.leaf_cert_ttl_s,
         csr_max_per_second=config.csr_max_per_second,
         ca_signers=config.ca_signers,
@@ -59,6 +60,7 @@ def build_ca(
         nodes,
         catalog,
         node_name=config.node_name,
+        node_id=node_id,
         datacenter=config.datacenter,
         wire=wire,
         counters=driver.counters,
@@ -69,6 +71,7 @@ def build_ca(
         settings=settings,
         rng=child_rng(rng),
         wall_clock=clock.wall_s,
+        clock=clock.monotonic_s,
     )
     driver.add_stream_handler(STREAM_CA, ca.serve)
     leaves = LeafManager(
@@ -78,6 +81,7 @@ def build_ca(
         is_local=lambda service: service in owned_service_names(catalog.local_services()),
         rng=child_rng(rng),
         wall_clock=clock.wall_s,
+        clock=clock.monotonic_s,
         reissue_jitter_s=config.ca_reissue_jitter_s,
     )
     ca.on_view_change(leaves.roots_changed)

@@ -22,7 +22,14 @@
   cross-signed by the current one (`meshnode ca rotate`). Consul's external
   root fields (``PrivateKey``, ``RootCert``...) answer 400.
 - ``GET /v1/connect/ca/signers`` (meshnode's own): the active signers' node
-  names, best first.
+  names, best first; with ``?all``, every node that asks to sign or is
+  approved: ``[{Node, Status (elected|approved|pending), Alive, Fingerprint,
+  ApprovedBy}]``.
+- ``PUT /v1/connect/ca/signers/<node>`` (a write: the API token when set)
+  approves the node's pending signer request with the active root key. It
+  must be sent to an approved signer; ``?fingerprint=`` makes it refuse a
+  request made with another identity key. ``DELETE`` withdraws an approval.
+  Both answer 400 with one line when the node cannot do it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..ca.approval import fingerprint
 from ..ca.leaf_manager import LeafError, LeafManager, UnknownLocalService
 from ..ca.pem import cert_from_pem, colon_hex
 from ..ca.provider import ROOT_TTL_S
@@ -231,7 +239,39 @@ def register_ca_routes(
         return Response.empty()
 
     async def signers(request: Request) -> Response:
-        return Response.json(ca.signers(), headers=headers(ca.index()))
+        if not request.has_query("all"):
+            return Response.json(ca.signers(), headers=headers(ca.index()))
+        rows = [
+            {
+                "Node": row.node,
+                "Status": row.status,
+                "Alive": row.alive,
+                "Fingerprint": row.fingerprint,
+                "ApprovedBy": row.approved_by,
+            }
+            for row in ca.signer_table()
+        ]
+        return Response.json(rows, headers=headers(ca.index()))
+
+    async def approve(request: Request) -> Response:
+        node = request.params["node"]
+        try:
+            approval = ca.approve(node, request.query_value("fingerprint") or None)
+        except CAError as exc:
+            raise HttpError(400, str(exc)) from None
+        body = {
+            "Node": approval.node,
+            "Fingerprint": fingerprint(approval.public_key_der),
+            "ApprovedBy": approval.approved_by,
+        }
+        return Response.json(body, headers=headers(ca.index()))
+
+    async def revoke(request: Request) -> Response:
+        try:
+            ca.revoke(request.params["node"])
+        except CAError as exc:
+            raise HttpError(400, str(exc)) from None
+        return Response.empty()
 
     router.add("GET", "/v1/connect/ca/roots", roots)
     router.add("GET", "/v1/agent/connect/ca/roots", roots)
@@ -239,6 +279,8 @@ def register_ca_routes(
     router.add("GET", "/v1/connect/ca/configuration", get_config)
     router.add("PUT", "/v1/connect/ca/configuration", put_config)
     router.add("GET", "/v1/connect/ca/signers", signers)
+    router.add("PUT", "/v1/connect/ca/signers/{node}", approve)
+    router.add("DELETE", "/v1/connect/ca/signers/{node}", revoke)
 
 
 def _config_change(config: object) -> ConfigChange:

@@ -43,7 +43,15 @@ from .app import cli
     help="Run SCRIPT (sh -c) for each user event, payload on stdin (repeatable).",
 )
 @click.option(
-    "--signer", is_flag=True, default=None, help="Eligible to hold the CA root key and sign."
+    "--signer",
+    is_flag=True,
+    default=None,
+    help="Ask to be a CA signer (granted by an approved signer or --signer-token).",
+)
+@click.option(
+    "--signer-token",
+    metavar="TOKEN",
+    help="Secret for signer hosts: signers holding it approve -signer agents that present it.",
 )
 @click.option("--ca-signers", type=int, metavar="N", help="CA signers to elect [default: 3].")
 @click.option(

@@ -1,7 +1,10 @@
 """`meshnode ca ...`: the cluster CA through the local agent's HTTP API.
 
 `roots` lists the trusted roots, `rotate` makes a new cross-signed root
-active, `signers` prints the active signers one per line, and `leaf SERVICE`
+active, `signers` prints the active signers one per line (``--all``: every
+node that asks to sign or is approved, with its status and key
+fingerprint), `signers approve NODE` / `signers revoke NODE` grant and
+withdraw signer approval (sent to an approved signer), and `leaf SERVICE`
 fetches the leaf of a service registered on this agent (with ``--out DIR``
 it writes cert.pem, key.pem (0600), chain.pem and roots.pem for other tools).
 """
@@ -73,15 +76,58 @@ def ca_rotate(http_addr: str | None) -> None:
     click.echo(f"Rotated: the active root is now {found['ActiveRootID']}")
 
 
-@ca.command("signers")
+@ca.group("signers", cls=DashGroup, invoke_without_command=True)
 @http_addr_option
-def ca_signers(http_addr: str | None) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Every node asking or approved, as a table.")
+@click.pass_context
+def ca_signers(ctx: click.Context, http_addr: str | None, show_all: bool) -> None:
     """Print the node names of the active signers, one per line, best first."""
-    names = AgentClient.from_flag(http_addr).request("GET", "/v1/connect/ca/signers")
-    if not isinstance(names, list):
+    if ctx.invoked_subcommand is not None:
+        return
+    client = AgentClient.from_flag(http_addr)
+    if not show_all:
+        names = client.request("GET", "/v1/connect/ca/signers")
+        if not isinstance(names, list):
+            raise ClientError("unexpected answer from /v1/connect/ca/signers")
+        for name in names:
+            click.echo(name)
+        return
+    rows = client.request("GET", "/v1/connect/ca/signers?all")
+    if not isinstance(rows, list):
+        raise ClientError("unexpected answer from /v1/connect/ca/signers?all")
+    table = [
+        [r["Node"], r["Status"], "alive" if r["Alive"] else "-", r["Fingerprint"]] for r in rows
+    ]
+    click.echo("\n".join(format_table(["Node", "Status", "Member", "Fingerprint"], table)))
+
+
+@ca_signers.command("approve")
+@http_addr_option
+@click.option(
+    "--fingerprint",
+    metavar="HEX",
+    help="Refuse unless the node asks with this key (its log prints it at start).",
+)
+@click.argument("node")
+def ca_signers_approve(http_addr: str | None, fingerprint: str | None, node: str) -> None:
+    """Approve NODE as a signer: run it against an approved signer's agent."""
+    path = f"/v1/connect/ca/signers/{quote(node, safe='')}"
+    if fingerprint:
+        path += f"?fingerprint={quote(fingerprint, safe='')}"
+    found = AgentClient.from_flag(http_addr).request("PUT", path)
+    if not isinstance(found, dict):
         raise ClientError("unexpected answer from /v1/connect/ca/signers")
-    for name in names:
-        click.echo(name)
+    click.echo(f"Approved {found['Node']} (key {found['Fingerprint']})")
+
+
+@ca_signers.command("revoke")
+@http_addr_option
+@click.argument("node")
+def ca_signers_revoke(http_addr: str | None, node: str) -> None:
+    """Withdraw NODE's signer approval (then rotate: it may still hold the root key)."""
+    client = AgentClient.from_flag(http_addr)
+    client.request("DELETE", f"/v1/connect/ca/signers/{quote(node, safe='')}")
+    click.echo(f"Revoked {node}; run `meshnode ca rotate` so the key it held signs nothing")
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -93,6 +93,7 @@ class Mesh:
                 self.nodes,
                 self.catalogs[n],
                 node_name=n,
+                node_id=f"id-{n}",
                 datacenter="dc1",
                 wire=self.wire,
                 counters=self.counters[n],
@@ -130,6 +131,15 @@ class Mesh:
         self.nursery.start_soon(serve)
         return client_end
 
+    async def start(self, first: str = "n1") -> None:
+        """Bootstrap on `first`, then approve the other eligible nodes there (as an operator)."""
+        self.ca[first].bootstrap()
+        await self.reconcile()  # the others ask to be signers
+        for name, ca in self.ca.items():
+            if ca.settings.eligible and name != first:
+                self.ca[first].approve(name)
+        await self.reconcile()  # they fetch the root key; the elected make intermediates
+
     async def reconcile(self, *names: str) -> None:
         for n in names or list(self.ca):
             await self.ca[n].reconcile()
@@ -141,6 +151,19 @@ class Mesh:
         node = self.nodes.node(name)
         assert node is not None
         self.nodes.set(NodeInfo(name, node.address, "failed", node_id=node.node_id, meta=node.meta))
+
+
+async def two_signers_and_n3(tmp_path: Path, nursery: trio.Nursery) -> Mesh:
+    """n1 and n2 approved signers, n3 not eligible, 1 h leaves (rotation tests)."""
+    mesh = Mesh(
+        tmp_path,
+        nursery,
+        ["n1", "n2", "n3"],
+        {"n1", "n2"},
+        settings=CASettings(bootstrap_wait_s=0, leaf_ttl_s=3600),
+    )
+    await mesh.start()
+    return mesh
 
 
 def csr_for(mesh: Mesh, service: str) -> str:
@@ -222,8 +245,7 @@ async def test_signers_are_the_eligible_alive_members_and_follow_failures(
         {"n1", "n2", "n3", "n4"},
         settings=CASettings(bootstrap_wait_s=0, ca_signers=3),
     )
-    mesh.ca["n1"].bootstrap()
-    await mesh.reconcile()
+    await mesh.start()
     signers = mesh.ca["n5"].signers()
     assert len(signers) == 3 and "n5" not in signers
     assert all(mesh.ca[n].signers() == signers for n in names)
@@ -250,8 +272,7 @@ async def test_a_leaf_is_issued_through_rpc_and_falls_back_when_a_signer_is_down
     mesh = Mesh(
         tmp_path, nursery, names, {"n1", "n2", "n3"}, settings=CASettings(bootstrap_wait_s=0)
     )
-    mesh.ca["n1"].bootstrap()
-    await mesh.reconcile()
+    await mesh.start()
     mesh.register("n4", "web")
     issued = await mesh.ca["n4"].issue("web", csr_for(mesh, "web"))
     leaf = cert_from_pem(issued.leaf_pem)
@@ -283,8 +304,7 @@ async def test_refusals_wrong_owner_bad_csr_rate_limit_and_a_forged_address(
         {"n1"},
         settings=CASettings(bootstrap_wait_s=0, csr_max_per_second=2),
     )
-    mesh.ca["n1"].bootstrap()
-    await mesh.reconcile()
+    await mesh.start()
     mesh.register("n2", "web")
     signer = mesh.ca["n1"]
     n3 = Addr(mesh.host("n3"), 40000)
@@ -319,8 +339,7 @@ async def test_garbage_on_the_ca_stream_is_counted_and_the_signer_keeps_serving(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
-    mesh.ca["n1"].bootstrap()
-    await mesh.reconcile()
+    await mesh.start()
     mesh.register("n2", "web")
     signer = mesh.ca["n1"]
     peer = Addr(mesh.host("n2"), 40000)
@@ -350,40 +369,44 @@ async def test_garbage_on_the_ca_stream_is_counted_and_the_signer_keeps_serving(
     assert isinstance(reply, Signed)
 
 
-async def test_root_keys_go_only_to_eligible_members(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_root_keys_go_only_to_approved_signers_sealed_to_their_identity_key(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     mesh = Mesh(
         tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"}, settings=CASettings(bootstrap_wait_s=0)
     )
     mesh.ca["n1"].bootstrap()
     active = mesh.ca["n1"].view.active
     assert active is not None
+    n2 = Addr(mesh.host("n2"), 1)
     n3 = Addr(mesh.host("n3"), 40000)
     reply = await mesh.ca["n1"].handle(RootKeyRequest("n3", active.id), n3)
     assert isinstance(reply, Refusal) and reply.code == "forbidden"
+    # n2 asks to sign (-signer) but nobody approved it yet: no key.
+    await mesh.reconcile("n2")
+    assert mesh.ca["n2"].keystore.load(active.id) is None
+    reply = await mesh.ca["n1"].handle(RootKeyRequest("n2", active.id), n2)
+    assert isinstance(reply, Refusal) and reply.code == "forbidden"
+    assert "approve n2" in reply.reason
+
+    mesh.ca["n1"].approve("n2")
     reply = await mesh.ca["n1"].handle(RootKeyRequest("n2", active.id), n3)
     assert isinstance(reply, Refusal) and reply.code == "forbidden"  # wrong address
-    reply = await mesh.ca["n1"].handle(RootKeyRequest("n2", active.id), Addr(mesh.host("n2"), 1))
+    reply = await mesh.ca["n1"].handle(RootKeyRequest("n2", active.id), n2)
     assert isinstance(reply, RootKey)
+    assert b"PRIVATE KEY" not in reply.sealed_key  # sealed, not PEM
     await mesh.reconcile("n2")
     assert mesh.ca["n2"].keystore.load(active.id) == mesh.ca["n1"].keystore.load(active.id)
     reply = await mesh.ca["n3"].handle(
         ConfigureRequest("n1", rotate=True), Addr(mesh.host("n1"), 1)
     )
-    assert isinstance(reply, Refusal) and reply.code == "forbidden"  # n3 is not eligible
+    assert isinstance(reply, Refusal) and reply.code == "forbidden"  # n3 is not a signer
 
 
 async def test_rotation_cross_signs_reissues_intermediates_and_prunes_the_old_root_later(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    mesh = Mesh(
-        tmp_path,
-        nursery,
-        ["n1", "n2", "n3"],
-        {"n1", "n2"},
-        settings=CASettings(bootstrap_wait_s=0, leaf_ttl_s=3600),
-    )
-    mesh.ca["n1"].bootstrap()
-    await mesh.reconcile()
+    mesh = await two_signers_and_n3(tmp_path, nursery)
     mesh.register("n3", "web")
     old = mesh.ca["n3"].view.active
     assert old is not None

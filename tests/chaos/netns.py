@@ -211,7 +211,8 @@ class Host:
             "-ca-reissue-jitter", "2s",
         ]  # fmt: skip
         if self.index <= self.cluster.signers:
-            args.append("-signer")
+            # The signer token approves every signer (docs/ca.md, "Signers").
+            args += ["-signer", "-signer-token", "t-chaos-signers"]
         if first_start:
             args += ["-encrypt", self.cluster.key]
             if self.index != 1:

@@ -22,7 +22,9 @@ READY_S = 20.0
 def start_agents(cluster: Cluster, n: int) -> list[AgentProc]:
     """`n` signer-eligible agents joined into one cluster (leaves re-issued within 2 s)."""
     agents = [
-        cluster.agent(i).start("-signer", "-ca-reissue-jitter", "2s") for i in range(1, n + 1)
+        # The signer token approves every signer (docs/ca.md, "Signers").
+        cluster.agent(i).start("-signer", "-signer-token", "t-signers", "-ca-reissue-jitter", "2s")
+        for i in range(1, n + 1)
     ]
     for a in agents[1:]:
         a.cli("join", agents[0].gossip)

@@ -136,6 +136,8 @@ def start_cluster(
     agents = [
         cluster.agent(i).start(
             "-signer",
+            "-signer-token",  # approves every signer (docs/ca.md, "Signers")
+            "t-signers",
             "-ca-reissue-jitter",
             "2s",
             *(["-audit-log", str(audit_on[i])] if i in audit_on else []),
