@@ -36,11 +36,12 @@ import trio
 from ..ca.spiffe import ServiceID
 from ..client import ClientError, resolve_http_addr, resolve_token
 from ..logs import get_logger, log
+from ..proxy.admission import serve_listener
 from ..proxy.balancer import BalancerConfig
 from ..proxy.dial import Clock, Dialer, DialError
 from ..proxy.handshake import ClosedEarly, server_handshake
 from ..proxy.limits import Limits
-from ..proxy.pump import accept, close_quietly, listen
+from ..proxy.pump import close_quietly, listen
 from ..proxy.sources import CertSource, Resolver, TlsMaterial
 from ..proxy.stats import ListenerStats, LogLimit
 from ..proxy.tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
@@ -293,18 +294,18 @@ class Service:
         listener = listen(host, port)
         try:
             bound: int = listener.getsockname()[1]
-            slots = trio.Semaphore(self.limits.max_connections)
             log(_log, "info", "native service listening", service=self.name, port=bound)
-            async with trio.open_nursery() as nursery:
-                task_status.started(bound)
-                while True:
-                    await slots.acquire()
-                    try:
-                        sock = await accept(listener)
-                    except BaseException:
-                        slots.release()
-                        raise
-                    nursery.start_soon(self._serve_one, sock, handler, slots)
+            task_status.started(bound)
+            await serve_listener(
+                listener,
+                functools.partial(self._serve_one, handler),
+                stats=self.stats,
+                max_connections=self.limits.max_connections,
+                max_handshakes_per_source=self.limits.max_handshakes_per_source,
+                on_limited=functools.partial(
+                    self._refused, "inbound refused: too many handshakes from one address"
+                ),
+            )
         finally:
             close_quietly(listener)
 
@@ -313,13 +314,11 @@ class Service:
             log(_log, "info", what, service=self.name, **fields)
 
     async def _serve_one(
-        self, sock: socket.socket, handler: Handler, slots: trio.Semaphore
+        self, handler: Handler, sock: socket.socket, handshaken: Callable[[], None]
     ) -> None:
         peer = _peer_name(sock)
         stream: MeshStream | None = None
         stats = self.stats
-        stats.accepted_total += 1
-        stats.active += 1
         try:
             contexts = self._contexts.current()
             if contexts is None:
@@ -338,6 +337,7 @@ class Service:
                 stats.handshake_failed_total += 1
                 self._refused("inbound handshake refused", peer=peer, error=exc)
                 return
+            handshaken()
             stream = MeshStream(
                 tls, local_service=self.name, peer_uri=source.uri, peer_service=source.service
             )
@@ -366,11 +366,9 @@ class Service:
                     reason=conn.cut_reason,
                 )
         finally:
-            stats.active -= 1
             if stream is not None:
                 await stream.aclose()
             close_quietly(sock)
-            slots.release()
 
     # --- dialling ---------------------------------------------------------------------------
 

@@ -9,9 +9,14 @@ __all__ = ["Limits"]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    # A handshake is a few round trips and ~3 ms of CPU; 10 s only cuts peers
-    # that stall on purpose (or hosts far beyond overload).
-    handshake_timeout_s: float = 10.0
+    # A handshake is a few round trips and ~3 ms of CPU; 3 s is a thousand
+    # times that, and short enough that idle connections (a flood, a scan)
+    # give their slots back quickly (security finding 7; it was 10 s).
+    handshake_timeout_s: float = 3.0
+    # Connections from one client address still in their handshake: a client
+    # proxy's burst of new connections stays far below it, a flood of idle
+    # TCP from one address is closed past it and cannot take the listener.
+    max_handshakes_per_source: int = 128
     # Dialling the local app or a peer proxy: loopback or one LAN hop.
     connect_timeout_s: float = 5.0
     # Per listener; a 64 KiB buffer each way makes 1,024 connections 128 MiB.

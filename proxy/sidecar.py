@@ -29,20 +29,20 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..logs import get_logger, log
+from .admission import Handler, serve_listener
 from .balancer import BalancerConfig
 from .dial import Clock, Dialer, DialError
 from .handshake import ClosedEarly, server_handshake
 from .limits import Limits
 from .pump import (
     SpliceError,
-    accept,
     close_quietly,
     connect,
     listen,
@@ -157,13 +157,18 @@ class Proxy:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
                     if inbound_sock is not None:
-                        nursery.start_soon(self._serve, inbound_sock, self.inbound, self._inbound)
+                        nursery.start_soon(
+                            functools.partial(
+                                self._serve, inbound_sock, self.inbound, self._inbound, public=True
+                            )
+                        )
                     for upstream, sock in upstream_socks:
-
-                        async def handle(s: socket.socket, up: _Upstream = upstream) -> None:
-                            await self._outbound(up, s)
-
-                        nursery.start_soon(self._serve, sock, upstream.stats, handle)
+                        handle = functools.partial(self._outbound, upstream)
+                        nursery.start_soon(
+                            functools.partial(
+                                self._serve, sock, upstream.stats, handle, public=False
+                            )
+                        )
                     nursery.start_soon(self._enforce)
                     nursery.start_soon(self._sweep_idle)
                     log(
@@ -190,28 +195,22 @@ class Proxy:
         self,
         listener: socket.socket,
         stats: ListenerStats,
-        handler: Callable[[socket.socket], Awaitable[None]],
+        handler: Handler,
+        *,
+        public: bool,
     ) -> None:
-        slots = trio.Semaphore(self.config.limits.max_connections)
-        async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    sock = await accept(listener)
-                except BaseException:
-                    slots.release()
-                    raise
-                stats.accepted_total += 1
-                stats.active += 1
-
-                async def one(s: socket.socket = sock) -> None:
-                    try:
-                        await handler(s)
-                    finally:
-                        stats.active -= 1
-                        slots.release()
-
-                nursery.start_soon(one)
+        """Serve one listener; `public`: the inbound port, bounded per client address."""
+        limits = self.config.limits
+        await serve_listener(
+            listener,
+            handler,
+            stats=stats,
+            max_connections=limits.max_connections,
+            max_handshakes_per_source=limits.max_handshakes_per_source if public else None,
+            on_limited=functools.partial(
+                self._refused, "inbound refused: too many handshakes from one address"
+            ),
+        )
 
     async def _enforce(self) -> None:
         generation = self.authorizer.generation
@@ -243,7 +242,7 @@ class Proxy:
 
     # --- inbound -----------------------------------------------------------------------------
 
-    async def _inbound(self, sock: socket.socket) -> None:
+    async def _inbound(self, sock: socket.socket, handshaken: Callable[[], None]) -> None:
         stats = self.inbound
         limits = self.config.limits
         peer = _peer_name(sock)
@@ -268,6 +267,7 @@ class Proxy:
                 stats.handshake_failed_total += 1
                 self._refused("inbound handshake refused", peer=peer, error=exc)
                 return
+            handshaken()
             if tls.session_reused:
                 stats.resumed_total += 1
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
@@ -338,7 +338,9 @@ class Proxy:
 
     # --- outbound ----------------------------------------------------------------------------
 
-    async def _outbound(self, upstream: _Upstream, sock: socket.socket) -> None:
+    async def _outbound(
+        self, upstream: _Upstream, sock: socket.socket, _handshaken: Callable[[], None]
+    ) -> None:
         stats = upstream.stats
         limits = self.config.limits
         destination = upstream.config.destination

@@ -25,6 +25,8 @@ class ListenerStats:
     closed_early_total: int = 0
     # TLS sessions resumed (no certificate crypto), a subset of the handshakes.
     resumed_total: int = 0
+    # Closed at once: over the listener's per-address bound of pending handshakes.
+    limited_total: int = 0
     failed_total: int = 0  # could not reach the local app or any instance
     cut_total: int = 0  # cut by a deny or the idle timeout
     bytes_in_total: int = 0  # towards the service behind the listener
@@ -38,6 +40,7 @@ class ListenerStats:
             "HandshakeFailed": self.handshake_failed_total,
             "ClosedEarly": self.closed_early_total,
             "Resumed": self.resumed_total,
+            "Limited": self.limited_total,
             "Failed": self.failed_total,
             "Cut": self.cut_total,
             "BytesIn": self.bytes_in_total,

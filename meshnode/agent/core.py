@@ -74,7 +74,7 @@ from ..gossip.messages import Addr, State
 from ..gossip.store import DEFAULT_LIMITS, Store
 from ..gossip.transport import UdpTcpTransport
 from ..gossip.wire import Wire
-from ..http.server import HttpBindError, serve_http
+from ..http.server import HttpBindError, HttpLimits, serve_http
 from ..intentions.audit import AuditLog
 from ..intentions.replica import IntentionState
 from ..logs import log, setup_logging
@@ -338,7 +338,13 @@ class Agent:
             )
             self.http_port = await nursery.start(
                 functools.partial(
-                    serve_http, router, host=self.config.http[0], port=self.config.http[1]
+                    serve_http,
+                    router,
+                    host=self.config.http[0],
+                    port=self.config.http[1],
+                    limits=HttpLimits(
+                        max_connections_per_client=self.config.http_max_conns_per_client
+                    ),
                 )
             )
             if self.http_port != self._meta["http"]:
