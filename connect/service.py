@@ -12,7 +12,7 @@ Rules that live here:
   logged with its one-line reason.
 - Dialling: the healthy connect endpoints of the destination (its native
   instances at their own address, or its sidecars), the server's ID must be
-  the destination, another instance on failure (`meshnode.proxy.handshake`).
+  the destination, another instance on failure (the proxy's `Dialer`).
 - Every live connection, served or dialled, is tracked by (source,
   destination); when the intentions change the pairs are decided again and
   the denied connections are cut, as the proxy does.

@@ -9,15 +9,17 @@ Rules that live here:
   dialled and the two sockets spliced. Every refusal is closed, counted and
   logged with its reason.
 - Outbound: one listener per upstream on its local bind address and port.
-  Each connection picks an instance (`Balancer`), dials it with our leaf as
-  the client certificate and requires the server's ID to be the destination
-  service; a connect, handshake or identity failure moves on to another
-  instance, at most `upstream_attempts` instances within `upstream_deadline_s`.
+  Each connection is dialled by the `Dialer` (dial.py, shared with native
+  services): an instance, our leaf, the destination's identity, another
+  instance on failure.
 - Live enforcement: on every intention change the inbound connections are
   re-evaluated per (source, destination) pair and the denied ones are cut.
-- Limits: at most `max_connections` per listener (the listener stops
-  accepting at the limit, so the kernel backlog queues the rest), idle
-  connections are closed after `idle_timeout_s`, two buffers per connection.
+- Limits: at most `max_connections` per listener and, on the public port,
+  `max_handshakes_per_source` per client address still in its handshake
+  (admission.py); idle connections are closed after `idle_timeout_s`, two
+  buffers per connection.
+- Time and randomness are injected: `rng` seeds the balancers, `clock`
+  (monotonic) and `wall_clock` (certificates) are read for every decision.
 - Certificates: each new handshake takes the current material's contexts;
   live connections keep the ones they started with.
 """
