@@ -36,6 +36,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -110,6 +111,7 @@ def serve_proxy(spec_path: str) -> None:
         certs=StaticCertSource(material),
         authorizer=StaticAuthorizer(),
         resolver=resolver,
+        rng=random.Random(0),
     )
     trio.run(proxy.run)
 
@@ -139,6 +141,7 @@ def native_service(material: TlsMaterial, instances: dict[str, int] | None = Non
         certs=StaticCertSource(material),
         decider=ReplicaAuthorizer(StaticAuthorizer()),
         resolver=StaticResolver({d: [Instance(_HOST, p)] for d, p in (instances or {}).items()}),
+        rng=random.Random(0),
     )
 
 

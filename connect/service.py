@@ -12,7 +12,7 @@ Rules that live here:
   logged with its one-line reason.
 - Dialling: the healthy connect endpoints of the destination (its native
   instances at their own address, or its sidecars), the server's ID must be
-  the destination, another instance on failure (`meshnode.proxy.handshake`).
+  the destination, another instance on failure (the proxy's `Dialer`).
 - Every live connection, served or dialled, is tracked by (source,
   destination); when the intentions change the pairs are decided again and
   the denied connections are cut, as the proxy does.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import socket
 import ssl
@@ -35,11 +36,14 @@ import trio
 from ..ca.spiffe import ServiceID
 from ..client import ClientError, resolve_http_addr, resolve_token
 from ..logs import get_logger, log
-from ..proxy.balancer import Balancer, BalancerConfig
-from ..proxy.handshake import ClosedEarly, client_handshake_any, server_handshake
-from ..proxy.pump import accept, close_quietly, listen
-from ..proxy.sidecar import Limits, ListenerStats, _LogLimit
-from ..proxy.sources import CertSource, Instance, Resolver, TlsMaterial
+from ..proxy.admission import serve_listener
+from ..proxy.balancer import BalancerConfig
+from ..proxy.dial import Clock, Dialer, DialError
+from ..proxy.handshake import ClosedEarly, server_handshake
+from ..proxy.limits import Limits
+from ..proxy.pump import close_quietly, listen
+from ..proxy.sources import CertSource, Resolver, TlsMaterial
+from ..proxy.stats import ListenerStats, LogLimit
 from ..proxy.tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
 from ..proxy.tracker import ConnectionTracker, LiveConnection
 from .agent_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver
@@ -73,22 +77,34 @@ class Service:
         certs: CertSource,
         decider: Decider,
         resolver: Resolver,
+        rng: random.Random,
         limits: Limits | None = None,
         balancer: BalancerConfig | None = None,
-        rng: random.Random | None = None,
+        clock: Clock = trio.current_time,
+        wall_clock: Clock = time.time,
     ) -> None:
+        """`rng` seeds the balancers; `clock` is monotonic, `wall_clock` for certificates."""
         self.name = name
         self.certs = certs
         self.decider = decider
         self.resolver = resolver
         self.limits = limits or Limits()
         self.tracker = ConnectionTracker()
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._contexts = ContextCache(certs)
-        self._balancer_config = balancer or BalancerConfig()
-        self._rng = rng or random.Random()
-        self._balancers: dict[str, Balancer] = {}
+        self.dialer = Dialer(
+            self._contexts,
+            resolver,
+            rng=rng,
+            on_failure=functools.partial(self._refused, "instance failed"),
+            limits=self.limits,
+            balancer=balancer,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self._streams: dict[LiveConnection, MeshStream] = {}
-        self._log_limit = _LogLimit()
+        self._log_limit = LogLimit()
         self.stats = ListenerStats()  # of the served connections, as a proxy's inbound
         self._stable_server: ssl.SSLContext | None = None
         self._scope: trio.CancelScope | None = None
@@ -104,6 +120,7 @@ class Service:
         token: str | None = None,
         first_leaf_timeout_s: float = 30.0,
         limits: Limits | None = None,
+        rng: random.Random | None = None,
     ) -> _Opening:
         """The service `name` over the local agent ($MESHNODE_HTTP_ADDR, $MESHNODE_HTTP_TOKEN).
 
@@ -112,6 +129,8 @@ class Service:
         Service.open("web") as service:`` scopes them to the block instead.
         The service must be registered on this agent (``"connect": {"native":
         true}``): the agent's CA signs a leaf only for a service of its node.
+        `rng` seeds every random choice (a replayable run); by default it is
+        seeded from the OS, as the agent's own generators are.
         """
         try:
             host, port = resolve_http_addr(http_addr)
@@ -120,8 +139,15 @@ class Service:
         agent = AgentHttp(host, port, resolve_token(token))
         certs = HttpCertSource(agent, name)
         resolver = HttpResolver(agent)
+        if rng is None:
+            rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         service = cls(
-            name, certs=certs, decider=AgentAuthorizer(agent), resolver=resolver, limits=limits
+            name,
+            certs=certs,
+            decider=AgentAuthorizer(agent),
+            resolver=resolver,
+            rng=rng,
+            limits=limits,
         )
 
         def why() -> str:
@@ -268,33 +294,31 @@ class Service:
         listener = listen(host, port)
         try:
             bound: int = listener.getsockname()[1]
-            slots = trio.Semaphore(self.limits.max_connections)
             log(_log, "info", "native service listening", service=self.name, port=bound)
-            async with trio.open_nursery() as nursery:
-                task_status.started(bound)
-                while True:
-                    await slots.acquire()
-                    try:
-                        sock = await accept(listener)
-                    except BaseException:
-                        slots.release()
-                        raise
-                    nursery.start_soon(self._serve_one, sock, handler, slots)
+            task_status.started(bound)
+            await serve_listener(
+                listener,
+                functools.partial(self._serve_one, handler),
+                stats=self.stats,
+                max_connections=self.limits.max_connections,
+                max_handshakes_per_source=self.limits.max_handshakes_per_source,
+                on_limited=functools.partial(
+                    self._refused, "inbound refused: too many handshakes from one address"
+                ),
+            )
         finally:
             close_quietly(listener)
 
     def _refused(self, what: str, **fields: Any) -> None:
-        if self._log_limit.allow(trio.current_time()):
+        if self._log_limit.allow(self._clock()):
             log(_log, "info", what, service=self.name, **fields)
 
     async def _serve_one(
-        self, sock: socket.socket, handler: Handler, slots: trio.Semaphore
+        self, handler: Handler, sock: socket.socket, handshaken: Callable[[], None]
     ) -> None:
         peer = _peer_name(sock)
         stream: MeshStream | None = None
         stats = self.stats
-        stats.accepted_total += 1
-        stats.active += 1
         try:
             contexts = self._contexts.current()
             if contexts is None:
@@ -303,7 +327,7 @@ class Service:
                 return
             try:
                 tls, source = await server_handshake(
-                    sock, contexts, self.limits.handshake_timeout_s
+                    sock, contexts, self.limits.handshake_timeout_s, wall_clock=self._wall_clock
                 )
             except ClosedEarly as exc:
                 stats.handshake_failed_total += 1
@@ -313,6 +337,7 @@ class Service:
                 stats.handshake_failed_total += 1
                 self._refused("inbound handshake refused", peer=peer, error=exc)
                 return
+            handshaken()
             stream = MeshStream(
                 tls, local_service=self.name, peer_uri=source.uri, peer_service=source.service
             )
@@ -341,17 +366,15 @@ class Service:
                     reason=conn.cut_reason,
                 )
         finally:
-            stats.active -= 1
             if stream is not None:
                 await stream.aclose()
             close_quietly(sock)
-            slots.release()
 
     # --- dialling ---------------------------------------------------------------------------
 
     async def dial(self, destination: str, *, timeout_s: float | None = None) -> MeshStream:
         """A verified mTLS stream to a healthy instance of `destination`; `ConnectError`."""
-        deadline_s = trio.current_time() + (timeout_s or self.limits.upstream_deadline_s)
+        deadline_s = self._clock() + (timeout_s or self.limits.upstream_deadline_s)
         try:
             allowed, reason = await self.decider.authorize(
                 self.material.spiffe_id, self.name, destination
@@ -360,33 +383,11 @@ class Service:
             raise ConnectError(f"cannot ask the agent about {destination!r}: {exc}") from None
         if not allowed:
             raise Denied(f"{self.name} => {destination} denied: {reason}")
-        balancer = self._balancers.get(destination)
-        if balancer is None:
-            rng = random.Random(self._rng.random())
-            balancer = self._balancers[destination] = Balancer(rng, self._balancer_config)
-
-        def failed(instance: Instance, ejected: bool, error: BaseException) -> None:
-            self._refused(
-                "instance failed",
-                destination=destination,
-                instance=f"{instance.address}:{instance.port}",
-                ejected=ejected,
-                error=error,
-            )
-
-        found = await client_handshake_any(
-            destination,
-            contexts=self._contexts,
-            resolver=self.resolver,
-            balancer=balancer,
-            attempts=self.limits.upstream_attempts,
-            attempt_timeout_s=self.limits.connect_timeout_s + self.limits.handshake_timeout_s,
-            deadline_s=deadline_s,
-            on_failure=failed,
-        )
-        if isinstance(found, str):
-            raise ConnectError(f"cannot dial {destination!r}: {found}")
-        instance, tls = found
+        try:
+            dialled = await self.dialer.dial(destination, deadline_s - self._clock())
+        except DialError as exc:
+            raise ConnectError(f"cannot dial {destination!r}: {exc.reason}") from None
+        instance, tls = dialled.instance, dialled.tls
         uri = peer_uri(tls.getpeercert())
         stream = MeshStream(tls, local_service=self.name, peer_uri=uri, peer_service=destination)
         self._track(
@@ -395,8 +396,7 @@ class Service:
         previous = stream.on_close
 
         def finished() -> None:
-            self._contexts.remember(instance.key, tls, time.time())
-            balancer.finished(instance)
+            dialled.finished()
             if previous is not None:
                 previous()
 
@@ -409,7 +409,7 @@ class Service:
         self, stream: MeshStream, source: str, destination: str, direction: str, peer: str
     ) -> LiveConnection:
         self._prune()
-        conn = LiveConnection(source, destination, direction, peer, trio.current_time())
+        conn = LiveConnection(source, destination, direction, peer, self._clock())
         self.tracker.add(conn)
         self._streams[conn] = stream
 

@@ -62,9 +62,14 @@ class DnsConfig:
     # The most TCP clients at once (BIND's tcp-clients is 150): bounded so a
     # flood of idle connections cannot exhaust file descriptors.
     tcp_connections_max: int = 128
-    # RFC 7766 asks for a short idle timeout; also the deadline to read one
-    # query or write one answer, so a slow client cannot hold a slot.
-    tcp_idle_timeout_s: float = 10.0
+    # TCP connections from one client address: a stub resolver uses one or
+    # two; a tenth of the total, so held connections from one address can
+    # never lock the others out (security finding 7).
+    tcp_connections_per_client_max: int = 16
+    # RFC 7766 asks for a short idle timeout (seconds); also the deadline to
+    # read one query or write one answer, so a slow client cannot hold a
+    # slot for long (it was 10 s).
+    tcp_idle_timeout_s: float = 5.0
     # Cached answers; a flood of random names clears the cache rather than
     # growing it without bound.
     cache_entries_max: int = 10_000
@@ -93,6 +98,11 @@ class DnsConfig:
         for name in ("node_ttl_s", "service_ttl_s"):
             if not 0 <= getattr(self, name) <= 2**31 - 1:
                 raise DnsConfigError(f"DNS {name} must be 0..2147483647, not {getattr(self, name)}")
-        for name in ("tcp_connections_max", "cache_entries_max", "forwards_max"):
+        for name in (
+            "tcp_connections_max",
+            "tcp_connections_per_client_max",
+            "cache_entries_max",
+            "forwards_max",
+        ):
             if getattr(self, name) < 1:
                 raise DnsConfigError(f"DNS {name} must be at least 1, not {getattr(self, name)}")

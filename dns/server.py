@@ -8,8 +8,10 @@ On Linux the loop takes a batch of datagrams per system call (udp_batch.py),
 which is what brings it level with dnsmasq.
 
 TCP carries RFC 1035 length-prefixed messages, several per connection, in
-order. Connections are bounded in number; reading one query and writing one
-answer each have a deadline, so a silent or slow client loses its slot.
+order. Connections are bounded in number, in all and per client address
+(below the total, so held connections from one address cannot lock others
+out; one more is closed at once); reading one query and writing one answer
+each have a deadline, so a silent or slow client loses its slot.
 
 Names outside the zones go to the recursors in order, each given
 `recursor_timeout_s`, over the transport the client used; when none answers,
@@ -30,6 +32,7 @@ import trio
 
 from meshnode.addr import format_host_port
 
+from ..per_client import PerClientLimit, client_address
 from . import wire
 from .catalog_view import DnsCatalog
 from .config import DnsConfig
@@ -117,6 +120,7 @@ class DnsServer:
         self.responder = Responder(catalog, config, self._rng, stats)
         self.stats = self.responder.stats
         self._tcp_open = 0
+        self._tcp_clients = PerClientLimit(config.tcp_connections_per_client_max)
         self._forwards = trio.Semaphore(config.forwards_max)
 
     async def run(
@@ -256,7 +260,12 @@ class DnsServer:
         return forward.servfail
 
     async def _serve_tcp_client(self, stream: trio.SocketStream) -> None:
+        address = client_address(stream.socket)
         if self._tcp_open >= self.config.tcp_connections_max:
+            admitted = False
+        else:
+            admitted = self._tcp_clients.admit(address)
+        if not admitted:
             self.stats.tcp_refused += 1
             await trio.aclose_forcefully(stream)
             return
@@ -267,6 +276,7 @@ class DnsServer:
             pass  # the client went away: nothing to answer
         finally:
             self._tcp_open -= 1
+            self._tcp_clients.release(address)
             await trio.aclose_forcefully(stream)
 
     async def _tcp_session(self, stream: trio.SocketStream) -> None:

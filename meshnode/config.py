@@ -154,6 +154,10 @@ class AgentConfig:
     # is kept in memory for /v1/agent/connect/audit; with a path, also
     # appended there as JSON lines. None: memory only.
     audit_log: Path | None = None
+    # HTTP connections per client IP address (Consul's
+    # limits.http_max_conns_per_client and its default): below the 512 the
+    # API serves at once, so one client cannot lock the others out.
+    http_max_conns_per_client: int = 200
     # Where this config came from: `meshnode reload` and SIGHUP read it again.
     origin: ConfigOrigin | None = field(default=None, compare=False)
 
@@ -247,6 +251,7 @@ class _Builder:
         self.ca: dict[str, Any] = {}  # AgentConfig's CA fields by name
         self.tombstone_ttl_s: float | None = None
         self.audit_log: Path | None = None
+        self.http_max_conns_per_client: int | None = None
 
 
 # -- value checkers shared by files and flags; each raises ValueError with a reason --
@@ -353,6 +358,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             b.tombstone_ttl_s = _tombstone_ttl_s(value)
         elif key == "audit_log":
             b.audit_log = Path(_str(value))
+        elif key == "limits":
+            _apply_limits(b, _object(value), fail)
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -378,6 +385,20 @@ def _apply_nested(
             else:
                 raise fail(name, "unknown field")
         except (ValueError, AddressError) as exc:
+            raise fail(name, exc) from None
+
+
+def _apply_limits(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    """``limits``: only ``http_max_conns_per_client`` (Consul's name) is understood."""
+    for sub, value in obj.items():
+        name = f"limits.{sub}"
+        if sub != "http_max_conns_per_client":
+            raise fail(name, "unknown field (only limits.http_max_conns_per_client is supported)")
+        try:
+            b.http_max_conns_per_client = _positive_int(value, 100_000)
+        except ValueError as exc:
             raise fail(name, exc) from None
 
 
@@ -671,6 +692,8 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         optional["tombstone_ttl_s"] = b.tombstone_ttl_s
     if b.audit_log is not None:
         optional["audit_log"] = b.audit_log
+    if b.http_max_conns_per_client is not None:
+        optional["http_max_conns_per_client"] = b.http_max_conns_per_client
     optional.update(b.ca)
     if b.dev:
         optional.setdefault("ca_signer", True)  # a dev agent is a working CA on its own

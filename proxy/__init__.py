@@ -17,7 +17,9 @@ Installed as `meshnode.proxy`.
 """
 
 from .balancer import Balancer, BalancerConfig, ejection_time_s
-from .sidecar import Limits, ListenerStats, Proxy, ProxyConfig, UpstreamConfig
+from .dial import Dialer, DialError, Dialled
+from .limits import Limits
+from .sidecar import Proxy, ProxyConfig, UpstreamConfig
 from .sources import (
     Authorizer,
     CertSource,
@@ -27,6 +29,7 @@ from .sources import (
     TlsMaterial,
     Versioned,
 )
+from .stats import ListenerStats
 from .tls import ContextCache, PeerError, TlsContexts, build_contexts, peer_service, peer_uri
 from .tracker import ConnectionTracker, LiveConnection
 
@@ -38,6 +41,9 @@ __all__ = [
     "ConnectionTracker",
     "ContextCache",
     "DecisionLog",
+    "DialError",
+    "Dialer",
+    "Dialled",
     "Instance",
     "Limits",
     "ListenerStats",

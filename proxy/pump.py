@@ -35,6 +35,7 @@ import contextlib
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -65,7 +66,7 @@ class SpliceError(Exception):
 
 @dataclass(slots=True)
 class Flow:
-    """Bytes each way and the last time any moved (trio clock)."""
+    """Bytes each way and the last time any moved (the splice's clock)."""
 
     last_activity_s: float = 0.0
     bytes_a_to_b: int = 0
@@ -178,13 +179,17 @@ def _shutdown_write(sock: socket.socket) -> None:
 
 
 async def _pump(
-    src: socket.socket, dst: socket.socket, buffer_bytes: int, flow: Flow, forward: bool
+    src: socket.socket,
+    dst: socket.socket,
+    buffer_bytes: int,
+    flow: Flow,
+    forward: bool,
+    now: Callable[[], float],
 ) -> None:
     buf = bytearray(buffer_bytes)
     view = memoryview(buf)
     recv_into = src.recv_into
     send = dst.send
-    now = trio.current_time
     # After a full TLS record, read on while more are already waiting, so one
     # send (and one Python round) carries up to the buffer, not a record.
     batch = isinstance(src, ssl.SSLSocket)
@@ -252,13 +257,21 @@ async def _pump(
             return
 
 
-async def splice(a: socket.socket, b: socket.socket, *, flow: Flow, buffer_bytes: int) -> None:
+async def splice(
+    a: socket.socket,
+    b: socket.socket,
+    *,
+    flow: Flow,
+    buffer_bytes: int,
+    clock: Callable[[], float] = trio.current_time,
+) -> None:
     """Copy a->b and b->a until both reach EOF; `SpliceError` when a socket fails.
 
     The sockets stay open: the caller owns them. The idle timeout is the
-    caller's too (one sweeper per proxy costs less than a timer per connection).
+    caller's too (one sweeper per proxy costs less than a timer per
+    connection); `clock` stamps `flow.last_activity_s` for it.
     """
-    flow.last_activity_s = trio.current_time()
+    flow.last_activity_s = clock()
     done = 0
     failure: SpliceError | None = None
 
@@ -267,7 +280,7 @@ async def splice(a: socket.socket, b: socket.socket, *, flow: Flow, buffer_bytes
         async def direction(src: socket.socket, dst: socket.socket, forward: bool) -> None:
             nonlocal done, failure
             try:
-                await _pump(src, dst, buffer_bytes, flow, forward)
+                await _pump(src, dst, buffer_bytes, flow, forward, clock)
             except SpliceError as exc:
                 # Raised here, it would reach the caller wrapped in an ExceptionGroup.
                 failure = failure or exc

@@ -9,72 +9,55 @@ Rules that live here:
   dialled and the two sockets spliced. Every refusal is closed, counted and
   logged with its reason.
 - Outbound: one listener per upstream on its local bind address and port.
-  Each connection picks an instance (`Balancer`), dials it with our leaf as
-  the client certificate and requires the server's ID to be the destination
-  service; a connect, handshake or identity failure moves on to another
-  instance, at most `upstream_attempts` instances within `upstream_deadline_s`.
+  Each connection is dialled by the `Dialer` (dial.py, shared with native
+  services): an instance, our leaf, the destination's identity, another
+  instance on failure.
 - Live enforcement: on every intention change the inbound connections are
   re-evaluated per (source, destination) pair and the denied ones are cut.
-- Limits: at most `max_connections` per listener (the listener stops
-  accepting at the limit, so the kernel backlog queues the rest), idle
-  connections are closed after `idle_timeout_s`, two buffers per connection.
+- Limits: at most `max_connections` per listener and, on the public port,
+  `max_handshakes_per_source` per client address still in its handshake
+  (admission.py); idle connections are closed after `idle_timeout_s`, two
+  buffers per connection.
+- Time and randomness are injected: `rng` seeds the balancers, `clock`
+  (monotonic) and `wall_clock` (certificates) are read for every decision.
 - Certificates: each new handshake takes the current material's contexts;
   live connections keep the ones they started with.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..logs import get_logger, log
-from .balancer import Balancer, BalancerConfig
-from .handshake import ClosedEarly, client_handshake_any, server_handshake
+from .admission import Handler, serve_listener
+from .balancer import BalancerConfig
+from .dial import Clock, Dialer, DialError
+from .handshake import ClosedEarly, server_handshake
+from .limits import Limits
 from .pump import (
     SpliceError,
-    accept,
     close_quietly,
     connect,
     listen,
     splice,
 )
-from .sources import Authorizer, CertSource, DecisionLog, Instance, Resolver
+from .sources import Authorizer, CertSource, DecisionLog, Resolver
+from .stats import ListenerStats, LogLimit
 from .tls import ContextCache, PeerError, close_tls
 from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = ["Limits", "ListenerStats", "Proxy", "ProxyConfig", "UpstreamConfig"]
 
 _log = get_logger("proxy")
-# How often a refusal of the same kind is logged per listener; the rest are counted.
-_LOG_WINDOW_S = 10.0
-_LOG_PER_WINDOW = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    # A handshake is a few round trips and ~3 ms of CPU; 10 s only cuts peers
-    # that stall on purpose (or hosts far beyond overload).
-    handshake_timeout_s: float = 10.0
-    # Dialling the local app or a peer proxy: loopback or one LAN hop.
-    connect_timeout_s: float = 5.0
-    # Per listener; a 64 KiB buffer each way makes 1,024 connections 128 MiB.
-    max_connections: int = 1024
-    # Envoy's tcp_proxy default idle timeout (1 h): long-lived database
-    # connections survive, abandoned ones do not pile up.
-    idle_timeout_s: float = 3600.0
-    # Per direction and connection; past 64 KiB throughput no longer grows
-    # here (bench/proxy_vs_stunnel.py), memory does.
-    buffer_bytes: int = 64 * 1024
-    # Instances tried per outbound connection, and the time for all tries.
-    upstream_attempts: int = 3
-    upstream_deadline_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,61 +83,8 @@ class ProxyConfig:
 
 
 @dataclass(slots=True)
-class ListenerStats:
-    """Counters of one listener (Prometheus-style totals plus the live count)."""
-
-    accepted_total: int = 0  # TCP connections accepted
-    denied_total: int = 0  # refused by identity or intention
-    handshake_failed_total: int = 0  # TLS failed or timed out
-    # Closed with no TLS bytes: the catalog's TCP check every 10 s, port scans.
-    closed_early_total: int = 0
-    # TLS sessions resumed (no certificate crypto), a subset of the handshakes.
-    resumed_total: int = 0
-    failed_total: int = 0  # could not reach the local app or any instance
-    cut_total: int = 0  # cut by a deny or the idle timeout
-    bytes_in_total: int = 0  # towards the service behind the listener
-    bytes_out_total: int = 0  # back to the connecting client
-    active: int = 0
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "Accepted": self.accepted_total,
-            "Denied": self.denied_total,
-            "HandshakeFailed": self.handshake_failed_total,
-            "ClosedEarly": self.closed_early_total,
-            "Resumed": self.resumed_total,
-            "Failed": self.failed_total,
-            "Cut": self.cut_total,
-            "BytesIn": self.bytes_in_total,
-            "BytesOut": self.bytes_out_total,
-            "Active": self.active,
-        }
-
-
-class _LogLimit:
-    """At most `_LOG_PER_WINDOW` refusal lines per window; the rest are counted."""
-
-    def __init__(self) -> None:
-        self._window_start_s = -_LOG_WINDOW_S
-        self._lines = 0
-        self._suppressed = 0
-
-    def allow(self, now: float) -> bool:
-        if now - self._window_start_s >= _LOG_WINDOW_S:
-            if self._suppressed:
-                log(_log, "info", "refusals not logged", count=self._suppressed)
-            self._window_start_s, self._lines, self._suppressed = now, 0, 0
-        self._lines += 1
-        if self._lines > _LOG_PER_WINDOW:
-            self._suppressed += 1
-            return False
-        return True
-
-
-@dataclass(slots=True)
 class _Upstream:
     config: UpstreamConfig
-    balancer: Balancer
     stats: ListenerStats = field(default_factory=ListenerStats)
     port: int = 0
 
@@ -169,24 +99,37 @@ class Proxy:
         certs: CertSource,
         authorizer: Authorizer,
         resolver: Resolver,
-        rng: random.Random | None = None,
+        rng: random.Random,
         audit: DecisionLog | None = None,
+        clock: Clock = trio.current_time,
+        wall_clock: Clock = time.time,
     ) -> None:
+        """`rng` seeds the upstreams' balancers; `clock` is monotonic, `wall_clock` for certs."""
         self.config = config
         self.certs = certs
         self.authorizer = authorizer
         self.resolver = resolver
         self.audit = audit
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._contexts = ContextCache(certs)
-        rng = rng or random.Random()
+        self.dialer = Dialer(
+            self._contexts,
+            resolver,
+            rng=rng,
+            on_failure=functools.partial(self._refused, "upstream instance failed"),
+            limits=config.limits,
+            balancer=config.balancer,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self.inbound = ListenerStats()
-        self.upstreams = [
-            _Upstream(u, Balancer(random.Random(rng.random()), config.balancer))
-            for u in config.upstreams
-        ]
+        self.upstreams = [_Upstream(u) for u in config.upstreams]
+        for upstream in self.upstreams:  # seeded in the configured order
+            self.dialer.balancer(upstream.config.destination)
         self.tracker = ConnectionTracker()
         self.inbound_port: int | None = None
-        self._log_limit = _LogLimit()
+        self._log_limit = LogLimit()
         self._scope: trio.CancelScope | None = None
 
     @property
@@ -216,13 +159,18 @@ class Proxy:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
                     if inbound_sock is not None:
-                        nursery.start_soon(self._serve, inbound_sock, self.inbound, self._inbound)
+                        nursery.start_soon(
+                            functools.partial(
+                                self._serve, inbound_sock, self.inbound, self._inbound, public=True
+                            )
+                        )
                     for upstream, sock in upstream_socks:
-
-                        async def handle(s: socket.socket, up: _Upstream = upstream) -> None:
-                            await self._outbound(up, s)
-
-                        nursery.start_soon(self._serve, sock, upstream.stats, handle)
+                        handle = functools.partial(self._outbound, upstream)
+                        nursery.start_soon(
+                            functools.partial(
+                                self._serve, sock, upstream.stats, handle, public=False
+                            )
+                        )
                     nursery.start_soon(self._enforce)
                     nursery.start_soon(self._sweep_idle)
                     log(
@@ -249,28 +197,22 @@ class Proxy:
         self,
         listener: socket.socket,
         stats: ListenerStats,
-        handler: Callable[[socket.socket], Awaitable[None]],
+        handler: Handler,
+        *,
+        public: bool,
     ) -> None:
-        slots = trio.Semaphore(self.config.limits.max_connections)
-        async with trio.open_nursery() as nursery:
-            while True:
-                await slots.acquire()
-                try:
-                    sock = await accept(listener)
-                except BaseException:
-                    slots.release()
-                    raise
-                stats.accepted_total += 1
-                stats.active += 1
-
-                async def one(s: socket.socket = sock) -> None:
-                    try:
-                        await handler(s)
-                    finally:
-                        stats.active -= 1
-                        slots.release()
-
-                nursery.start_soon(one)
+        """Serve one listener; `public`: the inbound port, bounded per client address."""
+        limits = self.config.limits
+        await serve_listener(
+            listener,
+            handler,
+            stats=stats,
+            max_connections=limits.max_connections,
+            max_handshakes_per_source=limits.max_handshakes_per_source if public else None,
+            on_limited=functools.partial(
+                self._refused, "inbound refused: too many handshakes from one address"
+            ),
+        )
 
     async def _enforce(self) -> None:
         generation = self.authorizer.generation
@@ -286,18 +228,23 @@ class Proxy:
         period_s = max(0.05, idle_timeout_s / 4)
         while True:
             await trio.sleep(period_s)
-            now = trio.current_time()
+            now = self._clock()
             for conn in self.tracker:
                 if now - conn.flow.last_activity_s >= idle_timeout_s:
                     conn.cut("idle timeout")
 
-    def _refused(self, what: str, now: float, **fields: Any) -> None:
-        if self._log_limit.allow(now):
+    async def _splice(self, a: socket.socket, b: socket.socket, conn: LiveConnection) -> None:
+        """Splice a client's socket `a` with `b`, counting on `conn.flow` by our clock."""
+        limits = self.config.limits
+        await splice(a, b, flow=conn.flow, buffer_bytes=limits.buffer_bytes, clock=self._clock)
+
+    def _refused(self, what: str, **fields: Any) -> None:
+        if self._log_limit.allow(self._clock()):
             log(_log, "info", what, id=self.config.proxy_id, **fields)
 
     # --- inbound -----------------------------------------------------------------------------
 
-    async def _inbound(self, sock: socket.socket) -> None:
+    async def _inbound(self, sock: socket.socket, handshaken: Callable[[], None]) -> None:
         stats = self.inbound
         limits = self.config.limits
         peer = _peer_name(sock)
@@ -307,10 +254,12 @@ class Proxy:
             contexts = self._contexts.current()
             if contexts is None:
                 stats.failed_total += 1
-                self._refused("inbound refused: no certificate yet", trio.current_time(), peer=peer)
+                self._refused("inbound refused: no certificate yet", peer=peer)
                 return
             try:
-                tls, source = await server_handshake(sock, contexts, limits.handshake_timeout_s)
+                tls, source = await server_handshake(
+                    sock, contexts, limits.handshake_timeout_s, wall_clock=self._wall_clock
+                )
             except ClosedEarly as exc:
                 # Closed before a handshake: a TCP health check, or a port scan.
                 stats.closed_early_total += 1
@@ -318,10 +267,9 @@ class Proxy:
                 return
             except PeerError as exc:
                 stats.handshake_failed_total += 1
-                self._refused(
-                    "inbound handshake refused", trio.current_time(), peer=peer, error=exc
-                )
+                self._refused("inbound handshake refused", peer=peer, error=exc)
                 return
+            handshaken()
             if tls.session_reused:
                 stats.resumed_total += 1
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
@@ -339,14 +287,13 @@ class Proxy:
                 stats.denied_total += 1
                 self._refused(
                     "inbound denied",
-                    trio.current_time(),
                     peer=peer,
                     source=source.service,
                     reason=reason,
                 )
                 return
             conn = LiveConnection(
-                source.service, self.config.service, "inbound", peer, trio.current_time()
+                source.service, self.config.service, "inbound", peer, self._clock()
             )
             self.tracker.add(conn)
             try:
@@ -357,13 +304,11 @@ class Proxy:
                                 self.config.local_service_address, self.config.local_service_port
                             )
                         except OSError as exc:
-                            self._refused(
-                                "local service unreachable", trio.current_time(), error=exc
-                            )
+                            self._refused("local service unreachable", error=exc)
                     if app is None:
                         stats.failed_total += 1
                         return
-                    await splice(tls, app, flow=conn.flow, buffer_bytes=limits.buffer_bytes)
+                    await self._splice(tls, app, conn)
             except SpliceError as exc:  # a peer reset: the connection is over
                 log(_log, "debug", "inbound connection failed", peer=peer, error=exc)
             finally:
@@ -384,7 +329,6 @@ class Proxy:
                     stats.cut_total += 1
                     self._refused(
                         "inbound connection cut",
-                        trio.current_time(),
                         peer=peer,
                         source=source.service,
                         reason=conn.cut_reason,
@@ -396,53 +340,22 @@ class Proxy:
 
     # --- outbound ----------------------------------------------------------------------------
 
-    async def _dial(
-        self, upstream: _Upstream, deadline_s: float
-    ) -> tuple[Instance, ssl.SSLSocket] | None:
-        """A verified TLS connection to an instance of the upstream, or None after the tries."""
-        destination = upstream.config.destination
-        limits = self.config.limits
-        failures = 0
-
-        def failed(instance: Instance, ejected: bool, error: BaseException) -> None:
-            nonlocal failures
-            failures += 1
-            self._refused(
-                "upstream instance failed",
-                trio.current_time(),
-                destination=destination,
-                instance=f"{instance.address}:{instance.port}",
-                ejected=ejected,
-                error=error,
-            )
-
-        found = await client_handshake_any(
-            destination,
-            contexts=self._contexts,
-            resolver=self.resolver,
-            balancer=upstream.balancer,
-            attempts=limits.upstream_attempts,
-            attempt_timeout_s=limits.connect_timeout_s + limits.handshake_timeout_s,
-            deadline_s=deadline_s,
-            on_failure=failed,
-        )
-        if isinstance(found, str):
-            if not failures:  # each failed attempt is logged already
-                self._refused("outbound refused", trio.current_time(), reason=found)
-            return None
-        return found
-
-    async def _outbound(self, upstream: _Upstream, sock: socket.socket) -> None:
+    async def _outbound(
+        self, upstream: _Upstream, sock: socket.socket, _handshaken: Callable[[], None]
+    ) -> None:
         stats = upstream.stats
         limits = self.config.limits
         destination = upstream.config.destination
         tls: ssl.SSLSocket | None = None
         try:
-            dialled = await self._dial(upstream, trio.current_time() + limits.upstream_deadline_s)
-            if dialled is None:
+            try:
+                dialled = await self.dialer.dial(destination, limits.upstream_deadline_s)
+            except DialError as exc:
                 stats.failed_total += 1
+                if not exc.failures:  # each failed attempt is logged already
+                    self._refused("outbound refused", reason=exc.reason)
                 return
-            instance, tls = dialled
+            instance, tls = dialled.instance, dialled.tls
             if tls.session_reused:
                 stats.resumed_total += 1
             conn = LiveConnection(
@@ -450,18 +363,17 @@ class Proxy:
                 destination,
                 "outbound",
                 f"{instance.address}:{instance.port}",
-                trio.current_time(),
+                self._clock(),
             )
             self.tracker.add(conn)
             try:
                 with conn.scope:
-                    await splice(sock, tls, flow=conn.flow, buffer_bytes=limits.buffer_bytes)
+                    await self._splice(sock, tls, conn)
             except SpliceError as exc:
                 log(_log, "debug", "outbound connection failed", error=exc)
             finally:
                 self.tracker.remove(conn)
-                self._contexts.remember(instance.key, tls, time.time())
-                upstream.balancer.finished(instance)
+                dialled.finished()
                 stats.bytes_in_total += conn.flow.bytes_a_to_b
                 stats.bytes_out_total += conn.flow.bytes_b_to_a
                 if conn.cut_reason:
@@ -474,7 +386,7 @@ class Proxy:
 
     def snapshot(self) -> dict[str, Any]:
         """The proxy's listeners, counters and live connections, as JSON-ready data."""
-        now = trio.current_time() if _in_trio() else 0.0
+        now = self._clock() if _in_trio() else 0.0
         live_in = ListenerStats(**{f: getattr(self.inbound, f) for f in _STAT_FIELDS})
         upstream_stats = {
             id(u): ListenerStats(**{f: getattr(u.stats, f) for f in _STAT_FIELDS})
@@ -506,7 +418,7 @@ class Proxy:
                     "LocalBindAddress": u.config.local_bind_address,
                     "LocalBindPort": u.port or u.config.local_bind_port,
                     **upstream_stats[id(u)].as_json(),
-                    "Instances": u.balancer.snapshot(now),
+                    "Instances": self.dialer.balancer(u.config.destination).snapshot(now),
                 }
                 for u in self.upstreams
             ],

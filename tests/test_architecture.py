@@ -145,7 +145,7 @@ RULES = (
     Rule(
         "meshnode.http",
         EVERYTHING,
-        ("meshnode.http", "meshnode.addr", "meshnode.logs"),
+        ("meshnode.http", "meshnode.addr", "meshnode.logs", "meshnode.per_client"),
         "HTTP is transport; endpoints are the API's",
     ),
     Rule(

@@ -47,7 +47,7 @@ from ..gossip.messages import Addr
 from ..gossip.store import DEFAULT_LIMITS, Store
 from ..gossip.transport import UdpTcpTransport
 from ..gossip.wire import Wire
-from ..http.server import serve_http
+from ..http.server import HttpLimits, serve_http
 from ..intentions.audit import AuditLog
 from ..intentions.replica import IntentionState
 from ..logs import log
@@ -283,6 +283,9 @@ class Agent:
                     agent_router(self),
                     host=self.config.http[0],
                     port=self.config.http[1],
+                    limits=HttpLimits(
+                        max_connections_per_client=self.config.http_max_conns_per_client
+                    ),
                 )
             )
             if self.http_port != self._meta["http"]:

@@ -15,6 +15,8 @@ a leaf for NAME when NAME itself is not registered on this agent. On exit
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -118,7 +120,8 @@ async def run_proxy(
         if certs.current() is None:
             why = certs.last_error or "the agent has no CA yet"
             raise ClientError(f"no certificate for service {config.service!r}: {why}")
-        proxy = Proxy(config, certs=certs, authorizer=authorizer, resolver=resolver)
+        rng = random.Random(int.from_bytes(os.urandom(8), "big"))  # the process's one seed
+        proxy = Proxy(config, certs=certs, authorizer=authorizer, resolver=resolver, rng=rng)
         await nursery.start(proxy.run)
         task_status.started(proxy)
 

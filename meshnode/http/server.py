@@ -3,6 +3,13 @@
 Rules that live here:
 - every connection is its own task; at most `max_connections` run at once (the
   accept loop waits for a free slot, so the kernel backlog absorbs bursts);
+- at most `max_connections_per_client` of them per client IP address (Consul's
+  `limits.http_max_conns_per_client`), below the global cap so that one client
+  cannot take every slot; one more is answered 429, as Consul does, and
+  closed (at most `_REFUSING_MAX` such answers at once, the rest are closed
+  unanswered);
+- a new connection must send its first byte within `first_byte_timeout_s`, so
+  idle connections hold a slot for seconds, not the keep-alive minute;
 - a request must arrive within the limits of `HttpLimits` (header bytes, header
   count, target length, body bytes, time) or it is answered 400/413/414/431/408
   and the connection is closed;
@@ -22,6 +29,7 @@ import trio
 
 from ..addr import format_host_port
 from ..logs import get_logger, log
+from ..per_client import PerClientLimit, client_address
 from .router import Request, Response, Router
 
 __all__ = ["HttpBindError", "HttpLimits", "serve_http"]
@@ -30,6 +38,12 @@ _log = get_logger("http")
 
 _RECEIVE_BYTES = 64 * 1024
 _SERVER_HEADER = ("Server", "meshnode")
+# 429 answers being written at once; past that an over-limit connection is
+# closed unanswered (a flood of them needs no courtesy).
+_REFUSING_MAX = 64
+# How long an over-limit connection gets to send its request before the 429:
+# read first, so our close does not reset a request still unread.
+_REFUSE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,13 @@ class HttpLimits:
     # Each connection costs a task and a socket; 512 covers CLI calls,
     # long polls and proxies on one host with room to spare.
     max_connections: int = 512
+    # Consul's limits.http_max_conns_per_client default; below the global cap,
+    # so one client address (a flood of idle connections) leaves room for others.
+    max_connections_per_client: int = 200
+    # A new connection that has sent nothing for this long is closed: every
+    # client of ours sends its request at once, and an idle flood frees its
+    # slots in seconds rather than after the keep-alive `idle_timeout_s`.
+    first_byte_timeout_s: float = 5.0
     # After refusing an oversized body we keep reading (and dropping) for a
     # moment, so the client sees our 413 instead of a connection reset.
     linger_s: float = 2.0
@@ -82,6 +103,7 @@ class _Connection:
         self.limits = limits
         self.remote = remote
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.served = 0  # requests answered on this connection
 
     async def run(self) -> None:
         try:
@@ -108,7 +130,8 @@ class _Connection:
 
     async def _read_request(self) -> Request | None:
         """A whole request, or None when the client closed (or idled out) between requests."""
-        idle_deadline = trio.current_time() + self.limits.idle_timeout_s
+        wait_s = self.limits.idle_timeout_s if self.served else self.limits.first_byte_timeout_s
+        idle_deadline = trio.current_time() + wait_s
         # Wait for the first bytes with the idle timeout; after that, the whole
         # request must follow within request_timeout_s.
         if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
@@ -197,6 +220,7 @@ class _Connection:
             duration_ms=round((trio.current_time() - started_s) * 1000, 3),
         )
         await self._respond(response, head=request.method == "HEAD")
+        self.served += 1
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     async def _respond(
@@ -269,32 +293,77 @@ def _peer(stream: trio.SocketStream) -> str:
     return format_host_port(str(host), int(port))
 
 
+@dataclass(slots=True)
+class _Admission:
+    """What the accept loops of one server share: the slots and the per-client counts."""
+
+    limits: HttpLimits
+    slots: trio.Semaphore
+    clients: PerClientLimit
+    refusing: trio.Semaphore
+
+
 async def _serve_listener(
-    listener: trio.SocketListener, app: Router, limits: HttpLimits, slots: trio.Semaphore
+    listener: trio.SocketListener, app: Router, admission: _Admission
 ) -> None:
     async with listener, trio.open_nursery() as nursery:
         while True:
-            await slots.acquire()
+            await admission.slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:  # EMFILE and friends: back off, keep serving
-                slots.release()
+                admission.slots.release()
                 log(_log, "warning", "accept failed", error=str(exc))
                 await trio.sleep(0.1)
                 continue
             except BaseException:
-                slots.release()
+                admission.slots.release()
                 raise
-            nursery.start_soon(_serve_one, stream, app, limits, slots)
+            address = client_address(stream.socket)
+            if admission.clients.admit(address):
+                nursery.start_soon(_serve_one, stream, app, admission, address)
+                continue
+            admission.slots.release()
+            try:
+                admission.refusing.acquire_nowait()
+            except trio.WouldBlock:
+                stream.socket.close()  # a flood: no answer
+            else:
+                nursery.start_soon(_too_many, stream, admission, address)
 
 
 async def _serve_one(
-    stream: trio.SocketStream, app: Router, limits: HttpLimits, slots: trio.Semaphore
+    stream: trio.SocketStream, app: Router, admission: _Admission, address: str
 ) -> None:
     try:
-        await _Connection(stream, app, limits, _peer(stream)).run()
+        await _Connection(stream, app, admission.limits, _peer(stream)).run()
     finally:
-        slots.release()
+        admission.clients.release(address)
+        admission.slots.release()
+
+
+async def _too_many(stream: trio.SocketStream, admission: _Admission, address: str) -> None:
+    """Answer 429 to a client over its connection limit (after its request), then close."""
+    limit = admission.limits.max_connections_per_client
+    body = (
+        f"too many connections from {address} (at most {limit} per client address,"
+        " limits.http_max_conns_per_client)\n"
+    ).encode()
+    head = (
+        "HTTP/1.1 429 Too Many Requests\r\nServer: meshnode\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        with trio.move_on_after(_REFUSE_WAIT_S):
+            if await stream.receive_some(_RECEIVE_BYTES):
+                await stream.send_all(head + body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        admission.refusing.release()
+        await trio.aclose_forcefully(stream)
+    log(_log, "debug", "connection over the per-client limit refused", remote=address)
 
 
 async def serve_http(
@@ -326,11 +395,16 @@ async def serve_http(
             await extra.aclose()
         listeners = listeners[:1]
     bound_port = int(listeners[0].socket.getsockname()[1])
-    slots = trio.Semaphore(max(1, limits.max_connections))
+    admission = _Admission(
+        limits,
+        trio.Semaphore(max(1, limits.max_connections)),
+        PerClientLimit(max(1, limits.max_connections_per_client)),
+        trio.Semaphore(_REFUSING_MAX),
+    )
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_serve_listener, listener, app, limits, slots)
+                nursery.start_soon(_serve_listener, listener, app, admission)
             log(_log, "info", "HTTP API listening", addr=format_host_port(host, bound_port))
             task_status.started(bound_port)
             await trio.sleep(math.inf)

@@ -7,6 +7,7 @@ test_native_agents.py; here each rule is shown alone, fast.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 
@@ -42,6 +43,7 @@ class Mesh:
             certs=StaticCertSource(material or self.ca.material(name)),
             decider=ReplicaAuthorizer(self.authorizer),
             resolver=self.resolver,
+            rng=random.Random(len(name)),
         )
         await self.nursery.start(service.run)
         return service
@@ -198,7 +200,9 @@ async def test_server_ssl_context_takes_each_new_leaf_and_root(ca: TestCA) -> No
             mesh = Mesh(nursery, ca)
             certs = StaticCertSource(ca.material("db"))
             decider = ReplicaAuthorizer(mesh.authorizer)
-            db = Service("db", certs=certs, decider=decider, resolver=mesh.resolver)
+            db = Service(
+                "db", certs=certs, decider=decider, resolver=mesh.resolver, rng=random.Random(0)
+            )
             context = db.server_ssl_context()
             listener = trio.socket.socket()
             await listener.bind((HOST, 0))

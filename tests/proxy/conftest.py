@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import socket
 import ssl
 from collections.abc import Sequence
@@ -160,6 +161,7 @@ class Pair:
             certs=certs or StaticCertSource(self.ca.material(service)),
             authorizer=self.authorizer,
             resolver=self.resolver,
+            rng=random.Random(len(self.inbound)),
         )
         await self.nursery.start(proxy.run)
         self.inbound.append(proxy)
@@ -183,6 +185,7 @@ class Pair:
             certs=self.web_certs,
             authorizer=self.authorizer,
             resolver=self.resolver,
+            rng=random.Random(0),
         )
         await self.nursery.start(self.outbound.run)
         return self.outbound.upstream_ports[destinations[0]]

@@ -219,7 +219,7 @@ async def test_a_resumed_connection_brings_no_new_ticket(ca: TestCA) -> None:
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(handshake, client)
-            server, _ = await server_handshake(b, db, 5.0)
+            server, _ = await server_handshake(b, db, 5.0, wall_clock=time.time)
         server.send(b"x")
         close_tls(server)
         await trio.lowlevel.wait_readable(client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from typing import Any
 
@@ -96,6 +97,7 @@ async def test_manager_starts_and_stops_sidecars_closing_their_connections(ca: T
                 certs=StaticCertSource(ca.material("web")),
                 authorizer=StaticAuthorizer(),
                 resolver=resolver,
+                rng=random.Random(0),
             )
             await nursery.start(web.run)
             port = web.upstream_ports["db"]
@@ -146,6 +148,7 @@ def test_connect_ls_lists_the_agent_proxies(ca: TestCA) -> None:
         certs=StaticCertSource(),
         authorizer=StaticAuthorizer(),
         resolver=StaticResolver(),
+        rng=random.Random(0),
     )
     router = Router()
     register_proxy_routes(router, CannedRegistry([proxy.snapshot()]))
