@@ -360,11 +360,9 @@ class Agent:
             nursery.cancel_scope.cancel()
 
     async def _follow_sidecars(self) -> None:
-        """Run a proxy for every local connect-proxy record, after each catalog change."""
-        index = self.catalog.index()
-        while True:
-            self.sidecars.update(self.catalog.local_services())
-            index = await self.catalog.wait(index, 300.0)
+        """Run a proxy for every local connect-proxy record; then follow only changed ones."""
+        self.sidecars.update(self.catalog.local_services())
+        self.catalog.subscribe_local(self.sidecars.apply)
 
     async def _initial_join(self, nursery: trio.Nursery) -> None:
         if self.config.join:

@@ -36,6 +36,9 @@ class FakeRunner:
     def set(self, specs: list[CheckSpec]) -> None:
         pass
 
+    def update(self, changed: list[CheckSpec], removed: list[str]) -> None:
+        pass
+
     def ttl_update(self, check_id: str, status: str, output: str) -> None:
         pass
 
