@@ -16,7 +16,10 @@ services merged into the store), and measures through the real code paths:
   docs/dns.md).
 - Writes: `Catalog.register` / `Catalog.deregister` of local services
   (what `PUT /v1/agent/service/register` calls after parsing), per second,
-  with each write's p99; bounded by count and by `--budget-s`.
+  with each write's p99; then the same through the HTTP API
+  (`PUT /v1/agent/service/register` and `.../deregister/<id>` on the real
+  router and server, on loopback, one keep-alive connection; the client
+  runs in the same process). Each bounded by count and by `--budget-s`.
 
 Targets (issue 5 and 6): every answer under 1 ms of CPU at 30,000 services
 with 1,000 names; >= 1,000 registrations/s at 100,000 services. The anchor
@@ -31,6 +34,7 @@ in docs/dns.md.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import statistics
@@ -38,9 +42,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import dnslib
 
+from meshnode.api.agent_service_endpoints import register_agent_service_routes
 from meshnode.catalog.catalog import Catalog
 from meshnode.catalog.definitions import CheckDefinition, parse_service
 from meshnode.catalog.dns_view import CatalogDnsView
@@ -55,6 +61,8 @@ from meshnode.catalog.records import (
 )
 from meshnode.dns import DnsConfig, Responder
 from meshnode.gossip.store import Entry, Version
+from meshnode.http import Router
+from meshnode.http.testing import serve_in_thread
 from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 
 LOCAL = "local"
@@ -200,43 +208,97 @@ def measure_dns(world: World, args: argparse.Namespace, wanted: list[str]) -> di
     return found
 
 
-def measure_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
-    """Local registrations then deregistrations per second (wall clock, one process)."""
-    catalog = world.catalog
-    bodies = [
+def _bodies(count: int, prefix: str) -> list[dict[str, object]]:
+    return [
         {
             "Name": f"bench{i % 100}",
-            "ID": f"bench-{i}",
+            "ID": f"{prefix}-{i}",
             "Port": 20000 + i % 10000,
             "Check": {"TTL": "30s"},
         }
         for i in range(count)
     ]
+
+
+def _timed(
+    label: str, ops: list[Callable[[], object]], budget_s: float, target: bool
+) -> tuple[int, dict[str, object]]:
+    """Run `ops` in order until done or `budget_s`; how many ran, and the figures."""
+    took: list[int] = []
+    deadline = time.monotonic() + budget_s
+    start = time.perf_counter()
+    for op in ops:
+        if time.monotonic() > deadline:
+            break
+        t0 = time.perf_counter_ns()
+        op()
+        took.append(time.perf_counter_ns() - t0)
+    wall_s = time.perf_counter() - start
+    rate = len(took) / wall_s if wall_s > 0 else 0.0
+    met = rate >= REGISTER_TARGET_PER_S
+    verdict = ("  >=1000/s: met" if met else "  >=1000/s: NOT met") if target else ""
+    print(
+        f"  {label:30} n={len(took):5}  {rate:9.1f}/s  p99 {_pct(took, 0.99):8.3f} ms{verdict}",
+        flush=True,
+    )
+    return len(took), {"n": len(took), "per_s": rate, "p99_ms": _pct(took, 0.99), "met": met}
+
+
+def measure_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
+    """Local registrations then deregistrations per second (wall clock, one process)."""
+    catalog = world.catalog
+    bodies = _bodies(count, "bench")
     results: dict[str, object] = {}
-    for what in ("register", "deregister"):
-        took: list[int] = []
-        deadline = time.monotonic() + budget_s
-        start = time.perf_counter()
-        for i, body in enumerate(bodies):
-            if time.monotonic() > deadline:
-                break
-            t0 = time.perf_counter_ns()
-            if what == "register":
-                catalog.register(parse_service(body), source="api")
-            else:
-                catalog.deregister(f"bench-{i}")
-            took.append(time.perf_counter_ns() - t0)
-        wall_s = time.perf_counter() - start
-        if what == "register":
-            bodies = bodies[: len(took)]
-        rate = len(took) / wall_s if wall_s > 0 else 0.0
-        met = rate >= REGISTER_TARGET_PER_S
-        results[what] = {"n": len(took), "per_s": rate, "p99_ms": _pct(took, 0.99), "met": met}
-        print(
-            f"  {what:30} n={len(took):5}  {rate:9.1f}/s  p99 {_pct(took, 0.99):8.3f} ms"
-            f"{'  >=1000/s: met' if met else '  >=1000/s: NOT met' if what == 'register' else ''}",
-            flush=True,
-        )
+    done, results["register"] = _timed(
+        "register",
+        [partial(catalog.register, parse_service(b), source="api") for b in bodies],
+        budget_s,
+        True,
+    )
+    _, results["deregister"] = _timed(
+        "deregister",
+        [partial(catalog.deregister, f"bench-{i}") for i in range(done)],
+        budget_s,
+        False,
+    )
+    return results
+
+
+def _http_put(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
+    conn.request("PUT", path, body=body, headers={"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    reply.read()
+    if reply.status != 200:
+        raise RuntimeError(f"PUT {path}: HTTP {reply.status}")
+
+
+def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
+    """The same writes through the HTTP API (router and server on a loopback port)."""
+    router = Router()
+    register_agent_service_routes(router, world.catalog, datacenter="dc1")
+    results: dict[str, object] = {}
+    with serve_in_thread(router) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
+            path = "/v1/agent/service/register"
+            done, results["register"] = _timed(
+                "HTTP register",
+                [partial(_http_put, conn, path, b) for b in bodies],
+                budget_s,
+                True,
+            )
+            _, results["deregister"] = _timed(
+                "HTTP deregister",
+                [
+                    partial(_http_put, conn, f"/v1/agent/service/deregister/http-{i}", b"")
+                    for i in range(done)
+                ],
+                budget_s,
+                False,
+            )
+        finally:
+            conn.close()
     return results
 
 
@@ -276,6 +338,7 @@ def main() -> int:
     if args.skip != "writes":
         world = _built(args.write_services, args, False, "local writes")
         out["writes"] = measure_writes(world, args.writes, args.budget_s)
+        out["http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

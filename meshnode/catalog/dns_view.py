@@ -19,27 +19,21 @@ from ..dns.catalog_view import DnsInstance, DnsNode, InstanceStatus
 from ..store.state import NodeInfo
 from .catalog import Catalog
 from .index import canonical_ip
-from .views import HealthEntry
+from .views import InstanceState
 
 __all__ = ["CatalogDnsView"]
 
-_RANK: dict[str, int] = {"passing": 0, "warning": 1, "critical": 2}
-_STATUS: tuple[InstanceStatus, ...] = ("passing", "warning", "critical")
+_STATUS: dict[str, InstanceStatus] = {"passing": "passing", "warning": "warning"}
 
 
-def _status(entry: HealthEntry) -> InstanceStatus:
-    worst = max((_RANK.get(c.record.status, 2) for c in entry.checks), default=0)
-    return _STATUS[worst]
-
-
-def _instance(entry: HealthEntry, ttls: dict[str, int]) -> DnsInstance:
-    record = entry.service.record
-    status = _status(entry)
+def _instance(state: InstanceState, ttls: dict[str, int]) -> DnsInstance:
+    record = state.record
+    status = _STATUS.get(state.status, "critical")
     definition = record.definition
     weight = definition.weights_warning if status == "warning" else definition.weights_passing
     return DnsInstance(
-        node=entry.service.node.name,
-        address=record.address or entry.service.node.address,
+        node=state.node.name,
+        address=record.address or state.node.address,
         port=record.port,
         weight=weight,
         tags=record.tags,
@@ -92,9 +86,9 @@ class CatalogDnsView:
 
     def _instances(self, name: str, connect: bool) -> list[DnsInstance]:
         return [
-            _instance(e, self._ttls)
+            _instance(s, self._ttls)
             for real in self._catalog.service_spellings(name)
-            for e in self._catalog.health_service(real, connect=connect)
+            for s in self._catalog.instance_states(real, connect=connect)
         ]
 
     def service_instances(self, name: str) -> list[DnsInstance]:
@@ -115,8 +109,8 @@ class CatalogDnsView:
     def instances_at(self, ip: str) -> list[tuple[str, DnsInstance]]:
         nodes = [n.name for n in self._nodes().by_ip.get(ip, ())]
         return [
-            (e.service.record.name, _instance(e, self._ttls))
-            for e in self._catalog.health_at(ip, nodes)
+            (s.record.name, _instance(s, self._ttls))
+            for s in self._catalog.instance_states_at(ip, nodes)
         ]
 
     def index(self) -> int:

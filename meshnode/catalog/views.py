@@ -34,6 +34,7 @@ __all__ = [
     "SERF_CHECK_NAME",
     "CheckView",
     "HealthEntry",
+    "InstanceState",
     "RecordCache",
     "ServiceView",
     "serf_check",
@@ -79,6 +80,15 @@ class HealthEntry:
     @property
     def passing(self) -> bool:
         return all(c.record.status == "passing" for c in self.checks)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """One instance with its node and its worst status (node health included): DNS's input."""
+
+    record: ServiceRecord
+    node: NodeInfo
+    status: str  # "passing" | "warning" | "critical"
 
 
 def serf_check(node: NodeInfo, index: int) -> CheckView:
