@@ -20,6 +20,11 @@ services merged into the store), and measures through the real code paths:
   (`PUT /v1/agent/service/register` and `.../deregister/<id>` on the real
   router and server, on loopback, one keep-alive connection; the client
   runs in the same process). Each bounded by count and by `--budget-s`.
+  Writes run twice: on an in-memory store, and on a durable one that
+  commits each write to SQLite (`Persistence.save_store`, WAL,
+  synchronous=FULL) before it returns, as the agent's `Replicator.put`
+  does; the data dir is a fresh temporary directory (`--data-dir` picks
+  where, so the disk is the one the agent would use).
 
 Targets (issue 5 and 6): every answer under 1 ms of CPU at 30,000 services
 with 1,000 names; >= 1,000 registrations/s at 100,000 services. The anchor
@@ -39,12 +44,15 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import dnslib
+import trio
 
 from meshnode.api.agent_service_endpoints import register_agent_service_routes
 from meshnode.catalog.catalog import Catalog
@@ -61,13 +69,34 @@ from meshnode.catalog.records import (
 )
 from meshnode.dns import DnsConfig, Responder
 from meshnode.gossip.store import Entry, Version
-from meshnode.http import Router
-from meshnode.http.testing import serve_in_thread
+from meshnode.http import Router, serve_http
+from meshnode.store.persist import Persistence
 from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 
 LOCAL = "local"
 ANSWER_TARGET_NS = 1_000_000
 REGISTER_TARGET_PER_S = 1000.0
+
+
+class DurableState(LocalState):
+    """`LocalState` whose local writes are committed to SQLite first, as `Replicator.put` does."""
+
+    def __init__(self, node_name: str, persist: Persistence) -> None:
+        super().__init__(node_name)
+        self._persist = persist
+
+    def put(self, kind: str, key: str, value: bytes) -> Entry:
+        entry = self.store.put(kind, key, value)
+        self._persist.save_store([entry], [], self.store.clock)
+        self.tracker.note([entry])
+        return entry
+
+    def delete_many(self, kind: str, keys: Iterable[str]) -> list[Entry]:
+        entries = [self.store.delete(kind, key, time.time()) for key in keys]
+        if entries:
+            self._persist.save_store(entries, [], self.store.clock)
+            self.tracker.note(entries)
+        return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +114,11 @@ def _service_ip(i: int) -> str:
     return f"10.200.{i // 250 % 250}.{i % 250 + 2}"
 
 
-def build(services: int, names: int, nodes: int, checks: bool) -> World:
+def build(
+    services: int, names: int, nodes: int, checks: bool, state: LocalState | None = None
+) -> World:
     """`services` instances of `names` names on `nodes` remote nodes; every 3rd has its own IP."""
-    state = LocalState(LOCAL)
+    state = state or LocalState(LOCAL)
     members = StaticNodes(
         [NodeInfo(LOCAL, "127.0.0.1", "alive")]
         + [NodeInfo(f"n{i}", _node_ip(i), "alive") for i in range(nodes)],
@@ -272,39 +303,58 @@ def _http_put(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
         raise RuntimeError(f"PUT {path}: HTTP {reply.status}")
 
 
-def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
-    """The same writes through the HTTP API (router and server on a loopback port)."""
-    router = Router()
-    register_agent_service_routes(router, world.catalog, datacenter="dc1")
+def _http_client(port: int, count: int, budget_s: float) -> dict[str, object]:
+    """The client half, in a worker thread: register, then deregister what was registered."""
     results: dict[str, object] = {}
-    with serve_in_thread(router) as port:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
-            path = "/v1/agent/service/register"
-            done, results["register"] = _timed(
-                "HTTP register",
-                [partial(_http_put, conn, path, b) for b in bodies],
-                budget_s,
-                True,
-            )
-            _, results["deregister"] = _timed(
-                "HTTP deregister",
-                [
-                    partial(_http_put, conn, f"/v1/agent/service/deregister/http-{i}", b"")
-                    for i in range(done)
-                ],
-                budget_s,
-                False,
-            )
-        finally:
-            conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
+        path = "/v1/agent/service/register"
+        done, results["register"] = _timed(
+            "HTTP register", [partial(_http_put, conn, path, b) for b in bodies], budget_s, True
+        )
+        _, results["deregister"] = _timed(
+            "HTTP deregister",
+            [
+                partial(_http_put, conn, f"/v1/agent/service/deregister/http-{i}", b"")
+                for i in range(done)
+            ],
+            budget_s,
+            False,
+        )
+    finally:
+        conn.close()
     return results
 
 
-def _built(services: int, args: argparse.Namespace, checks: bool, what: str) -> World:
+def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
+    """The same writes through the HTTP API (router and server on a loopback port).
+
+    The server runs in this thread, where the catalog and its SQLite
+    connection live; the client runs in a worker thread.
+    """
+    router = Router()
+    register_agent_service_routes(router, world.catalog, datacenter="dc1")
+
+    async def run() -> dict[str, object]:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0))
+            results = await trio.to_thread.run_sync(_http_client, port, count, budget_s)
+            nursery.cancel_scope.cancel()
+        return results
+
+    return trio.run(run)
+
+
+def _built(
+    services: int,
+    args: argparse.Namespace,
+    checks: bool,
+    what: str,
+    state: LocalState | None = None,
+) -> World:
     t0 = time.perf_counter()
-    world = build(services, args.names, args.nodes, checks=checks)
+    world = build(services, args.names, args.nodes, checks=checks, state=state)
     print(
         f"{services} services, {args.names} names, {args.nodes} nodes"
         f" (built in {time.perf_counter() - t0:.1f} s); {what}:",
@@ -328,6 +378,7 @@ def main() -> int:
         help="comma-separated",
     )
     parser.add_argument("--skip", choices=("dns", "writes"), default=None)
+    parser.add_argument("--data-dir", default=None, help="parent of the temporary SQLite dir")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     out: dict[str, object] = {"args": vars(args)}
@@ -336,9 +387,20 @@ def main() -> int:
         out["dns"] = measure_dns(world, args, args.shapes.split(","))
         del world
     if args.skip != "writes":
-        world = _built(args.write_services, args, False, "local writes")
+        world = _built(args.write_services, args, False, "local writes, in-memory store")
         out["writes"] = measure_writes(world, args.writes, args.budget_s)
         out["http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
+        del world
+        with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
+            persist = Persistence.open(Path(data_dir))
+            try:
+                state = DurableState(LOCAL, persist)
+                what = "local writes, each committed to SQLite first"
+                world = _built(args.write_services, args, False, what, state)
+                out["durable_writes"] = measure_writes(world, args.writes, args.budget_s)
+                out["durable_http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
+            finally:
+                persist.close()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
