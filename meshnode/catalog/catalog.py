@@ -433,11 +433,23 @@ class Catalog:
         return all(t in record.tags for t in tags)
 
     def services(self) -> dict[str, list[str]]:
-        """Every visible service name with the sorted union of its instances' tags."""
-        names: dict[str, set[str]] = {}
-        for view in self._views():
-            names.setdefault(view.record.name, set()).update(view.record.tags)
-        return {name: sorted(tags) for name, tags in sorted(names.items())}
+        """Every visible service name with the sorted union of its instances' tags.
+
+        From the per-name tag counts: O(names + their nodes), not O(instances),
+        unless some instance of a name is on a reaped node (then that name's
+        instances are read, to leave its tags out).
+        """
+        index = self._index
+        known = {n.name for n in self._nodes.nodes()}
+        found: dict[str, list[str]] = {}
+        for name in sorted(index.by_name):
+            nodes = index.nodes_by_name[name].keys()
+            if nodes <= known:
+                found[name] = sorted(index.tags_by_name.get(name, {}))
+            elif not nodes.isdisjoint(known):
+                records = index.by_name[name].values()
+                found[name] = sorted({t for r in records if r.node in known for t in r.tags})
+        return found
 
     def service_nodes(
         self, name: str, tag: str | Sequence[str] | None = None, *, connect: bool = False
@@ -537,10 +549,31 @@ class Catalog:
         if state not in HEALTH_STATES:
             raise DefinitionError(f"state must be one of {', '.join(HEALTH_STATES)}, not {state!r}")
         members_index = self.members_index()
-        found = [serf_check(n, members_index) for n in self._nodes.nodes()]
-        found += [c for g in self._check_views(self._views()).values() for c in g]
+        nodes = self._nodes.nodes()
+        found = [serf_check(n, members_index) for n in nodes]
+        if state == "any":
+            found += [c for g in self._check_views(self._views()).values() for c in g]
+        else:  # O(checks in that state), from the index
+            found += self._service_checks(
+                self._index.checks_by_status.get(state, {}), {n.name for n in nodes}
+            )
         found.sort(key=lambda c: (c.record.node, c.record.check_id))
         return [c for c in found if state == "any" or c.record.status == state]
+
+    def _service_checks(
+        self, checks: Mapping[str, CheckRecord], known: set[str]
+    ) -> list[CheckView]:
+        """Views of `checks` whose instance is visible (its service exists, its node is known)."""
+        found = []
+        for key, record in checks.items():
+            owner = self._cache.services.get(record_key(record.node, record.service_id))
+            if owner is None or record.node not in known or owner.node != record.node:
+                continue
+            created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
+            found.append(
+                CheckView(record, max(1, created), max(1, modified), service_tags=owner.tags)
+            )
+        return found
 
     def nodes(self) -> list[NodeInfo]:
         """Every known member, whatever its state (Consul lists failed nodes too)."""

@@ -60,6 +60,18 @@ def _add(table: dict[_K, dict[str, _R]], group: _K, key: str, record: _R) -> Non
     table.setdefault(group, {})[key] = record
 
 
+def _count(table: dict[_K, dict[str, int]], group: _K, item: str, step: int) -> None:
+    """Add `step` (+1 or -1) to a count; a count that reaches 0 and an emptied group go."""
+    counts = table.setdefault(group, {})
+    left = counts.get(item, 0) + step
+    if left > 0:
+        counts[item] = left
+    else:
+        counts.pop(item, None)
+        if not counts:
+            del table[group]
+
+
 def _drop(table: dict[_K, dict[str, _R]], group: _K, key: str) -> None:
     members = table.get(group)
     if members is not None:
@@ -75,6 +87,9 @@ class RecordIndex:
         self.by_name: dict[str, dict[str, ServiceRecord]] = {}
         # Lowercased name -> real spellings with their instance counts (DNS is case-blind).
         self.names_lower: dict[str, dict[str, int]] = {}
+        # Name -> tag -> instances, and name -> node -> instances (/v1/catalog/services).
+        self.tags_by_name: dict[str, dict[str, int]] = {}
+        self.nodes_by_name: dict[str, dict[str, int]] = {}
         self.connect: dict[str, dict[str, ServiceRecord]] = {}
         self.by_node: dict[str, dict[str, ServiceRecord]] = {}
         # (node, parent service ID) -> its sidecars: deregistered with the parent.
@@ -82,11 +97,10 @@ class RecordIndex:
         self.by_address: dict[str, dict[str, ServiceRecord]] = {}
         self.checks_by_owner: dict[tuple[str, str], dict[str, CheckRecord]] = {}
         self.checks_by_node: dict[str, dict[str, CheckRecord]] = {}
+        self.checks_by_status: dict[str, dict[str, CheckRecord]] = {}
 
     def add_service(self, key: str, record: ServiceRecord) -> None:
-        _add(self.by_name, record.name, key, record)
-        spellings = self.names_lower.setdefault(record.name.lower(), {})
-        spellings[record.name] = spellings.get(record.name, 0) + 1
+        self._counts(key, record, +1)
         for name in connect_names(record):
             _add(self.connect, name, key, record)
         _add(self.by_node, record.node, key, record)
@@ -97,16 +111,7 @@ class RecordIndex:
             _add(self.by_address, ip, key, record)
 
     def remove_service(self, key: str, record: ServiceRecord) -> None:
-        _drop(self.by_name, record.name, key)
-        lowered = record.name.lower()
-        spellings = self.names_lower.get(lowered, {})
-        left = spellings.get(record.name, 0) - 1
-        if left > 0:
-            spellings[record.name] = left
-        else:
-            spellings.pop(record.name, None)
-            if not spellings:
-                self.names_lower.pop(lowered, None)
+        self._counts(key, record, -1)
         for name in connect_names(record):
             _drop(self.connect, name, key)
         _drop(self.by_node, record.node, key)
@@ -116,10 +121,22 @@ class RecordIndex:
         if ip is not None:
             _drop(self.by_address, ip, key)
 
+    def _counts(self, key: str, record: ServiceRecord, step: int) -> None:
+        if step > 0:
+            _add(self.by_name, record.name, key, record)
+        else:
+            _drop(self.by_name, record.name, key)
+        _count(self.names_lower, record.name.lower(), record.name, step)
+        _count(self.nodes_by_name, record.name, record.node, step)
+        for tag in set(record.tags):
+            _count(self.tags_by_name, record.name, tag, step)
+
     def add_check(self, key: str, record: CheckRecord) -> None:
         _add(self.checks_by_owner, (record.node, record.service_id), key, record)
         _add(self.checks_by_node, record.node, key, record)
+        _add(self.checks_by_status, record.status, key, record)
 
     def remove_check(self, key: str, record: CheckRecord) -> None:
         _drop(self.checks_by_owner, (record.node, record.service_id), key)
         _drop(self.checks_by_node, record.node, key)
+        _drop(self.checks_by_status, record.status, key)

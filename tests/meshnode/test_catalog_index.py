@@ -88,7 +88,10 @@ _ops = st.lists(
             st.integers(0, 4),
             st.sampled_from(("passing", "warning", "critical", None)),
         ),
-        st.tuples(st.just("member"), st.sampled_from(("n2", "N3")), st.booleans()),
+        # alive, failed, or None: reaped (its services hidden everywhere)
+        st.tuples(
+            st.just("member"), st.sampled_from(("n2", "N3")), st.sampled_from((True, False, None))
+        ),
     ),
     max_size=40,
 )
@@ -140,7 +143,10 @@ def _run(catalog: Catalog, state: LocalState, nodes: StaticNodes, ops: list[Any]
         else:
             _, node, alive = op
             address = "10.0.0.2" if node == "n2" else "10.0.0.9"
-            nodes.set(NodeInfo(node, address, "alive" if alive else "failed"))
+            if alive is None:
+                nodes.remove(node)
+            else:
+                nodes.set(NodeInfo(node, address, "alive" if alive else "failed"))
 
 
 def _tables(index: RecordIndex) -> dict[str, Any]:
@@ -155,6 +161,28 @@ def _brute_instances_at(catalog: Catalog, ip: str) -> set[tuple[str, str, str]]:
         for e in catalog.health_service(name)
         if canonical_ip(e.service.record.address or e.service.node.address) == ip
     }
+
+
+def _assert_reads_equal_a_walk(catalog: Catalog) -> None:
+    """services() and health_state() from the indexes equal the old walk over every record."""
+    views = catalog._views()
+    names: dict[str, set[str]] = {}
+    for v in views:
+        names.setdefault(v.record.name, set()).update(v.record.tags)
+    assert catalog.services() == {n: sorted(t) for n, t in sorted(names.items())}
+    walked = [c for g in catalog._check_views(views).values() for c in g]
+    for state in ("passing", "warning", "critical"):
+        expected = sorted(
+            (c.record.node, c.record.check_id, c.service_tags)
+            for c in walked
+            if c.record.status == state
+        )
+        got = sorted(
+            (c.record.node, c.record.check_id, c.service_tags)
+            for c in catalog.health_state(state)
+            if not c.synthetic
+        )
+        assert got == expected, state
 
 
 @settings(max_examples=150, deadline=None)
@@ -173,6 +201,7 @@ def test_incremental_indexes_equal_a_rebuild(ops: list[Any]) -> None:
     fresh = Catalog(state, nodes, node_name="n1", datacenter="dc1", runner=FakeRunner)
     assert isinstance(fresh.checks, FakeRunner)
     assert runner.specs == fresh.checks.specs
+    _assert_reads_equal_a_walk(catalog)
     # The DNS view's per-address answers equal a walk over every service.
     view = CatalogDnsView(catalog)
     for ip in {canonical_ip(a) for a in (*IPS, "10.0.0.1")} - {None}:
