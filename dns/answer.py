@@ -17,7 +17,6 @@ Ordering, caching and truncation are the responder's business, not this module's
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from . import wire
@@ -83,7 +82,7 @@ def _reverse_ip(labels: Labels) -> IpAddress | None:
 
 
 class Answerer:
-    """Answers questions from a `DnsCatalog`; holds only a per-index PTR map."""
+    """Answers questions from a `DnsCatalog`; holds no catalog state of its own."""
 
     def __init__(self, catalog: DnsCatalog, config: DnsConfig) -> None:
         self._catalog = catalog
@@ -94,8 +93,6 @@ class Answerer:
             zones.append(wire.name_labels(config.alt_domain))
         # Longest first, so that `corp.mesh.` wins over `mesh.` for names in both.
         self._zones = sorted(zones, key=len, reverse=True)
-        self._reverse: dict[IpAddress, list[tuple[Labels, int]]] = {}
-        self._reverse_index: int | None = None
 
     def answer(self, query: wire.Query, index: int) -> Reply | None:
         """The records for `query`, or None when the name is outside every zone."""
@@ -107,7 +104,7 @@ class Answerer:
             if labels[len(labels) - len(apex) :] == apex:
                 return self._in_zone(query, enc, labels[: len(labels) - len(apex)], apex, index)
         if query.qtype in (wire.TYPE_PTR, wire.TYPE_ANY):
-            return self._ptr(query, enc, index)
+            return self._ptr(query, enc)
         return None
 
     def _in_zone(
@@ -158,10 +155,13 @@ class Answerer:
         instances = self._catalog.service_instances(name)
         return self._instances(query, enc, instances, tag_text, apex)
 
-    def _healthy(self, instances: list[DnsInstance]) -> list[DnsInstance]:
+    def _is_healthy(self, instance: DnsInstance) -> bool:
         if self._config.only_passing:
-            return [i for i in instances if i.status == "passing"]
-        return [i for i in instances if i.status != "critical"]
+            return instance.status == "passing"
+        return instance.status != "critical"
+
+    def _healthy(self, instances: list[DnsInstance]) -> list[DnsInstance]:
+        return [i for i in instances if self._is_healthy(i)]
 
     def _instances(
         self,
@@ -257,35 +257,34 @@ class Answerer:
             reply.answers.append(enc.address(query.labels, ip, self._config.node_ttl_s))
         return reply
 
-    def _ptr(self, query: wire.Query, enc: wire.NameEncoder, index: int) -> Reply | None:
+    def _ptr(self, query: wire.Query, enc: wire.NameEncoder) -> Reply | None:
         ip = _reverse_ip(query.labels)
         if ip is None:
             return None
-        targets = self._reverse_map(index).get(ip)
+        targets = self._ptr_targets(str(ip))
         if not targets:
             return None
         answers = [enc.pointer(query.labels, wire.TYPE_PTR, ttl_s, t) for t, ttl_s in targets]
         return Reply(answers=answers)
 
-    def _reverse_map(self, index: int) -> dict[IpAddress, list[tuple[Labels, int]]]:
-        """Address -> PTR targets, rebuilt at most once per catalog index."""
-        if self._reverse_index == index:
-            return self._reverse
+    def _ptr_targets(self, ip: str) -> list[tuple[Labels, int]]:
+        """The nodes at `ip`, then each service name with a healthy instance there.
+
+        O(nodes and instances at that address): asked of the catalog's indexes,
+        never by walking every service (issue 5).
+        """
         apex = self._primary
-        found: defaultdict[IpAddress, list[tuple[Labels, int]]] = defaultdict(list)
-        for node in self._catalog.nodes():
-            ip, labels = _ip(node.address), _labels_of(node.name)
-            if ip is not None and labels is not None:
-                found[ip].append(((*labels, b"node", *apex), self._config.node_ttl_s))
-        for service in self._catalog.service_names():
+        found: list[tuple[Labels, int]] = []
+        for node in sorted(self._catalog.nodes_at(ip), key=lambda n: n.name):
+            labels = _labels_of(node.name)
+            if labels is not None:
+                found.append(((*labels, b"node", *apex), self._config.node_ttl_s))
+        for service, inst in sorted(self._catalog.instances_at(ip), key=lambda p: p[0]):
             labels = _labels_of(service)
-            if labels is None:
+            if labels is None or not self._is_healthy(inst):
                 continue
-            for inst in self._healthy(self._catalog.service_instances(service)):
-                ip = _ip(inst.address)
-                ttl_s = self._config.service_ttl_s if inst.ttl_s is None else inst.ttl_s
-                target = ((*labels, b"service", *apex), ttl_s)
-                if ip is not None and target not in found[ip]:
-                    found[ip].append(target)
-        self._reverse, self._reverse_index = dict(found), index
-        return self._reverse
+            ttl_s = self._config.service_ttl_s if inst.ttl_s is None else inst.ttl_s
+            target = ((*labels, b"service", *apex), ttl_s)
+            if target not in found:
+                found.append(target)
+        return found

@@ -5,10 +5,16 @@ The DNS layer never imports the catalog. The agent adapts its catalog to
 server caches is keyed on `DnsCatalog.index()`, so an adapter must raise the
 index whenever anything that could change an answer changes (a service, a
 check, a node's health or address).
+
+Every method runs on a cache miss, right after any catalog change, so an
+adapter answers each in O(its answer): a question about one name or one
+address must never walk the whole catalog (issue 5: rebuilding a reverse
+map over every service froze an agent for minutes).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -61,19 +67,26 @@ class DnsCatalog(Protocol):
         """The service's connect-proxy instances (may be empty)."""
         ...
 
-    def service_names(self) -> list[str]:
-        """Every registered service name (for PTR answers on service addresses)."""
-        ...
-
     def node(self, name: str) -> DnsNode | None: ...
 
-    def nodes(self) -> list[DnsNode]:
-        """Every known node (for PTR answers on node addresses)."""
+    def nodes_at(self, ip: str) -> list[DnsNode]:
+        """The nodes whose address is `ip` (canonical text, as `str(ipaddress)`)."""
+        ...
+
+    def instances_at(self, ip: str) -> list[tuple[str, DnsInstance]]:
+        """(service name, instance) for every instance whose address is `ip`, any status."""
         ...
 
     def index(self) -> int:
         """Rises whenever anything that could change an answer changes."""
         ...
+
+
+def _canonical(address: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
 
 
 class StaticCatalog:
@@ -108,14 +121,20 @@ class StaticCatalog:
     def connect_instances(self, name: str) -> list[DnsInstance]:
         return list(self._connect.get(name.lower(), ()))
 
-    def service_names(self) -> list[str]:
-        return list(self._services)
-
     def node(self, name: str) -> DnsNode | None:
         return self._nodes.get(name.lower())
 
-    def nodes(self) -> list[DnsNode]:
-        return list(self._nodes.values())
+    # A fixture's few records: a scan is fine here, unlike in a real adapter.
+    def nodes_at(self, ip: str) -> list[DnsNode]:
+        return [n for n in self._nodes.values() if _canonical(n.address) == ip]
+
+    def instances_at(self, ip: str) -> list[tuple[str, DnsInstance]]:
+        return [
+            (name, i)
+            for name, instances in self._services.items()
+            for i in instances
+            if _canonical(i.address) == ip
+        ]
 
     def index(self) -> int:
         return self._index

@@ -73,9 +73,6 @@ __all__ = ["Agent", "AgentStartError"]
 
 _log = logging.getLogger("meshnode.agent")
 
-# A sidecar follower re-reads the catalog at least this often, even unwoken.
-_SIDECAR_WAIT_S = 300.0
-
 
 class Agent:
     """One node: implements `AgentFacade` for the HTTP API."""
@@ -313,11 +310,9 @@ class Agent:
             nursery.cancel_scope.cancel()
 
     async def _follow_sidecars(self) -> None:
-        """Run a proxy for every local connect-proxy record, after each catalog change."""
-        index = self.catalog.index()
-        while True:
-            self.sidecars.update(self.catalog.local_services())
-            index = await self.catalog.wait(index, _SIDECAR_WAIT_S)
+        """Run a proxy for every local connect-proxy record; then follow only changed ones."""
+        self.sidecars.update(self.catalog.local_services())
+        self.catalog.subscribe_local(self.sidecars.apply)
 
     def close(self) -> None:
         self.transport.close()

@@ -13,17 +13,21 @@ Rules that live here:
   timestamp would otherwise make the whole cluster chatter every interval.
 - Registrations made through the API are in the store, which is persisted,
   so they survive a restart; the runner is told about them at construction.
+- A change costs O(the records it touches), never O(catalog): reads go
+  through the `RecordIndex`, and the runner and the local-service listeners
+  (the sidecar manager) hear only about this node's changed records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
 from ..gossip.errors import LocalProtocolError
+from ..gossip.store import Entry
 from ..logs import get_logger, log
 from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from .checks import STATUSES, CheckError, CheckRunner, CheckSpec, Report, validate_spec
@@ -37,8 +41,9 @@ from .records import (
     encode_check,
     encode_service,
     record_key,
+    split_key,
 )
-from .views import CheckView, HealthEntry, RecordCache, ServiceView, serf_check
+from .views import CheckView, HealthEntry, InstanceState, RecordCache, ServiceView, serf_check
 
 __all__ = [
     "OUTPUT_MAX_CHARS",
@@ -46,6 +51,7 @@ __all__ = [
     "TOPICS",
     "Catalog",
     "CheckRunnerLike",
+    "LocalServiceListener",
     "UnknownService",
 ]
 
@@ -58,6 +64,12 @@ RESULT_REWRITE_S = 300.0
 # What catalog and health answers depend on; blocking queries wait on these.
 TOPICS = (KIND_SERVICE, KIND_CHECK, TOPIC_MEMBERS)
 HEALTH_STATES = ("any", *STATUSES)
+_RANK = {"passing": 0, "warning": 1, "critical": 2}  # an unknown status counts as critical
+_BY_RANK = ("passing", "warning", "critical")
+
+
+# Told {service ID: record, or None when removed} after this node's services change.
+LocalServiceListener = Callable[[dict[str, ServiceRecord | None]], None]
 
 
 class UnknownService(LookupError):
@@ -73,8 +85,32 @@ class CheckRunnerLike(Protocol):
     def set(self, specs: list[CheckSpec]) -> None:
         """Reconcile: start new checks, stop removed ones, restart changed ones."""
 
+    def update(self, changed: list[CheckSpec], removed: list[str]) -> None:
+        """Reconcile only these checks (new or changed specs, removed IDs); others untouched."""
+
     def ttl_update(self, check_id: str, status: str, output: str) -> None:
         """Record a TTL check's new status; `CheckError` subclasses for unknown or non-TTL."""
+
+
+_R = TypeVar("_R")
+
+
+class _Local(Mapping[str, _R]):
+    """One node's records by ID, read through to the cache: no copy per write."""
+
+    def __init__(self, node: str, records: dict[str, _R], group: Callable[[], Mapping[str, _R]]):
+        self._node = node
+        self._records = records  # by store key
+        self._group = group  # this node's records by store key (an index table)
+
+    def __getitem__(self, record_id: str) -> _R:
+        return self._records[record_key(self._node, record_id)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (split_key(key)[1] for key in list(self._group()))
+
+    def __len__(self) -> int:
+        return len(self._group())
 
 
 def _spec(record: CheckRecord) -> CheckSpec:
@@ -119,9 +155,14 @@ class Catalog:
         self.node_address = node_address  # where this agent's sidecars listen
         self._clock = clock
         self._cache = RecordCache(state)
+        self._index = self._cache.index
         self._written_at: dict[str, float] = {}  # check ID -> clock of its last result write
+        self._local_listeners: list[LocalServiceListener] = []
         self.checks: CheckRunnerLike = runner(self._on_check_result)
         self._tell_runner()
+        # After the cache's own listeners: they run first, so the cache is current here.
+        for kind in (KIND_SERVICE, KIND_CHECK):
+            state.tracker.subscribe(kind, self._on_store_change)
 
     @property
     def malformed_records(self) -> int:
@@ -130,28 +171,71 @@ class Catalog:
 
     # --- local writes -----------------------------------------------------------------------
 
-    def _local(self) -> tuple[dict[str, ServiceRecord], dict[str, CheckRecord]]:
-        me = self.node_name
-        services = {r.service_id: r for r in self._cache.services.values() if r.node == me}
-        checks = {r.check_id: r for r in self._cache.checks.values() if r.node == me}
+    def _local(self) -> tuple[Mapping[str, ServiceRecord], Mapping[str, CheckRecord]]:
+        """This node's services and checks by ID: live views, O(1) to make."""
+        me, index = self.node_name, self._index
+        services = _Local(me, self._cache.services, lambda: index.by_node.get(me, {}))
+        checks = _Local(me, self._cache.checks, lambda: index.checks_by_node.get(me, {}))
         return services, checks
 
+    def _sidecars_of(self, service_id: str) -> list[str]:
+        return [
+            r.service_id
+            for r in self._index.sidecars.get((self.node_name, service_id), {}).values()
+        ]
+
+    def _checks_of(self, service_ids: Iterable[str]) -> list[str]:
+        me, owners = self.node_name, self._index.checks_by_owner
+        return [c.check_id for i in service_ids for c in owners.get((me, i), {}).values()]
+
+    @staticmethod
+    def _runnable(record: CheckRecord) -> CheckSpec | None:
+        spec = _spec(record)
+        try:
+            validate_spec(spec)
+        except CheckError as exc:  # a record from an older or buggy version of us
+            log(_log, "warning", "check not run", exc_info=exc, check=record.check_id)
+            return None
+        return spec
+
     def _tell_runner(self) -> None:
+        """The runner's whole set, once at construction; later changes go by `_on_store_change`."""
         _, checks = self._local()
-        specs = []
-        for _, record in sorted(checks.items()):
-            spec = _spec(record)
-            try:
-                validate_spec(spec)
-            except CheckError as exc:  # a record from an older or buggy version of us
-                log(_log, "warning", "check not run", exc_info=exc, check=record.check_id)
+        specs = [self._runnable(record) for _, record in sorted(checks.items())]
+        self.checks.set([s for s in specs if s is not None])
+
+    def subscribe_local(self, listener: LocalServiceListener) -> None:
+        """Call `listener` with this node's changed services after each store change of them."""
+        self._local_listeners.append(listener)
+
+    def _on_store_change(self, entries: list[Entry]) -> None:
+        """Tell the runner and local listeners about this node's changed records, and only those."""
+        me = self.node_name
+        changed: list[CheckSpec] = []
+        removed: list[str] = []
+        services: dict[str, ServiceRecord | None] = {}
+        for entry in entries:
+            node, record_id = split_key(entry.key)
+            if node != me:
                 continue
-            specs.append(spec)
-        self.checks.set(specs)
+            if entry.kind == KIND_CHECK:
+                check = self._cache.checks.get(entry.key)
+                spec = None if check is None else self._runnable(check)
+                if spec is None:
+                    removed.append(record_id)
+                else:
+                    changed.append(spec)
+            else:
+                services[record_id] = self._cache.services.get(entry.key)
+        if changed or removed:
+            self.checks.update(changed, removed)
+        if services:
+            for listener in self._local_listeners:
+                listener(services)
 
     def _plan(
         self, defs: Iterable[ServiceDefinition], source: str
-    ) -> tuple[list[Plan], dict[str, ServiceRecord], dict[str, CheckRecord]]:
+    ) -> tuple[list[Plan], Mapping[str, ServiceRecord], Mapping[str, CheckRecord]]:
         if source not in ("api", "config"):
             raise ValueError(f"source must be 'api' or 'config', not {source!r}")
         services, checks = self._local()
@@ -177,8 +261,8 @@ class Catalog:
     def _write(
         self,
         plans: list[Plan],
-        services: dict[str, ServiceRecord],
-        checks: dict[str, CheckRecord],
+        services: Mapping[str, ServiceRecord],
+        checks: Mapping[str, CheckRecord],
     ) -> None:
         me = self.node_name
         try:
@@ -197,22 +281,14 @@ class Catalog:
                         self.state.put(
                             KIND_CHECK, record_key(me, check.check_id), encode_check(check)
                         )
-                stale_services = [
-                    s.service_id
-                    for s in services.values()
-                    if s.sidecar_of == parent and s.service_id not in owners
-                ]
+                stale_services = [i for i in self._sidecars_of(parent) if i not in owners]
                 kept = {c.check_id for c in plan.checks}
                 stale_checks = [
-                    c.check_id
-                    for c in checks.values()
-                    if c.service_id in owners | set(stale_services) and c.check_id not in kept
+                    i for i in self._checks_of([*owners, *stale_services]) if i not in kept
                 ]
                 self._delete(stale_checks, stale_services)
         except LocalProtocolError as exc:
             raise RegistrationError(str(exc)) from None
-        finally:
-            self._tell_runner()
 
     def _delete(self, check_ids: list[str], service_ids: list[str]) -> None:
         me = self.node_name
@@ -235,14 +311,11 @@ class Catalog:
 
     def deregister(self, service_id: str) -> list[str]:
         """Remove a local service with its checks and sidecar; the service IDs removed."""
-        services, checks = self._local()
+        services, _ = self._local()
         if service_id not in services:
             raise UnknownService(f"no service with ID {service_id!r} is registered on this agent")
-        ids = [service_id, *(s.service_id for s in services.values() if s.sidecar_of == service_id)]
-        try:
-            self._delete([c.check_id for c in checks.values() if c.service_id in ids], ids)
-        finally:
-            self._tell_runner()
+        ids = [service_id, *self._sidecars_of(service_id)]
+        self._delete(self._checks_of(ids), ids)
         return ids
 
     def sync_config(self, defs: list[ServiceDefinition]) -> list[str]:
@@ -308,11 +381,15 @@ class Catalog:
         """The index node entries and serfHealth carry: the last member change."""
         return max(1, self.state.tracker.topic_index(TOPIC_MEMBERS))
 
-    def _views(self) -> list[ServiceView]:
-        known = {n.name: n for n in self._nodes.nodes()}
+    def _views(self, records: Mapping[str, ServiceRecord] | None = None) -> list[ServiceView]:
+        """Views of `records` (by store key; default all) whose node is known, sorted."""
+        node_of = self._nodes.node
+        known: dict[str, NodeInfo | None] = {}
         views = []
-        for key, record in self._cache.services.items():
-            node = known.get(record.node)
+        for key, record in (self._cache.services if records is None else records).items():
+            if record.node not in known:
+                known[record.node] = node_of(record.node)
+            node = known[record.node]
             if node is not None:
                 created, modified = self.state.tracker.entry_indexes(KIND_SERVICE, key)
                 views.append(ServiceView(node, record, max(1, created), max(1, modified)))
@@ -320,18 +397,21 @@ class Catalog:
         return views
 
     def _check_views(self, views: list[ServiceView]) -> dict[tuple[str, str], list[CheckView]]:
-        """Checks of the visible services by (node, service ID)."""
-        tags = {(v.node.name, v.record.service_id): v.record.tags for v in views}
-        found: dict[tuple[str, str], list[CheckView]] = {}
-        for key, record in sorted(self._cache.checks.items()):
-            owner = (record.node, record.service_id)
-            if owner in tags:
+        """Checks of the visible services by (node, service ID), in store-key order."""
+        owners = self._index.checks_by_owner
+        found: list[tuple[str, tuple[str, str], CheckView]] = []
+        for v in views:
+            owner = (v.node.name, v.record.service_id)
+            for key, record in owners.get(owner, {}).items():
                 created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
                 view = CheckView(
-                    record, max(1, created), max(1, modified), service_tags=tags[owner]
+                    record, max(1, created), max(1, modified), service_tags=v.record.tags
                 )
-                found.setdefault(owner, []).append(view)
-        return found
+                found.append((key, owner, view))
+        grouped: dict[tuple[str, str], list[CheckView]] = {}
+        for _, owner, view in sorted(found, key=lambda f: f[0]):
+            grouped.setdefault(owner, []).append(view)
+        return grouped
 
     @staticmethod
     def _matches(view: ServiceView, name: str, tags: tuple[str, ...], connect: bool) -> bool:
@@ -353,18 +433,31 @@ class Catalog:
         return all(t in record.tags for t in tags)
 
     def services(self) -> dict[str, list[str]]:
-        """Every visible service name with the sorted union of its instances' tags."""
-        names: dict[str, set[str]] = {}
-        for view in self._views():
-            names.setdefault(view.record.name, set()).update(view.record.tags)
-        return {name: sorted(tags) for name, tags in sorted(names.items())}
+        """Every visible service name with the sorted union of its instances' tags.
+
+        From the per-name tag counts: O(names + their nodes), not O(instances),
+        unless some instance of a name is on a reaped node (then that name's
+        instances are read, to leave its tags out).
+        """
+        index = self._index
+        known = {n.name for n in self._nodes.nodes()}
+        found: dict[str, list[str]] = {}
+        for name in sorted(index.by_name):
+            nodes = index.nodes_by_name[name].keys()
+            if nodes <= known:
+                found[name] = sorted(index.tags_by_name.get(name, {}))
+            elif not nodes.isdisjoint(known):
+                records = index.by_name[name].values()
+                found[name] = sorted({t for r in records if r.node in known for t in r.tags})
+        return found
 
     def service_nodes(
         self, name: str, tag: str | Sequence[str] | None = None, *, connect: bool = False
     ) -> list[ServiceView]:
         """Instances of `name` (with every tag of `tag`), healthy or not; `connect`: its proxies."""
         tags = (tag,) if isinstance(tag, str) else tuple(tag or ())
-        return [v for v in self._views() if self._matches(v, name, tags, connect)]
+        group = (self._index.connect if connect else self._index.by_name).get(name, {})
+        return [v for v in self._views(group) if self._matches(v, name, tags, connect)]
 
     def health_service(
         self,
@@ -375,7 +468,10 @@ class Catalog:
         connect: bool = False,
     ) -> list[HealthEntry]:
         """Instances with their node's serfHealth and their own checks."""
-        views = self.service_nodes(name, tag, connect=connect)
+        entries = self._health(self.service_nodes(name, tag, connect=connect))
+        return [e for e in entries if e.passing] if passing_only else entries
+
+    def _health(self, views: list[ServiceView]) -> list[HealthEntry]:
         checks = self._check_views(views)
         members_index = self.members_index()
         entries = [
@@ -388,7 +484,51 @@ class Catalog:
             )
             for v in views
         ]
-        return [e for e in entries if e.passing] if passing_only else entries
+        return entries
+
+    def service_spellings(self, lowered: str) -> list[str]:
+        """The registered names equal to `lowered` but for case (DNS names are case-blind)."""
+        return sorted(self._index.names_lower.get(lowered, {}))
+
+    def instance_states(self, name: str, *, connect: bool = False) -> list[InstanceState]:
+        """Each instance of `name` (`connect`: its connect endpoints) with its worst status.
+
+        What DNS needs, without the views and check lists `health_service`
+        builds for HTTP: O(instances of `name`).
+        """
+        group = (self._index.connect if connect else self._index.by_name).get(name, {})
+        return self._states(group.values())
+
+    def instance_states_at(self, ip: str, nodes: Iterable[str] = ()) -> list[InstanceState]:
+        """Instances at IP `ip` (canonical text): theirs, or their node's when one of `nodes`.
+
+        What a PTR answer needs; O(instances at that address and on those nodes).
+        """
+        records = list(self._index.by_address.get(ip, {}).values())
+        for node in nodes:
+            records += [r for r in self._index.by_node.get(node, {}).values() if not r.address]
+        return self._states(records)
+
+    def _states(self, records: Iterable[ServiceRecord]) -> list[InstanceState]:
+        node_of, owners = self._nodes.node, self._index.checks_by_owner
+        known: dict[str, NodeInfo | None] = {}
+        found = []
+        for record in records:
+            if record.node not in known:
+                known[record.node] = node_of(record.node)
+            node = known[record.node]
+            if node is None:
+                continue  # reaped: hidden, as in every other read
+            worst = 0 if node.healthy else 2
+            for check in owners.get((record.node, record.service_id), {}).values():
+                worst = max(worst, _RANK.get(check.status, 2))
+            found.append(InstanceState(record, node, _BY_RANK[worst]))
+        found.sort(key=lambda s: (s.node.name, s.record.service_id))
+        return found
+
+    def node(self, name: str) -> NodeInfo | None:
+        """One member by its exact name, None when unknown."""
+        return self._nodes.node(name)
 
     def health_checks(self, name: str) -> list[CheckView]:
         """The checks of every instance of service `name` (no node checks, as Consul)."""
@@ -400,7 +540,7 @@ class Catalog:
         info = self._nodes.node(node)
         if info is None:
             return []
-        views = [v for v in self._views() if v.node.name == node]
+        views = self._views(self._index.by_node.get(node, {}))
         checks = self._check_views(views)
         return [serf_check(info, self.members_index()), *(c for g in checks.values() for c in g)]
 
@@ -409,10 +549,31 @@ class Catalog:
         if state not in HEALTH_STATES:
             raise DefinitionError(f"state must be one of {', '.join(HEALTH_STATES)}, not {state!r}")
         members_index = self.members_index()
-        found = [serf_check(n, members_index) for n in self._nodes.nodes()]
-        found += [c for g in self._check_views(self._views()).values() for c in g]
+        nodes = self._nodes.nodes()
+        found = [serf_check(n, members_index) for n in nodes]
+        if state == "any":
+            found += [c for g in self._check_views(self._views()).values() for c in g]
+        else:  # O(checks in that state), from the index
+            found += self._service_checks(
+                self._index.checks_by_status.get(state, {}), {n.name for n in nodes}
+            )
         found.sort(key=lambda c: (c.record.node, c.record.check_id))
         return [c for c in found if state == "any" or c.record.status == state]
+
+    def _service_checks(
+        self, checks: Mapping[str, CheckRecord], known: set[str]
+    ) -> list[CheckView]:
+        """Views of `checks` whose instance is visible (its service exists, its node is known)."""
+        found = []
+        for key, record in checks.items():
+            owner = self._cache.services.get(record_key(record.node, record.service_id))
+            if owner is None or record.node not in known or owner.node != record.node:
+                continue
+            created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
+            found.append(
+                CheckView(record, max(1, created), max(1, modified), service_tags=owner.tags)
+            )
+        return found
 
     def nodes(self) -> list[NodeInfo]:
         """Every known member, whatever its state (Consul lists failed nodes too)."""
@@ -423,7 +584,7 @@ class Catalog:
         info = self._nodes.node(node)
         if info is None:
             return None
-        return info, [v for v in self._views() if v.node.name == node]
+        return info, self._views(self._index.by_node.get(node, {}))
 
     def local_services(self) -> list[ServiceRecord]:
         """This agent's own services, sorted by ID (even while it is not a member yet)."""
@@ -434,7 +595,7 @@ class Catalog:
         """This agent's own checks with their indexes and service tags, sorted by ID."""
         services, _ = self._local()
         found = []
-        for key, record in sorted(self._cache.checks.items()):
+        for key, record in sorted(self._index.checks_by_node.get(self.node_name, {}).items()):
             if record.node == self.node_name:
                 created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
                 owner = services.get(record.service_id)

@@ -261,6 +261,27 @@ class CheckRunner:
                 if self._nursery is not None:
                     self._start(self._checks[check_id])
 
+    def update(self, changed: list[CheckSpec], removed: list[str]) -> None:
+        """Reconcile only these checks: O(the change), whatever else runs.
+
+        A changed spec restarts its check, an equal one keeps its state;
+        removed IDs stop. Raises `CheckError` (and changes nothing) on an invalid spec.
+        """
+        for spec in changed:
+            validate_spec(spec)
+        wanted = {spec.check_id: spec for spec in changed}
+        for check_id in [*removed, *wanted]:
+            check = self._checks.get(check_id)
+            if check is not None and check.spec != wanted.get(check_id):
+                del self._checks[check_id]
+                if check.scope is not None:
+                    check.scope.cancel()
+        for spec in wanted.values():
+            if spec.check_id not in self._checks:
+                self._checks[spec.check_id] = _Check.new(spec)
+                if self._nursery is not None:
+                    self._start(self._checks[spec.check_id])
+
     def ttl_update(self, check_id: str, status: str, output: str = "") -> None:
         """Set a TTL check's status (Consul's /v1/agent/check/update) and restart its TTL."""
         check = self._checks.get(check_id)

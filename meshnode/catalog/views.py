@@ -2,7 +2,8 @@
 
 Every agent answers catalog, health and DNS reads from its replica. Decoding
 CBOR on every read would cost more than the read, so `RecordCache` decodes
-each record once, when the store applies it (a `ChangeTracker` listener).
+each record once, when the store applies it (a `ChangeTracker` listener),
+and keeps the `RecordIndex` tables in step with that one record.
 A malformed record (from a buggy or newer peer) is logged, counted and
 left out; it never fails a read.
 """
@@ -17,6 +18,7 @@ from ..gossip.store import Entry
 from ..logs import get_logger, log
 from ..store.state import NodeInfo, ReplicatedState
 from .definitions import CheckDefinition
+from .index import RecordIndex
 from .records import (
     KIND_CHECK,
     KIND_SERVICE,
@@ -32,6 +34,7 @@ __all__ = [
     "SERF_CHECK_NAME",
     "CheckView",
     "HealthEntry",
+    "InstanceState",
     "RecordCache",
     "ServiceView",
     "serf_check",
@@ -79,6 +82,15 @@ class HealthEntry:
         return all(c.record.status == "passing" for c in self.checks)
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """One instance with its node and its worst status (node health included): DNS's input."""
+
+    record: ServiceRecord
+    node: NodeInfo
+    status: str  # "passing" | "warning" | "critical"
+
+
 def serf_check(node: NodeInfo, index: int) -> CheckView:
     """Critical unless the node is alive: a suspect, leaving, left or failed node serves nothing."""
     record = CheckRecord(
@@ -92,25 +104,38 @@ def serf_check(node: NodeInfo, index: int) -> CheckView:
 
 
 class RecordCache:
-    """Decoded services and checks by store key, kept in step with the store."""
+    """Decoded services and checks by store key, and their indexes, kept in step with the store."""
 
     def __init__(self, state: ReplicatedState) -> None:
         self.services: dict[str, ServiceRecord] = {}
         self.checks: dict[str, CheckRecord] = {}
+        self.index = RecordIndex()
         self.malformed = 0  # records skipped since start (a metric)
         for kind in (KIND_SERVICE, KIND_CHECK):
             self._apply(state.store.items(kind))
             state.tracker.subscribe(kind, self._apply)
 
     def _apply(self, entries: list[Entry]) -> None:
+        index = self.index
         for entry in entries:
             if entry.kind == KIND_SERVICE:
                 self._put(self.services, entry, decode_service)
+                service = self.services.get(entry.key)
+                if service is not None:
+                    index.add_service(entry.key, service)
             elif entry.kind == KIND_CHECK:
                 self._put(self.checks, entry, decode_check)
+                check = self.checks.get(entry.key)
+                if check is not None:
+                    index.add_check(entry.key, check)
 
     def _put(self, table: dict[str, _T], entry: Entry, decode: Callable[[str, bytes], _T]) -> None:
-        table.pop(entry.key, None)
+        """Replace the key's record, out of the index first; the caller indexes the new one."""
+        old = table.pop(entry.key, None)
+        if isinstance(old, ServiceRecord):
+            self.index.remove_service(entry.key, old)
+        elif isinstance(old, CheckRecord):
+            self.index.remove_check(entry.key, old)
         if entry.tombstone:
             return
         try:

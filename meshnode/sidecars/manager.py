@@ -1,7 +1,9 @@
 """Managed sidecars: a `Proxy` per local connect-proxy service, following the catalog.
 
 The agent feeds `SidecarManager.update` with this node's service records
-(`Catalog.local_services()`), after every catalog change. Records of kind
+(`Catalog.local_services()`) once, then `SidecarManager.apply` with the
+records that changed (`Catalog.subscribe_local`): a change costs O(the
+changed records), not O(local services) (issue 6). Records of kind
 ``connect-proxy`` with a ``Proxy`` block become proxies (the catalog makes
 one ``<id>-sidecar-proxy`` per ``connect.sidecar_service``); a record that
 disappears stops its proxy and closes its connections; a record whose
@@ -101,14 +103,13 @@ class SidecarManager:
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
         self._nursery: trio.Nursery | None = None
-        self._pending: list[ServiceRecord] | None = None
+        self._records: dict[str, ServiceRecord] = {}  # this node's, by service ID
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the sidecars until cancelled (then every one stops)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self._pending is not None:
-                self.update(self._pending)
+            self._reconcile(list(self._records))
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -116,14 +117,28 @@ class SidecarManager:
                 self._nursery = None
 
     def update(self, records: Iterable[ServiceRecord]) -> None:
-        """Reconcile with this node's service records: start, restart and stop sidecars."""
-        records = list(records)
+        """Reconcile with all of this node's service records: start, restart and stop sidecars."""
+        old = set(self._records)
+        self._records = {r.service_id: r for r in records}
+        self._reconcile([*old, *self._records])
+
+    def apply(self, changes: dict[str, ServiceRecord | None]) -> None:
+        """Reconcile only these service IDs (None: removed); other sidecars are not looked at."""
+        for service_id, record in changes.items():
+            if record is None:
+                self._records.pop(service_id, None)
+            else:
+                self._records[service_id] = record
+        self._reconcile(list(changes))
+
+    def _reconcile(self, service_ids: list[str]) -> None:
         if self._nursery is None:
-            self._pending = records  # applied when `run` starts
-            return
+            return  # `run` reconciles everything when it starts
+        records = [self._records[i] for i in service_ids if i in self._records]
         wanted = sidecar_configs(records, default_address=self.default_address, limits=self.limits)
-        for proxy_id, running in list(self._running.items()):
-            if wanted.get(proxy_id) != running.config:
+        for proxy_id in dict.fromkeys(service_ids):
+            running = self._running.get(proxy_id)
+            if running is not None and wanted.get(proxy_id) != running.config:
                 self._stop(proxy_id, "sidecar removed" if proxy_id not in wanted else "restarted")
         for proxy_id, config in wanted.items():
             if proxy_id not in self._running:

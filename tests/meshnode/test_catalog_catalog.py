@@ -30,6 +30,11 @@ class FakeRunner:
     def set(self, specs: list[CheckSpec]) -> None:
         self.specs = list(specs)
 
+    def update(self, changed: list[CheckSpec], removed: list[str]) -> None:
+        gone = {*removed, *(s.check_id for s in changed)}
+        kept = [s for s in self.specs if s.check_id not in gone]
+        self.specs = sorted([*kept, *changed], key=lambda s: s.check_id)
+
     def ttl_update(self, check_id: str, status: str, output: str) -> None:
         self.report(check_id, status, output)
 

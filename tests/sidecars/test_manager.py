@@ -37,6 +37,9 @@ class FakeRunner:
     def set(self, specs: list[CheckSpec]) -> None:
         pass
 
+    def update(self, changed: list[CheckSpec], removed: list[str]) -> None:
+        pass
+
     def ttl_update(self, check_id: str, status: str, output: str) -> None:
         pass
 
@@ -114,6 +117,51 @@ async def test_manager_starts_and_stops_sidecars_closing_their_connections(ca: T
                     assert await read_all(live) == b""
             assert manager.snapshot() == []
             assert await round_trip(port) == b""
+            nursery.cancel_scope.cancel()
+
+
+async def test_apply_looks_only_at_the_changed_services(
+    ca: TestCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog change reconciles its own service IDs, not every local sidecar (issue 6)."""
+    import meshnode.sidecars.manager as manager_module
+
+    seen: list[list[str]] = []
+    real = manager_module.sidecar_configs
+
+    def counting(records: Any, **kwargs: Any) -> Any:
+        records = list(records)
+        seen.append([r.service_id for r in records])
+        return real(records, **kwargs)
+
+    monkeypatch.setattr(manager_module, "sidecar_configs", counting)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            app_port = await serve(nursery, echo)
+            manager = SidecarManager(
+                certs_for=lambda service: StaticCertSource(ca.material(service)),
+                authorizer=StaticAuthorizer(),
+                resolver=StaticResolver(),
+                default_address=HOST,
+            )
+            await nursery.start(manager.run)
+            with trio.socket.socket() as probe:
+                await probe.bind((HOST, 0))
+                sidecar_port = probe.getsockname()[1]
+            record = sidecar_record(sidecar_port, app_port, [])
+            manager.apply({"db-sidecar-proxy": record})
+            [first] = manager.proxies()
+            seen.clear()
+            plain = ServiceRecord("n1", parse_service({"Name": "cache", "Port": 6379}))
+            manager.apply({"cache": plain, "gone": None})
+            assert seen == [["cache"]]  # the sidecar's record was not looked at
+            assert manager.proxies() == [first]
+            moved = sidecar_record(sidecar_port, app_port + 1, [])
+            manager.apply({"db-sidecar-proxy": moved})  # changed settings: restarted
+            [second] = manager.proxies()
+            assert second is not first and second.config.local_service_port == app_port + 1
+            manager.apply({"db-sidecar-proxy": None})
+            assert manager.proxies() == []
             nursery.cancel_scope.cancel()
 
 
