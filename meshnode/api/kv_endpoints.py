@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 
-from ..http import HttpError, Request, Response, Router
+from ..http import HttpError, Request, Response, Router, parse_uint
 from .errors import facade_errors
 from .facade import AgentFacade, KvEntry
 
@@ -36,7 +36,7 @@ VALUE_MAX_BYTES = 512 * 1024
 WAIT_DEFAULT_S = 300.0
 WAIT_MAX_S = 600.0
 _KIND_INDEX_HEADER = "X-Consul-Index"
-_WAIT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_WAIT = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?)(ms|s|m|h)?$", re.ASCII)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 _NO_CAS = "meshnode KV is last-writer-wins; check-and-set is not supported"
@@ -75,9 +75,7 @@ def parse_index(text: str | None) -> int | None:
     """Consul's ``?index=`` of a blocking query; None when absent, 400 when not a number."""
     if text is None or text == "":
         return None
-    if not text.isdigit():
-        raise HttpError(400, f"invalid index {text[:40]!r}: expected a non-negative integer")
-    return int(text)
+    return parse_uint(text, "index")
 
 
 def kv_json(entry: KvEntry) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """The agent's HTTP/1.1 server (trio + h11) and its router."""
 
-from .router import Guard, Handler, HttpError, Request, Response, Router
+from .router import Guard, Handler, HttpError, Request, Response, Router, parse_uint
 from .server import HttpBindError, HttpLimits, serve_http
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "Request",
     "Response",
     "Router",
+    "parse_uint",
     "serve_http",
 ]

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router"]
+__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router", "parse_uint"]
+
+# Digits of a uint64 and then some: every count and index we take fits, and
+# int() never meets Python's 4,300-digit conversion limit.
+_UINT_MAX_DIGITS = 20
 
 
 class HttpError(Exception):
@@ -39,6 +43,9 @@ class Request:
     body: bytes = b""
     params: Mapping[str, str] = field(default_factory=dict)  # from `{name}` segments
     remote: str = ""  # the client's "host:port", for logs
+    # Why the target cannot be read (its query is not UTF-8...): the router
+    # answers 400 with it before any route or handler sees the request.
+    bad_target: str | None = None
 
     @classmethod
     def from_target(
@@ -55,13 +62,20 @@ class Request:
         for name, value in headers:
             key = name.lower()
             joined[key] = f"{joined[key]}, {value}" if key in joined else value
+        bad_target = None
+        try:
+            # strict: `%ff` must not become U+FFFD, or two different keys collide.
+            query = parse_qs(raw_query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            query, bad_target = {}, "query string is not valid UTF-8 after percent-decoding"
         return cls(
             method=method.upper(),
             path=raw_path,
-            query=parse_qs(raw_query, keep_blank_values=True),
+            query=query,
             headers=joined,
             body=body,
             remote=remote,
+            bad_target=bad_target,
         )
 
     def query_value(self, name: str, default: str | None = None) -> str | None:
@@ -79,8 +93,34 @@ class Request:
             raise HttpError(400, "request body is empty, expected JSON")
         try:
             return json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise HttpError(400, "request body is not valid JSON: nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def parse_uint(text: str, name: str, *, max_value: int = 2**64 - 1) -> int:
+    """`text` as a non-negative integer of ASCII digits up to `max_value`; 400 otherwise.
+
+    `str.isdigit` alone lets through "²" and "١٢" (int() then raises) and
+    numbers long enough to hit int()'s digit limit; both were answered 500.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= _UINT_MAX_DIGITS):
+        raise HttpError(400, f"invalid {name} {text[:40]!r}: expected a non-negative integer")
+    value = int(text)
+    if value > max_value:
+        raise HttpError(400, f"invalid {name} {text!r}: the maximum is {max_value}")
+    return value
+
+
+def _decode_segment(text: str) -> str:
+    """Percent-decode a path segment strictly: invalid UTF-8 is a 400, not U+FFFD."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(
+            400, f"path segment {text[:60]!r} is not valid UTF-8 after percent-decoding"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +170,20 @@ class _Route:
         fixed = self.segments[:-1] if tail else self.segments
         if len(parts) != len(fixed) and not (tail and len(parts) >= len(fixed)):
             return None
+        # Literals first: a path that matches no route is a 404 whatever its bytes.
+        for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
+            if not _PARAM.match(pattern) and pattern != part:
+                return None
+            if not part:
+                return None
         params: dict[str, str] = {}
-        if tail:
-            rest = "/".join(parts[len(fixed) :])
-            params[tail.group(1)] = unquote(rest) + ("/" if rest and trailing_slash else "")
         for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
             found = _PARAM.match(pattern)
             if found:
-                if not part:
-                    return None
-                params[found.group(1)] = unquote(part)
-            elif pattern != part:
-                return None
+                params[found.group(1)] = _decode_segment(part)
+        if tail:
+            rest = "/".join(parts[len(fixed) :])
+            params[tail.group(1)] = _decode_segment(rest) + ("/" if rest and trailing_slash else "")
         return params
 
 
@@ -208,6 +250,8 @@ class Router:
     async def dispatch(self, request: Request) -> Response:
         """Route `request`; `HttpError` from routing or the handler becomes its response."""
         try:
+            if request.bad_target is not None:
+                raise HttpError(400, request.bad_target)
             handler, params = self.resolve(request.method, request.path)
             request = replace(request, params=params)
             for guard in self._guards:
