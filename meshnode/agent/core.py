@@ -334,7 +334,6 @@ class Agent:
                 self.ca,
                 self.leaves,
                 self.catalog.local_services,
-                current_token=lambda: self.config.api_token,
             )
             self.http_port = await nursery.start(
                 functools.partial(

@@ -35,7 +35,11 @@ from .app import cli
 @click.option(
     "--recursor", multiple=True, metavar="IP[:PORT]", help="Upstream DNS for other names."
 )
-@click.option("--api-token", metavar="TOKEN", help="Require this X-Consul-Token on HTTP writes.")
+@click.option(
+    "--api-token",
+    metavar="TOKEN",
+    help="Require this X-Consul-Token on HTTP writes and secret reads.",
+)
 @click.option(
     "--event-handler",
     multiple=True,

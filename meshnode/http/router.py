@@ -46,6 +46,9 @@ class Request:
     # Why the target cannot be read (its query is not UTF-8...): the router
     # answers 400 with it before any route or handler sees the request.
     bad_target: str | None = None
+    # Set by the router from the route: the answer reveals a secret (a key, a
+    # private key), so guards treat even a GET like a write.
+    secret: bool = False
 
     @classmethod
     def from_target(
@@ -164,6 +167,7 @@ _TAIL = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\*\}$")
 class _Route:
     segments: tuple[str, ...]  # literal segments, or "{name}" placeholders
     handlers: dict[str, Handler]
+    secret_methods: set[str] = field(default_factory=set)
 
     def match(self, parts: list[str], trailing_slash: bool = False) -> dict[str, str] | None:
         tail = _TAIL.match(self.segments[-1]) if self.segments else None
@@ -213,8 +217,19 @@ class Router:
         """
         self._guards.append(guard)
 
-    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
-        """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`."""
+    def add(
+        self,
+        methods: str | Iterable[str],
+        pattern: str,
+        handler: Handler,
+        *,
+        secret: bool = False,
+    ) -> None:
+        """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`.
+
+        `secret`: the answer reveals a secret; requests reach the handler with
+        ``request.secret`` set, so a token guard protects the read too.
+        """
         names = [methods] if isinstance(methods, str) else list(methods)
         segments = tuple(_split(pattern))
         route = next((r for r in self._routes if r.segments == segments), None)
@@ -225,9 +240,11 @@ class Router:
             if method.upper() in route.handlers:
                 raise ValueError(f"{method.upper()} {pattern} is already routed")
             route.handlers[method.upper()] = handler
+            if secret:
+                route.secret_methods.add(method.upper())
 
-    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler and path parameters for a request; raises `HttpError` 404/405."""
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], bool]:
+        """The handler, path parameters and secrecy of a request; raises `HttpError` 404/405."""
         parts = _split(path)
         allowed: set[str] = set()
         for route in self._routes:
@@ -236,7 +253,7 @@ class Router:
                 continue
             handler = route.handlers.get(method.upper())
             if handler is not None:
-                return handler, params
+                return handler, params, method.upper() in route.secret_methods
             allowed.update(route.handlers)
         if allowed:
             allow = ", ".join(sorted(allowed))
@@ -252,8 +269,8 @@ class Router:
         try:
             if request.bad_target is not None:
                 raise HttpError(400, request.bad_target)
-            handler, params = self.resolve(request.method, request.path)
-            request = replace(request, params=params)
+            handler, params, secret = self.resolve(request.method, request.path)
+            request = replace(request, params=params, secret=secret)
             for guard in self._guards:
                 guard(request)
             return await handler(request)
