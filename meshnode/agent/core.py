@@ -42,6 +42,7 @@ from ..api.facade import (
     KeyringReport,
     KvEntry,
     KvError,
+    KvFull,
     MemberView,
     ReloadError,
     UnknownMember,
@@ -71,7 +72,7 @@ from ..gossip.events import (
 from ..gossip.keyring import Keyring
 from ..gossip.membership import Membership
 from ..gossip.messages import Addr, State
-from ..gossip.store import DEFAULT_LIMITS, Store
+from ..gossip.store import DEFAULT_LIMITS, Store, StoreFull
 from ..gossip.transport import UdpTcpTransport
 from ..gossip.wire import Wire
 from ..http.server import HttpBindError, serve_http
@@ -186,7 +187,10 @@ class Agent:
         )
         self.wire = Wire(self.keyring)
         self.driver = GossipDriver(self.core, self.wire, self.transport, on_event=self._on_event)
-        limits = dataclasses.replace(DEFAULT_LIMITS, tombstone_max_age_s=config.tombstone_ttl_s)
+        limits = dataclasses.replace(
+            DEFAULT_LIMITS.with_budget(KIND_KV, config.kv_max_mib * 1024 * 1024),
+            tombstone_max_age_s=config.tombstone_ttl_s,
+        )
         if replication is None:
             # Collect at least four times per TTL, so a tombstone outlives it by < 25 %.
             default = ReplicationConfig()
@@ -779,6 +783,8 @@ class Agent:
     def kv_put(self, key: str, value: bytes) -> None:
         try:
             self.replicator.put(KIND_KV, key, value)
+        except StoreFull as exc:
+            raise KvFull(str(exc)) from None
         except LocalProtocolError as exc:
             raise KvError(str(exc)) from None
 

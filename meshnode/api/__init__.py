@@ -14,6 +14,7 @@ from .facade import (
     KeyringReport,
     KvEntry,
     KvError,
+    KvFull,
     MemberView,
     UnknownMember,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "KeyringReport",
     "KvEntry",
     "KvError",
+    "KvFull",
     "MemberView",
     "UnknownMember",
     "build_router",

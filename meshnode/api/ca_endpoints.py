@@ -41,6 +41,7 @@ from ..ca.records import KIND, RootRecord, rfc3339, root_key
 from ..ca.service import CAError, CAService, ConfigChange, owned_service_names
 from ..catalog.records import ServiceRecord
 from ..config import parse_duration_s as config_duration_s
+from ..gossip.errors import LocalProtocolError
 from ..http import HttpError, Request, Response, Router
 from .bodies import object_body
 from .kv_endpoints import parse_index, parse_wait
@@ -216,6 +217,8 @@ def register_ca_routes(
             await ca.configure(change)
         except CAError as exc:
             raise HttpError(503, str(exc)) from None
+        except LocalProtocolError as exc:  # the CA's store budget is full: say so, not 500
+            raise HttpError(503, f"the CA records do not fit in the store: {exc}") from None
         return Response.empty()
 
     async def signers(request: Request) -> Response:

@@ -65,6 +65,12 @@ from .app import cli
     help="Keep deletes this long for members that were away [default: 72h].",
 )
 @click.option(
+    "--kv-max-mib",
+    type=int,
+    metavar="N",
+    help="KV's room in the replicated store, MiB; other kinds keep theirs [default: 128].",
+)
+@click.option(
     "--audit-log",
     metavar="FILE",
     help="Append every intention decision to FILE as JSON lines.",

@@ -88,6 +88,9 @@ class ReplicationConfig:
     # Tombstones live for hours (StoreLimits.tombstone_max_age_s); checking
     # every 10 minutes collects them close enough to their age.
     tombstone_gc_interval_s: float = 600.0
+    # After a big delete the database file is shrunk a slice at a time
+    # (Persistence.reclaim), one slice per this interval, between requests.
+    reclaim_interval_s: float = 0.5
     # A User payload larger than this goes as a notice + TCP fetch: a gossip
     # packet is 1,400 bytes and must also carry the User/compound headers,
     # the encryption envelope and piggybacked membership updates.
@@ -204,6 +207,7 @@ class Replicator:
             self._nursery = nursery
             nursery.start_soon(self._anti_entropy_loop)
             nursery.start_soon(self._gc_loop)
+            nursery.start_soon(self._reclaim_loop)
             task_status.started()
 
     # ------------------------------------------------------------------ indexes and waiting
@@ -450,6 +454,12 @@ class Replicator:
         while True:
             await trio.sleep(self.config.tombstone_gc_interval_s)
             self.collect_tombstones()
+
+    async def _reclaim_loop(self) -> None:
+        """Hand freed pages back to the file system, a bounded slice per tick."""
+        while True:
+            await trio.sleep(self.config.reclaim_interval_s)
+            self.persist.reclaim()
 
     def collect_tombstones(self) -> int:
         collected = self.store.collect_tombstones(self._wall_clock())
