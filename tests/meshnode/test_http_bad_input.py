@@ -202,8 +202,14 @@ def raw_requests(draw: st.DrawFn) -> bytes:
 def test_fuzzed_requests_never_get_a_500_and_the_agent_keeps_serving(
     agent: AgentProc, data: bytes
 ) -> None:
+    log_offset = agent.log_path.stat().st_size
     codes = statuses_in(raw_exchange(agent, data))
     # 501 is h11's (RFC 9112's) answer to a transfer coding it does not implement.
     assert all(c < 500 or c in (501, 503) for c in codes), (codes, data[:300])
     assert agent.proc is not None and agent.proc.poll() is None
     assert _status(agent, "GET", "/v1/agent/self") == 200
+    with agent.log_path.open("rb") as log:
+        log.seek(log_offset)
+        new_lines = log.read()
+    # A bug of ours is logged (and answered 500, or the connection dropped).
+    assert b"handler failed" not in new_lines and b"connection failed" not in new_lines
