@@ -99,3 +99,12 @@ def test_without_a_token_dev_mode_serves_the_keyring_and_a_reload_that_sets_one_
         current[0] = TOKEN  # as `meshnode reload` with a new acl.tokens.agent does
         with pytest.raises(consul.ACLPermissionDenied):
             client.operator.keyring_list()
+
+
+def test_the_cli_lists_keys_only_with_the_token(agent: AgentProc) -> None:
+    refused = agent.cli("keyring", "-list", check=False)
+    assert refused.returncode == 1
+    assert "403" in refused.stderr and "requires a token" in refused.stderr
+    assert agent.cluster.key not in refused.stdout + refused.stderr
+    listed = agent.cli("keyring", "-list", "-token", TOKEN)
+    assert agent.cluster.key in listed.stdout
