@@ -888,7 +888,10 @@ class CAService:
             raise CAError("the cluster has no CA yet (no signer-eligible agent has started)")
         reasons: list[str] = []
         if self.settings.eligible:
-            reply = self._configure_here(request)
+            try:
+                reply = self._configure_here(request)
+            except LocalProtocolError as exc:  # the CA's room in the store is full
+                raise CAError(f"the CA records do not fit in the store: {exc}") from None
             if isinstance(reply, Configured):
                 return reply.active_root_id
             reasons.append(f"{self.node_name}: {_reason(reply)}")

@@ -94,6 +94,9 @@ class ReplicationConfig:
     # Tombstones live for hours (StoreLimits.tombstone_max_age_s); checking
     # every 10 minutes collects them close enough to their age.
     tombstone_gc_interval_s: float = 600.0
+    # After a big delete the agent shrinks its database file a slice at a time
+    # (Persistence.reclaim), one slice per this interval, between requests.
+    reclaim_interval_s: float = 0.5
     # A User payload larger than this goes as a notice + TCP fetch: a gossip
     # packet is 1,400 bytes and must also carry the User/compound headers,
     # the encryption envelope and piggybacked membership updates.

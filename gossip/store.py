@@ -29,6 +29,13 @@ Rules that live here:
 - Limits (`StoreLimits`) are enforced on every write: a local one raises a
   `LocalProtocolError` subclass with a one-line message, a remote one raises a
   `RemoteProtocolError` subclass and the caller drops the entry.
+- Budgets: each kind named in `StoreLimits.budgets` has its own bytes and
+  entries (tombstones included), and all other kinds share `other_budget`.
+  The defaults add up to the store's totals, so a kind full to its budget
+  (KV, say, filled by a local client or by any gossip-key holder) never takes
+  the room of another: intentions, the catalog and the CA can always write.
+  A received entry over its kind's budget is dropped like any over-limit
+  entry; anti-entropy offers it again, and it is taken once there is room.
 - Anti-entropy, in one round (A starts, B answers; encodings in store_codec):
   A sends `digest()`; B sends `bucket_versions(diff_request(digest))`; A sends
   `entries_newer_than(bv)` and `wanted(bv)`; B merges them and answers
@@ -48,7 +55,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -67,6 +74,10 @@ class StoreFull(LocalProtocolError):
     """A local write would take the store over its total bytes or entry count."""
 
 
+class KindFull(StoreFull):
+    """A local write would take its kind over the kind's budget (`StoreLimits.budgets`)."""
+
+
 class InvalidEntry(LocalProtocolError):
     """A local write or persisted entry breaks an entry invariant (empty kind, bad text...)."""
 
@@ -81,6 +92,33 @@ class RemoteStoreFull(RemoteProtocolError):
 
 class RemoteInvalidEntry(RemoteProtocolError):
     """A received entry breaks an entry invariant: dropped."""
+
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KindBudget:
+    """The room of one kind (or of all unlisted kinds together): bytes and entries."""
+
+    max_bytes: int
+    max_entries: int
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_entries <= 0:
+            raise ValueError("KindBudget.max_bytes and max_entries must be positive")
+
+
+# Sums to the totals below: 256 MiB and 2^18 entries. KV gets half; the
+# control plane (catalog, intentions, CA) and unknown kinds the rest.
+DEFAULT_BUDGETS: tuple[tuple[str, KindBudget], ...] = (
+    ("kv", KindBudget(128 * _MIB, 1 << 17)),
+    ("service", KindBudget(32 * _MIB, 1 << 15)),
+    ("check", KindBudget(32 * _MIB, 1 << 15)),
+    ("intention", KindBudget(32 * _MIB, 1 << 15)),
+    ("ca", KindBudget(16 * _MIB, 1 << 12)),
+)
+DEFAULT_OTHER_BUDGET = KindBudget(16 * _MIB, (1 << 18) - (1 << 17) - 3 * (1 << 15) - (1 << 12))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +142,30 @@ class StoreLimits:
     # Tombstones are kept this long after the delete (wall clock), so a member
     # that was away for less catches the delete; see the resurrection caveat.
     tombstone_max_age_s: float = 72 * 3600.0
+    # Per-kind room, so one kind cannot starve another (see the module doc).
+    budgets: tuple[tuple[str, KindBudget], ...] = DEFAULT_BUDGETS
+    # Shared by every kind not in `budgets`: a peer inventing kinds gets no more.
+    other_budget: KindBudget = DEFAULT_OTHER_BUDGET
+
+    def budget_of(self, kind: str) -> tuple[str | None, KindBudget]:
+        """The budget group of `kind` (None: the shared one for unlisted kinds) and its room."""
+        for name, budget in self.budgets:
+            if name == kind:
+                return name, budget
+        return None, self.other_budget
+
+    def with_budget(self, kind: str, max_bytes: int) -> StoreLimits:
+        """These limits with `kind` given `max_bytes`; the store total moves by the difference.
+
+        So the other kinds keep exactly the room they had.
+        """
+        _, old = self.budget_of(kind)
+        new = KindBudget(max_bytes, old.max_entries)
+        budgets = tuple((n, new if n == kind else b) for n, b in self.budgets)
+        if all(n != kind for n, _ in self.budgets):
+            budgets += ((kind, new),)
+        total = self.store_max_bytes + max_bytes - old.max_bytes
+        return replace(self, budgets=budgets, store_max_bytes=max(1, total))
 
     def __post_init__(self) -> None:
         for name in ("kind_max_bytes", "key_max_bytes", "value_max_bytes", "store_max_bytes"):
@@ -220,6 +282,7 @@ class _Errors:
 
 _LOCAL = _Errors(EntryTooLarge, StoreFull, InvalidEntry)
 _REMOTE = _Errors(RemoteEntryTooLarge, RemoteStoreFull, RemoteInvalidEntry)
+_LOCAL_KIND_FULL = _Errors(EntryTooLarge, KindFull, InvalidEntry)
 
 
 def _utf8(text: str, what: str, errors: _Errors) -> bytes:
@@ -244,6 +307,9 @@ class Store:
         self._bucket_keys: dict[int, set[tuple[str, str]]] = {}
         self._bucket_xor: list[int] = [0] * DIGEST_BUCKETS
         self._tombstones: set[tuple[str, str]] = set()
+        # Bytes and entries per budget group (a budgeted kind, or None for the rest).
+        self._group_bytes: dict[str | None, int] = {}
+        self._group_count: dict[str | None, int] = {}
         self._count = 0
         self._total_bytes = 0
         self._clock = 0
@@ -270,6 +336,11 @@ class Store:
     def __len__(self) -> int:
         """Entries held, tombstones included."""
         return self._count
+
+    def kind_usage(self, kind: str) -> tuple[int, int]:
+        """(bytes, entries) held by `kind`'s budget group, tombstones included."""
+        group, _ = self.limits.budget_of(kind)
+        return self._group_bytes.get(group, 0), self._group_count.get(group, 0)
 
     def kind_index(self, kind: str) -> int:
         """The `index` of the last change to `kind`, 0 if it never changed."""
@@ -343,7 +414,10 @@ class Store:
     def load(self, entries: Iterable[Entry], clock: int = 0) -> None:
         """Rebuild from persistence at start: the same replica, and clock = max(clock, versions)."""
         for entry in entries:
-            self._apply(entry, _LOCAL)
+            # Budgets are not applied to what was already acknowledged: a store
+            # written before them (or with a larger budget) loads whole, and its
+            # kind takes new writes again once deletes bring it under budget.
+            self._apply(entry, _LOCAL, budget=False)
             self._clock = max(self._clock, entry.version.lamport)
         self._clock = max(self._clock, clock)
 
@@ -401,7 +475,7 @@ class Store:
         size = len(kind_b) + len(key_b) + len(node_b) + len(entry.value) + _ENTRY_OVERHEAD_BYTES
         return size, kind_b, key_b, node_b
 
-    def _apply(self, entry: Entry, errors: _Errors) -> bool:
+    def _apply(self, entry: Entry, errors: _Errors, *, budget: bool = True) -> bool:
         size, kind_b, key_b, node_b = self._check(entry, errors)
         slots = self._by_kind.get(entry.kind)
         old = slots.get(entry.key) if slots is not None else None
@@ -417,6 +491,11 @@ class Store:
             raise errors.full(
                 f"store would hold {total} bytes, the limit is {self.limits.store_max_bytes}"
             )
+        if budget:
+            group = self._check_budget(entry, size, old, added, errors)
+        else:
+            group, _ = self.limits.budget_of(entry.kind)
+        grown_bytes = size - (old.size_bytes if old is not None else 0)
         fp = _fingerprint(entry, kind_b, key_b, node_b)
         key = (entry.kind, entry.key)
         if old is None:
@@ -432,6 +511,8 @@ class Store:
             old.entry, old.fingerprint, old.size_bytes = entry, fp, size
         self._count += added
         self._total_bytes = total
+        self._group_count[group] = self._group_count.get(group, 0) + added
+        self._group_bytes[group] = self._group_bytes.get(group, 0) + grown_bytes
         if entry.tombstone:
             self._tombstones.add(key)
         else:
@@ -450,6 +531,28 @@ class Store:
         self._tombstones.discard((kind, key))
         self._count -= 1
         self._total_bytes -= slot.size_bytes
+        group, _ = self.limits.budget_of(kind)
+        self._group_count[group] -= 1
+        self._group_bytes[group] -= slot.size_bytes
+
+    def _check_budget(
+        self, entry: Entry, size: int, old: _Slot | None, added: int, errors: _Errors
+    ) -> str | None:
+        """Refuse an entry that takes its kind over budget (shrinking is always allowed)."""
+        group, budget = self.limits.budget_of(entry.kind)
+        full = _LOCAL_KIND_FULL.full if errors is _LOCAL else errors.full
+        what = f"kind {entry.kind!r}" if group is not None else "kinds without a budget"
+        count = self._group_count.get(group, 0)
+        if count + added > budget.max_entries:
+            raise full(f"{what} holds {count} entries, its budget is {budget.max_entries}")
+        held = self._group_bytes.get(group, 0)
+        grown = held + size - (old.size_bytes if old is not None else 0)
+        if grown > budget.max_bytes and (old is None or size > old.size_bytes):
+            raise full(
+                f"{what} would hold {grown} bytes, its budget is {budget.max_bytes} "
+                "(delete some entries first)"
+            )
+        return group
 
     # --- anti-entropy --------------------------------------------------------------------------
 

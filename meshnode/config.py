@@ -43,6 +43,8 @@ __all__ = [
 DEFAULT_GOSSIP_PORT = 7946
 # Consul's HTTP port, so Consul tooling finds a local agent without flags.
 DEFAULT_HTTP_PORT = 8500
+# The whole replica lives in memory on every agent: more KV than 4 GiB is a mistake.
+KV_MAX_MIB_LIMIT = 4096
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -150,6 +152,11 @@ class AgentConfig:
     # back. Use the same value on every agent, longer than any outage you
     # expect to heal by itself.
     tombstone_ttl_s: float = 72 * 3600.0
+    # KV's own room in the replicated store (values, keys and tombstones). The
+    # catalog, intentions and the CA have theirs apart, so a full KV never
+    # blocks them. Use the same value on every agent: a member with less
+    # drops the KV entries it has no room for.
+    kv_max_mib: int = 128
     # Every intention decision (sidecar connections, cuts, authorize answers)
     # is kept in memory for /v1/agent/connect/audit; with a path, also
     # appended there as JSON lines. None: memory only.
@@ -250,6 +257,7 @@ class _Builder:
         self.dns_service_ttls: dict[str, int] = {}
         self.ca: dict[str, Any] = {}  # AgentConfig's CA fields by name
         self.tombstone_ttl_s: float | None = None
+        self.kv_max_mib: int | None = None
         self.audit_log: Path | None = None
         self.http_max_conns_per_client: int | None = None
 
@@ -356,6 +364,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             _apply_connect(b, _object(value), fail)
         elif key == "tombstone_ttl":
             b.tombstone_ttl_s = _tombstone_ttl_s(value)
+        elif key == "kv_max_mib":
+            b.kv_max_mib = _positive_int(value, KV_MAX_MIB_LIMIT)
         elif key == "audit_log":
             b.audit_log = Path(_str(value))
         elif key == "limits":
@@ -656,6 +666,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
     elif name == "tombstone_ttl":
         b.tombstone_ttl_s = _tombstone_ttl_s(value)
+    elif name == "kv_max_mib":
+        b.kv_max_mib = _positive_int(value, KV_MAX_MIB_LIMIT)
     elif name == "audit_log":
         b.audit_log = Path(value)
     else:
@@ -690,6 +702,8 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         optional["retry_join_interval_s"] = b.retry_join_interval_s
     if b.tombstone_ttl_s is not None:
         optional["tombstone_ttl_s"] = b.tombstone_ttl_s
+    if b.kv_max_mib is not None:
+        optional["kv_max_mib"] = b.kv_max_mib
     if b.audit_log is not None:
         optional["audit_log"] = b.audit_log
     if b.http_max_conns_per_client is not None:
@@ -735,7 +749,7 @@ def load_config(
     http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
     signer, signer_token, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
-    tombstone_ttl, audit_log;
+    tombstone_ttl, kv_max_mib, audit_log;
     None or an empty list means not given.
     `has_stored_keyring(data_dir)` says whether a restart can do without --encrypt
     (default: look in the data dir's database).

@@ -64,7 +64,7 @@ from .http_routes import agent_router
 from .inputs import Clock, child_rng
 from .keyring_service import ClusterKeyring, load_keyring
 from .known_peers import KnownPeers
-from .kv import AgentKv
+from .kv import KIND_KV, AgentKv
 from .members import MemberNodes, encode_meta
 from .membership import ClusterMembership
 from .reload import reload_agent_config
@@ -224,7 +224,10 @@ class Agent:
     ) -> Replicator:
         """The replicated store, loaded from SQLite; tombstones kept `tombstone_ttl_s`."""
         config = self.config
-        limits = dataclasses.replace(DEFAULT_LIMITS, tombstone_max_age_s=config.tombstone_ttl_s)
+        limits = dataclasses.replace(
+            DEFAULT_LIMITS.with_budget(KIND_KV, config.kv_max_mib * 1024 * 1024),
+            tombstone_max_age_s=config.tombstone_ttl_s,
+        )
         if replication is None:
             # Collect at least four times per TTL, so a tombstone outlives it by < 25 %.
             default = ReplicationConfig()

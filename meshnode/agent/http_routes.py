@@ -41,7 +41,6 @@ def agent_router(agent: Agent) -> Router:
         agent.ca,
         agent.leaves,
         agent.catalog.local_services,
-        current_token=lambda: agent.config.api_token,
         wall_clock=agent.clock.wall_s,
     )
     return router

@@ -7,8 +7,9 @@ returns) and spread by gossip like any other entry.
 
 from __future__ import annotations
 
-from ..api.facade import KvEntry, KvError
+from ..api.facade import KvEntry, KvError, KvFull
 from ..gossip.errors import LocalProtocolError
+from ..gossip.store import StoreFull
 from ..store.replication import Replicator
 
 __all__ = ["KIND_KV", "AgentKv"]
@@ -41,6 +42,8 @@ class AgentKv:
     def put(self, key: str, value: bytes) -> None:
         try:
             self._replicator.put(KIND_KV, key, value)
+        except StoreFull as exc:
+            raise KvFull(str(exc)) from None
         except LocalProtocolError as exc:
             raise KvError(str(exc)) from None
 

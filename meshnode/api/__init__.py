@@ -26,6 +26,7 @@ from .facade import (
     KeyringReport,
     KvEntry,
     KvError,
+    KvFull,
     MemberView,
     UnknownMember,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "KeyringReport",
     "KvEntry",
     "KvError",
+    "KvFull",
     "MemberView",
     "UnknownMember",
     "build_router",

@@ -8,7 +8,7 @@ default 100) bounds the answer; ``?denied`` keeps only the refusals.
 
 from __future__ import annotations
 
-from ..http import HttpError, Request, Response, Router
+from ..http import HttpError, Request, Response, Router, parse_uint
 from ..intentions.audit import AUDIT_CAPACITY, AuditLog
 
 __all__ = ["register_audit_routes"]
@@ -21,9 +21,10 @@ def _limit(request: Request) -> int:
     if not values:
         return _DEFAULT_LIMIT
     text = values[-1]
-    if not text.isdigit() or not 1 <= int(text) <= AUDIT_CAPACITY:
+    limit = parse_uint(text, "?limit=", max_value=AUDIT_CAPACITY)
+    if limit < 1:
         raise HttpError(400, f"?limit= must be an integer in 1..{AUDIT_CAPACITY}, not {text!r}")
-    return int(text)
+    return limit
 
 
 def register_audit_routes(router: Router, audit: AuditLog) -> None:

@@ -1,9 +1,13 @@
-"""The agent token: when one is configured, HTTP writes must carry it.
+"""The agent token: when one is configured, writes and secret reads must carry it.
 
 Consul's clients send the token as ``X-Consul-Token``, ``Authorization: Bearer``
-or ``?token=``; all three are accepted. Reads stay open: the API listens on
-loopback by default and the catalog is not secret from local processes,
-while a write can make the node deregister services, flip intentions or leave.
+or ``?token=``; all three are accepted. A write can make the node deregister
+services, flip intentions or leave; a secret read (a route added with
+``secret=True``: the gossip keyring, a leaf's private key) hands out what
+lets a process join the gossip pool or impersonate a service. Other reads
+stay open: the API listens on loopback by default and the catalog, the CA
+roots and KV are not secret from local processes. Without a token (dev
+mode) everything is open, as in Consul with ACLs off.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def request_token(request: Request) -> str | None:
 
 
 def token_guard(current_token: Callable[[], str | None]) -> Guard:
-    """A guard refusing writes (403) whose token is not `current_token()`.
+    """A guard refusing writes and secret reads (403) whose token is not `current_token()`.
 
     The token is read on every request, so a reload that sets or changes it
     applies at once.
@@ -39,11 +43,14 @@ def token_guard(current_token: Callable[[], str | None]) -> Guard:
 
     def guard(request: Request) -> None:
         expected = current_token()
-        if expected is None or request.method in READ_METHODS:
+        if expected is None or (request.method in READ_METHODS and not request.secret):
             return
         given = request_token(request)
         if given is None:
-            raise HttpError(403, "Permission denied: this agent requires a token (X-Consul-Token)")
+            what = "this answer holds a secret" if request.method in READ_METHODS else "a write"
+            raise HttpError(
+                403, f"Permission denied: {what}; this agent requires a token (X-Consul-Token)"
+            )
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HttpError(403, "Permission denied: token not accepted")
 

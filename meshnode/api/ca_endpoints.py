@@ -34,7 +34,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections.abc import Callable
@@ -51,7 +50,6 @@ from ..ca.service import CAError, CAService, ConfigChange, owned_service_names
 from ..catalog.records import ServiceRecord
 from ..config import parse_duration_s as config_duration_s
 from ..http import HttpError, Request, Response, Router
-from .auth import request_token
 from .bodies import object_body
 from .kv_endpoints import parse_index, parse_wait
 
@@ -133,7 +131,6 @@ def register_ca_routes(
     leaves: LeafManager,
     local_services: Callable[[], list[ServiceRecord]],
     *,
-    current_token: Callable[[], str | None] = lambda: None,
     wall_clock: Callable[[], float] = time.time,
 ) -> None:
     """Add the CA endpoints backed by `ca` and `leaves`."""
@@ -154,16 +151,7 @@ def register_ca_routes(
             )
         return Response.json(roots_json(ca, wall_clock()), headers=headers(ca.index()))
 
-    def require_token(request: Request) -> None:
-        expected = current_token()
-        if expected is None:
-            return
-        given = request_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HttpError(403, "Permission denied: a leaf holds a private key; send the token")
-
     async def leaf(request: Request) -> Response:
-        require_token(request)
         service = request.params["service"]
         if service not in owned_service_names(local_services()):
             raise HttpError(
@@ -275,7 +263,7 @@ def register_ca_routes(
 
     router.add("GET", "/v1/connect/ca/roots", roots)
     router.add("GET", "/v1/agent/connect/ca/roots", roots)
-    router.add("GET", "/v1/agent/connect/ca/leaf/{service}", leaf)
+    router.add("GET", "/v1/agent/connect/ca/leaf/{service}", leaf, secret=True)
     router.add("GET", "/v1/connect/ca/configuration", get_config)
     router.add("PUT", "/v1/connect/ca/configuration", put_config)
     router.add("GET", "/v1/connect/ca/signers", signers)

@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..http import HttpError
-from .facade import FacadeError, JoinError, KeyringError, UnknownMember
+from .facade import FacadeError, JoinError, KeyringError, KvFull, UnknownMember
 
 __all__ = ["facade_errors"]
 
 # Consul answers a failed join with 500; we keep its status so its clients agree.
 _STATUS: tuple[tuple[type[FacadeError], int], ...] = (
     (UnknownMember, 404),
+    (KvFull, 413),
     (KeyringError, 400),
     (JoinError, 500),
     (FacadeError, 400),

@@ -59,6 +59,10 @@ class KvError(FacadeError):
     """A KV write was refused (bad key, store full...)."""
 
 
+class KvFull(KvError):
+    """A KV write would take KV over its budget: the client must delete first (413)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KvEntry:
     """One live KV key as the API shows it (Consul's indexes)."""

@@ -2,7 +2,8 @@
 
 Shapes are Consul's: the list is ``[{"WAN": false, "Datacenter": "dc1", "Segment": "",
 "Keys": {key: count}, "PrimaryKeys": {key: count}, "NumNodes": n, "Messages": {}}]``
-and writes take ``{"Key": "<base64>"}`` and answer an empty 200. A write that some
+and writes take ``{"Key": "<base64>"}`` and answer an empty 200. The list shows
+the keys themselves, so with an agent token it needs the token, like a write. A write that some
 nodes refused answers 500 naming them, so rotation never fails silently.
 """
 
@@ -73,7 +74,8 @@ def register_keyring_routes(router: Router, agent: AgentFacade) -> None:
 
         return handler
 
-    router.add("GET", "/v1/operator/keyring", list_keys)
+    # The list holds the keys themselves: whoever reads them can join the pool.
+    router.add("GET", "/v1/operator/keyring", list_keys, secret=True)
     router.add("POST", "/v1/operator/keyring", write("install", agent.keyring_install))
     router.add("PUT", "/v1/operator/keyring", write("use", agent.keyring_use))
     router.add("DELETE", "/v1/operator/keyring", write("remove", agent.keyring_remove))

@@ -17,7 +17,7 @@ import base64
 import re
 
 from ..durations import DurationError, DurationRangeError, parse_duration_s
-from ..http import HttpError, Request, Response, Router
+from ..http import HttpError, Request, Response, Router, parse_uint
 from .errors import facade_errors
 from .facade import AgentFacade, KvEntry
 
@@ -84,9 +84,7 @@ def parse_index(text: str | None) -> int | None:
     """Consul's ``?index=`` of a blocking query; None when absent, 400 when not a number."""
     if text is None or text == "":
         return None
-    if not text.isdigit():
-        raise HttpError(400, f"invalid index {text[:40]!r}: expected a non-negative integer")
-    return int(text)
+    return parse_uint(text, "index")
 
 
 def kv_json(entry: KvEntry) -> dict[str, object]:

@@ -35,7 +35,11 @@ from .app import cli
 @click.option(
     "--recursor", multiple=True, metavar="IP[:PORT]", help="Upstream DNS for other names."
 )
-@click.option("--api-token", metavar="TOKEN", help="Require this X-Consul-Token on HTTP writes.")
+@click.option(
+    "--api-token",
+    metavar="TOKEN",
+    help="Require this X-Consul-Token on HTTP writes and secret reads.",
+)
 @click.option(
     "--event-handler",
     multiple=True,
@@ -67,6 +71,12 @@ from .app import cli
     "--tombstone-ttl",
     metavar="DURATION",
     help="Keep deletes this long for members that were away [default: 72h].",
+)
+@click.option(
+    "--kv-max-mib",
+    type=int,
+    metavar="N",
+    help="KV's room in the replicated store, MiB; other kinds keep theirs [default: 128].",
 )
 @click.option(
     "--audit-log",

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router"]
+__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router", "parse_uint"]
+
+# Digits of a uint64 and then some: every count and index we take fits, and
+# int() never meets Python's 4,300-digit conversion limit.
+_UINT_MAX_DIGITS = 20
 
 
 class HttpError(Exception):
@@ -39,6 +43,12 @@ class Request:
     body: bytes = b""
     params: Mapping[str, str] = field(default_factory=dict)  # from `{name}` segments
     remote: str = ""  # the client's "host:port", for logs
+    # Why the target cannot be read (its query is not UTF-8...): the router
+    # answers 400 with it before any route or handler sees the request.
+    bad_target: str | None = None
+    # Set by the router from the route: the answer reveals a secret (a key, a
+    # private key), so guards treat even a GET like a write.
+    secret: bool = False
 
     @classmethod
     def from_target(
@@ -55,13 +65,20 @@ class Request:
         for name, value in headers:
             key = name.lower()
             joined[key] = f"{joined[key]}, {value}" if key in joined else value
+        bad_target = None
+        try:
+            # strict: `%ff` must not become U+FFFD, or two different keys collide.
+            query = parse_qs(raw_query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            query, bad_target = {}, "query string is not valid UTF-8 after percent-decoding"
         return cls(
             method=method.upper(),
             path=raw_path,
-            query=parse_qs(raw_query, keep_blank_values=True),
+            query=query,
             headers=joined,
             body=body,
             remote=remote,
+            bad_target=bad_target,
         )
 
     def query_value(self, name: str, default: str | None = None) -> str | None:
@@ -79,8 +96,34 @@ class Request:
             raise HttpError(400, "request body is empty, expected JSON")
         try:
             return json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise HttpError(400, "request body is not valid JSON: nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def parse_uint(text: str, name: str, *, max_value: int = 2**64 - 1) -> int:
+    """`text` as a non-negative integer of ASCII digits up to `max_value`; 400 otherwise.
+
+    `str.isdigit` alone lets through "²" and "١٢" (int() then raises) and
+    numbers long enough to hit int()'s digit limit; both were answered 500.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= _UINT_MAX_DIGITS):
+        raise HttpError(400, f"invalid {name} {text[:40]!r}: expected a non-negative integer")
+    value = int(text)
+    if value > max_value:
+        raise HttpError(400, f"invalid {name} {text!r}: the maximum is {max_value}")
+    return value
+
+
+def _decode_segment(text: str) -> str:
+    """Percent-decode a path segment strictly: invalid UTF-8 is a 400, not U+FFFD."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(
+            400, f"path segment {text[:60]!r} is not valid UTF-8 after percent-decoding"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,24 +167,27 @@ _TAIL = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\*\}$")
 class _Route:
     segments: tuple[str, ...]  # literal segments, or "{name}" placeholders
     handlers: dict[str, Handler]
+    secret_methods: set[str] = field(default_factory=set)
 
     def match(self, parts: list[str], trailing_slash: bool = False) -> dict[str, str] | None:
         tail = _TAIL.match(self.segments[-1]) if self.segments else None
         fixed = self.segments[:-1] if tail else self.segments
         if len(parts) != len(fixed) and not (tail and len(parts) >= len(fixed)):
             return None
+        # Literals first: a path that matches no route is a 404 whatever its bytes.
+        for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
+            if not _PARAM.match(pattern) and pattern != part:
+                return None
+            if not part:
+                return None
         params: dict[str, str] = {}
-        if tail:
-            rest = "/".join(parts[len(fixed) :])
-            params[tail.group(1)] = unquote(rest) + ("/" if rest and trailing_slash else "")
         for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
             found = _PARAM.match(pattern)
             if found:
-                if not part:
-                    return None
-                params[found.group(1)] = unquote(part)
-            elif pattern != part:
-                return None
+                params[found.group(1)] = _decode_segment(part)
+        if tail:
+            rest = "/".join(parts[len(fixed) :])
+            params[tail.group(1)] = _decode_segment(rest) + ("/" if rest and trailing_slash else "")
         return params
 
 
@@ -171,8 +217,19 @@ class Router:
         """
         self._guards.append(guard)
 
-    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
-        """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`."""
+    def add(
+        self,
+        methods: str | Iterable[str],
+        pattern: str,
+        handler: Handler,
+        *,
+        secret: bool = False,
+    ) -> None:
+        """Register `handler` for `methods` (``"GET"`` or ``["PUT", "POST"]``) on `pattern`.
+
+        `secret`: the answer reveals a secret; requests reach the handler with
+        ``request.secret`` set, so a token guard protects the read too.
+        """
         names = [methods] if isinstance(methods, str) else list(methods)
         segments = tuple(_split(pattern))
         route = next((r for r in self._routes if r.segments == segments), None)
@@ -183,9 +240,11 @@ class Router:
             if method.upper() in route.handlers:
                 raise ValueError(f"{method.upper()} {pattern} is already routed")
             route.handlers[method.upper()] = handler
+            if secret:
+                route.secret_methods.add(method.upper())
 
-    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler and path parameters for a request; raises `HttpError` 404/405."""
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], bool]:
+        """The handler, path parameters and secrecy of a request; raises `HttpError` 404/405."""
         parts = _split(path)
         allowed: set[str] = set()
         for route in self._routes:
@@ -194,7 +253,7 @@ class Router:
                 continue
             handler = route.handlers.get(method.upper())
             if handler is not None:
-                return handler, params
+                return handler, params, method.upper() in route.secret_methods
             allowed.update(route.handlers)
         if allowed:
             allow = ", ".join(sorted(allowed))
@@ -208,8 +267,10 @@ class Router:
     async def dispatch(self, request: Request) -> Response:
         """Route `request`; `HttpError` from routing or the handler becomes its response."""
         try:
-            handler, params = self.resolve(request.method, request.path)
-            request = replace(request, params=params)
+            if request.bad_target is not None:
+                raise HttpError(400, request.bad_target)
+            handler, params, secret = self.resolve(request.method, request.path)
+            request = replace(request, params=params, secret=secret)
             for guard in self._guards:
                 guard(request)
             return await handler(request)

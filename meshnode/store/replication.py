@@ -10,21 +10,12 @@ same object. What lives here is I/O:
 - Received entries: the core merges them; those that changed the replica are
   persisted (`gone` rows deleted) with the clock before its broadcasts go out.
   Malformed payloads are dropped and counted (`store.rejected`), never fatal.
-<<<<<<< HEAD
-- Anti-entropy over TCP on the gossip port (stream type byte `STREAM_STORE`):
-  the round described in gossip/store.py, each step being a count frame
-  (uint32) then that many store messages. Run with one random alive member
-  every `anti_entropy_interval_s`, with every member that joins, and after a
-  restart (the rejoin produces joins).
-- Tombstone GC on a timer; indexes, listeners and blocking waits live in the
-=======
 - TCP on the gossip port (stream type byte `STREAM_STORE`): anti-entropy
   rounds (gossip/anti_entropy.py, each step a count frame then that many store
   messages), fetches (a `Want`, answered with `Entries`) and pushes of
   security writes (`Entries`, merged and relayed, answered with an empty step).
 - Timers: the periodic round (`Replication.anti_entropy_delay_s`) and
   tombstone GC; indexes, listeners and blocking waits live in the
->>>>>>> replication
   `ChangeTracker` (meshnode/store/state.py), so the Replicator is a `ReplicatedState`.
 """
 
@@ -171,6 +162,7 @@ class Replicator:
             self._nursery = nursery
             nursery.start_soon(self._anti_entropy_loop)
             nursery.start_soon(self._gc_loop)
+            nursery.start_soon(self._reclaim_loop)
             task_status.started()
 
     # ------------------------------------------------------------------ indexes and waiting
@@ -416,6 +408,12 @@ class Replicator:
         while True:
             await trio.sleep(self.config.tombstone_gc_interval_s)
             self.collect_tombstones()
+
+    async def _reclaim_loop(self) -> None:
+        """Hand freed pages back to the file system, a bounded slice per tick."""
+        while True:
+            await trio.sleep(self.config.reclaim_interval_s)
+            self.persist.reclaim()
 
     def collect_tombstones(self) -> int:
         collected = self.store.collect_tombstones(self._wall_clock())
