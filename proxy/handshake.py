@@ -106,8 +106,12 @@ async def client_handshake_any(
     attempt_timeout_s: float,
     deadline_s: float,
     on_failure: FailureHook,
+    check: Callable[[ssl.SSLSocket], None] | None = None,
 ) -> tuple[Instance, ssl.SSLSocket] | str:
-    """A verified TLS connection to an instance of `destination`, or why there is none."""
+    """A verified TLS connection to an instance of `destination`, or why there is none.
+
+    `check` (a revocation check) may refuse a verified server with `PeerError`.
+    """
     tried: set[tuple[str, int]] = set()
     errors: list[str] = []
     why = f"no healthy instance of {destination!r}"
@@ -143,6 +147,8 @@ async def client_handshake_any(
                         raise PeerError(
                             f"server is {found.uri!r}, not the destination {destination!r}"
                         )
+                    if check is not None:
+                        check(tls)
                     connected = True
                 except (OSError, PeerError) as exc:
                     error = exc

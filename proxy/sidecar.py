@@ -45,6 +45,7 @@ from .pump import (
     listen,
     splice,
 )
+from .revocation import NO_REVOCATIONS, PeerLeaves, RevocationSource, enforce_revocations
 from .sources import Authorizer, CertSource, DecisionLog, Instance, Resolver
 from .tls import ContextCache, PeerError, close_tls
 from .tracker import ConnectionTracker, LiveConnection
@@ -171,8 +172,11 @@ class Proxy:
         resolver: Resolver,
         rng: random.Random | None = None,
         audit: DecisionLog | None = None,
+        revocations: RevocationSource | None = None,
     ) -> None:
         self.config = config
+        self.revocations = revocations or NO_REVOCATIONS
+        self._peer_leaves = PeerLeaves()
         self.certs = certs
         self.authorizer = authorizer
         self.resolver = resolver
@@ -224,6 +228,13 @@ class Proxy:
 
                         nursery.start_soon(self._serve, sock, upstream.stats, handle)
                     nursery.start_soon(self._enforce)
+                    nursery.start_soon(
+                        enforce_revocations,
+                        self.tracker,
+                        self.revocations,
+                        self.certs,
+                        self.config.proxy_id,
+                    )
                     nursery.start_soon(self._sweep_idle)
                     log(
                         _log,
@@ -324,6 +335,13 @@ class Proxy:
                 return
             if tls.session_reused:
                 stats.resumed_total += 1
+            leaf = self._peer_leaves.of(tls)
+            revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+            if revoked is not None:
+                stats.denied_total += 1
+                self._refused("inbound refused", trio.current_time(), peer=peer, reason=revoked)
+                close_quietly(tls)  # no close_notify: OpenSSL drops its session from the cache
+                return
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
             if self.audit is not None:
                 self.audit.record(
@@ -348,6 +366,7 @@ class Proxy:
             conn = LiveConnection(
                 source.service, self.config.service, "inbound", peer, trio.current_time()
             )
+            conn.peer_leaf = leaf
             self.tracker.add(conn)
             try:
                 with conn.scope:
@@ -425,12 +444,20 @@ class Proxy:
             attempt_timeout_s=limits.connect_timeout_s + limits.handshake_timeout_s,
             deadline_s=deadline_s,
             on_failure=failed,
+            check=self._check_server,
         )
         if isinstance(found, str):
             if not failures:  # each failed attempt is logged already
                 self._refused("outbound refused", trio.current_time(), reason=found)
             return None
         return found
+
+    def _check_server(self, tls: ssl.SSLSocket) -> None:
+        """Refuse a server whose leaf is revoked (the dial moves on to another instance)."""
+        leaf = self._peer_leaves.of(tls)
+        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+        if revoked is not None:
+            raise PeerError(revoked)
 
     async def _outbound(self, upstream: _Upstream, sock: socket.socket) -> None:
         stats = upstream.stats
@@ -452,6 +479,7 @@ class Proxy:
                 f"{instance.address}:{instance.port}",
                 trio.current_time(),
             )
+            conn.peer_leaf = self._peer_leaves.of(tls)
             self.tracker.add(conn)
             try:
                 with conn.scope:
