@@ -32,9 +32,9 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..ca.revocation import spki_sha256
+from ..ca.revocation import RevocationSet, spki_sha256
 from ..logs import get_logger, log
-from .sources import CertSource
+from .sources import CertSource, Versioned
 
 if TYPE_CHECKING:
     from .tracker import ConnectionTracker, LiveConnection
@@ -43,6 +43,7 @@ __all__ = [
     "NO_REVOCATIONS",
     "PeerLeaf",
     "PeerLeaves",
+    "RevocationList",
     "RevocationSource",
     "bundle_roots",
     "enforce_revocations",
@@ -88,6 +89,32 @@ class _NoRevocations:
 
 
 NO_REVOCATIONS: RevocationSource = _NoRevocations()
+
+
+class RevocationList:
+    """A `RevocationSource` whose owner replaces the whole set (HTTP followers, fakes)."""
+
+    def __init__(self) -> None:
+        self._versions = Versioned()
+        self._set = RevocationSet()
+
+    @property
+    def generation(self) -> int:
+        return self._versions.generation
+
+    @property
+    def revoked(self) -> RevocationSet:
+        return self._set
+
+    def refusal(self, serial: int, spki_sha256: bytes) -> str | None:
+        return self._set.refusal(serial, spki_sha256)
+
+    def replace(self, found: RevocationSet) -> None:
+        self._set = found
+        self._versions.bump()
+
+    async def wait_changed(self, since_generation: int, timeout_s: float) -> int:
+        return await self._versions.wait_changed(since_generation, timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

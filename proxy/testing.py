@@ -17,6 +17,7 @@ from ..ca.pem import generate_key, key_to_pem
 from ..ca.provider import BuiltinProvider, Intermediate, RootCA
 from ..ca.revocation import Revocation, RevocationSet
 from ..ca.spiffe import ServiceID, parse_spiffe_id
+from .revocation import RevocationList
 from .sources import Instance, TlsMaterial, Versioned
 
 __all__ = [
@@ -167,23 +168,8 @@ class StaticResolver:
         return await self._versions.wait_changed(since_generation, timeout_s)
 
 
-class StaticRevocations:
+class StaticRevocations(RevocationList):
     """A `RevocationSource` holding the revocations last `add`ed."""
 
-    def __init__(self) -> None:
-        self._versions = Versioned()
-        self._set = RevocationSet()
-
-    @property
-    def generation(self) -> int:
-        return self._versions.generation
-
-    def refusal(self, serial: int, spki_sha256: bytes) -> str | None:
-        return self._set.refusal(serial, spki_sha256)
-
     def add(self, record: Revocation) -> None:
-        self._set = RevocationSet([*self._set.records, record])
-        self._versions.bump()
-
-    async def wait_changed(self, since_generation: int, timeout_s: float) -> int:
-        return await self._versions.wait_changed(since_generation, timeout_s)
+        self.replace(RevocationSet([*self.revoked.records, record]))

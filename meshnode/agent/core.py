@@ -49,6 +49,7 @@ from ..api.facade import (
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
 from ..ca.records import META_SIGNER
+from ..ca.revocation_replica import RevocationReplica
 from ..catalog.catalog import Catalog
 from ..catalog.definitions import DefinitionError, parse_config_services
 from ..catalog.dns_view import CatalogDnsView
@@ -87,6 +88,7 @@ from . import keyring_ops
 from .ca_wiring import build_ca
 from .keys import KeyFormatError, decode_key
 from .members import MemberNodes, decode_meta, encode_meta
+from .revocation_wiring import register_revocations, run_revocations
 
 _log = logging.getLogger("meshnode.agent")
 
@@ -217,6 +219,7 @@ class Agent:
         self.intentions = IntentionState(
             self.replicator, service_from_uri=lambda uri: self.ca.service_from_uri(uri)
         )
+        self.revocations = RevocationReplica(self.replicator)
         self.catalog = Catalog(
             self.replicator,
             self.nodes,
@@ -254,6 +257,7 @@ class Agent:
             resolver=CatalogResolver(self.catalog),
             default_address=advertise.host,
             audit=self.audit,
+            revocations=self.revocations,
         )
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
@@ -313,6 +317,9 @@ class Agent:
             await nursery.start(self.event_runner.run)
             await nursery.start(self.ca.run)
             await nursery.start(self.leaves.run)
+            await nursery.start(
+                run_revocations, self.revocations, self.leaves, self.catalog.local_services
+            )
             try:
                 self.catalog.sync_config(self._config_services)
             except (DefinitionError, LocalProtocolError) as exc:
@@ -329,6 +336,14 @@ class Agent:
             register_catalog_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_agent_service_routes(router, self.catalog, datacenter=self.config.datacenter)
             register_proxy_routes(router, self.sidecars)
+            register_revocations(
+                router,
+                self.revocations,
+                self.leaves,
+                self.ca,
+                self.catalog.local_services,
+                lambda: self.config.api_token,
+            )
             register_ca_routes(
                 router,
                 self.ca,
@@ -631,6 +646,7 @@ class Agent:
                 "events.handler.dropped": runner.dropped,
                 "catalog.malformed_records": self.catalog.malformed_records,
                 "intentions.malformed": self.intentions.malformed_total,
+                "revocations.malformed": self.revocations.malformed_total,
                 "audit.recorded": self.audit.recorded_total,
                 "audit.denied": self.audit.denied_total,
             }
