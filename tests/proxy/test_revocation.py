@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
+import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshnode.api.revocation_endpoints import register_revocation_routes
 from meshnode.ca.csr import make_csr, validate_csr
-from meshnode.ca.pem import cert_from_pem, key_from_pem, key_to_pem
-from meshnode.ca.revocation import revocation_of_cert
+from meshnode.ca.pem import cert_from_pem, key_from_pem, key_to_pem, serial_colon_hex
+from meshnode.ca.revocation import revocation_of_cert, spki_sha256
+from meshnode.ca.revocation_replica import RevocationReplica
 from meshnode.ca.spiffe import ServiceID
+from meshnode.connect.agent_sources import AgentHttp, HttpError, HttpRevocations
+from meshnode.http import Router
+from meshnode.http.server import serve_http
 from meshnode.proxy import Instance, Proxy, ProxyConfig, TlsMaterial, UpstreamConfig
 from meshnode.proxy.testing import (
     StaticAuthorizer,
@@ -21,6 +29,7 @@ from meshnode.proxy.testing import (
     StaticRevocations,
     TestCA,
 )
+from meshnode.store.state import LocalState
 from tests.proxy.conftest import HOST, echo, read_all, round_trip, serve
 
 _DEADLINE_S = 15.0
@@ -189,4 +198,55 @@ async def test_a_root_leaving_the_bundle_cuts_the_connections_chained_to_it(
                 assert await api_live.receive_some(5) == b"still"
             assert await round_trip(web_port) == b""  # a new handshake fails verification
             assert db.snapshot()["Inbound"]["Cut"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_http_endpoints_and_the_http_follower(ca: TestCA) -> None:
+    """PUT needs the token (none configured: refused); `HttpRevocations` sees the change."""
+    state = LocalState("n1")
+    replica = RevocationReplica(state)
+    token: list[str | None] = [None]
+    router = Router()
+    register_revocation_routes(
+        router,
+        replica,
+        own_leaf_pems=lambda: [],
+        leaf_ttl_s=lambda: 3600.0,
+        current_token=lambda: token[0],
+    )
+    web = leaf_of(ca.material("web"))
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_http, router, host=HOST, port=0))
+            follower = HttpRevocations(AgentHttp(HOST, port))
+            await nursery.start(follower.run)
+            assert follower.refusal(web.serial_number, spki_sha256(web)) is None
+            body = {"SerialNumber": serial_colon_hex(web), "Reason": "leaked"}
+            with pytest.raises(HttpError, match=r"403 .*has none"):
+                await AgentHttp(HOST, port, token="t").request("PUT", "/v1/connect/ca/revoke", body)
+            token[0] = "t"
+            with pytest.raises(HttpError, match="403"):
+                await AgentHttp(HOST, port).request("PUT", "/v1/connect/ca/revoke", body)
+            with pytest.raises(HttpError, match=r"400 .*not colon hex"):
+                await AgentHttp(HOST, port, token="t").request(
+                    "PUT", "/v1/connect/ca/revoke", {"SerialNumber": "zz"}
+                )
+            before = follower.generation
+            stored, _ = await AgentHttp(HOST, port, token="t").request(
+                "PUT", "/v1/connect/ca/revoke", body
+            )
+            assert stored["SerialNumber"] == serial_colon_hex(web)
+            assert stored["PublicKeySHA256"] == ""  # serial only: not this agent's leaf
+            await follower.wait_changed(before, 5.0)
+            assert follower.refusal(web.serial_number, b"") is not None
+            # The full certificate adds the key: a re-issue for it is refused too.
+            pem = web.public_bytes(Encoding.PEM).decode()
+            before = follower.generation
+            stored, _ = await AgentHttp(HOST, port, token="t").request(
+                "PUT", "/v1/connect/ca/revoke", {"CertPEM": pem}
+            )
+            assert stored["PublicKeySHA256"] == spki_sha256(web).hex()
+            assert stored["Reason"] == "leaked"  # the first reason stays
+            await follower.wait_changed(before, 5.0)
+            assert follower.refusal(web.serial_number + 1, spki_sha256(web)) is not None
             nursery.cancel_scope.cancel()
