@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from meshnode.ca.pem import cert_from_pem, serial_colon_hex
-from meshnode.testutil import AgentProc, Cluster, wait_for
+from meshnode.testutil import MESHNODE, AgentProc, Cluster, wait_for
 from tests.integration.test_proxy_agents import (
     _Echo,
     app,
@@ -116,3 +116,63 @@ def test_cli_revoke_cuts_a_live_connection_on_the_other_agent(
         back_s = wait_for(lambda: round_trip(upstream) == b"ping", 30.0, "web back on a new leaf")
         print(f"web reached db again {back_s:.2f} s later, on a new leaf")
         assert f"Serial:      {serial}" not in web_agent.cli("ca", "leaf", "web").stdout
+
+
+def cut_within(live: socket.socket, timeout_s: float) -> bool:
+    """Whether `live` reaches EOF (or a reset) within `timeout_s`."""
+    live.settimeout(timeout_s)
+    try:
+        return live.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_revoked_server_leaf_is_cut_by_sidecars_and_standalone_proxies(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked by serial on an agent that does not hold the leaf; both client proxies cut."""
+    monkeypatch.setenv("MESHNODE_HTTP_TOKEN", _TOKEN)
+    web_agent, db_agent = start_pair(cluster)
+    upstream, standalone_port = free_port(), free_port()
+    with app(_Echo) as db_port:
+        register_db(db_agent, tmp_path, db_port)
+        register_web(web_agent, tmp_path, upstream)
+        # The CA is up once the sidecars talk; a standalone proxy started before exits.
+        wait_for(lambda: round_trip(upstream) == b"ping", 30.0, "sidecar web -> db")
+        argv = [MESHNODE, "connect", "proxy", "-service", "web", "-http-addr", web_agent.http]
+        argv += ["-upstream", f"db:{standalone_port}"]
+        log = (tmp_path / "standalone.log").open("wb")
+        standalone = subprocess.Popen(argv, stdout=log, stderr=log)
+        log.close()
+        try:
+            wait_for(lambda: round_trip(standalone_port) == b"ping", 30.0, "standalone -> db")
+            shown = db_agent.cli("ca", "leaf", "db").stdout
+            serial = next(
+                line.split()[1] for line in shown.splitlines() if line.startswith("Serial:")
+            )
+            with (
+                socket.create_connection(("127.0.0.1", upstream), timeout=5) as by_sidecar,
+                socket.create_connection(("127.0.0.1", standalone_port), timeout=5) as by_cli,
+            ):
+                for live in (by_sidecar, by_cli):
+                    live.sendall(b"hello")
+                    assert live.recv(5) == b"hello"
+                out = web_agent.cli("ca", "revoke", serial)
+                assert f"Revoked {serial} (by serial)" in out.stdout  # web's agent has no key
+                assert cut_within(by_sidecar, _CUT_S)
+                assert cut_within(by_cli, _CUT_S)
+            # db's agent owns the leaf: it adds the key to the entry and takes a new leaf.
+            wait_for(
+                lambda: (web_agent.api("/v1/connect/ca/revocations") or [{}])[0].get(
+                    "PublicKeySHA256"
+                ),
+                10.0,
+                "the owner's key in the entry",
+            )
+            wait_for(lambda: round_trip(upstream) == b"ping", 30.0, "sidecar back")
+            wait_for(lambda: round_trip(standalone_port) == b"ping", 30.0, "standalone back")
+        finally:
+            standalone.terminate()
+            standalone.wait(10)
