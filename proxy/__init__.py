@@ -9,6 +9,7 @@ describes the behaviour and the measurements.
 """
 
 from .balancer import Balancer, BalancerConfig, ejection_time_s
+from .revocation import NO_REVOCATIONS, PeerLeaf, RevocationList, RevocationSource
 from .sidecar import Limits, ListenerStats, Proxy, ProxyConfig, UpstreamConfig
 from .sources import (
     Authorizer,
@@ -23,6 +24,7 @@ from .tls import ContextCache, PeerError, TlsContexts, build_contexts, peer_serv
 from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = [
+    "NO_REVOCATIONS",
     "Authorizer",
     "Balancer",
     "BalancerConfig",
@@ -35,9 +37,12 @@ __all__ = [
     "ListenerStats",
     "LiveConnection",
     "PeerError",
+    "PeerLeaf",
     "Proxy",
     "ProxyConfig",
     "Resolver",
+    "RevocationList",
+    "RevocationSource",
     "TlsContexts",
     "TlsMaterial",
     "UpstreamConfig",

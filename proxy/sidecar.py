@@ -15,6 +15,9 @@ Rules that live here:
   instance, at most `upstream_attempts` instances within `upstream_deadline_s`.
 - Live enforcement: on every intention change the inbound connections are
   re-evaluated per (source, destination) pair and the denied ones are cut.
+  A peer leaf that is revoked is refused at the handshake, and live
+  connections are cut when their peer leaf is revoked or their peer's root
+  leaves the bundle (`revocation.py`).
 - Limits: at most `max_connections` per listener (the listener stops
   accepting at the limit, so the kernel backlog queues the rest), idle
   connections are closed after `idle_timeout_s`, two buffers per connection.
