@@ -219,6 +219,12 @@ class LeafManager:
                 self._due[service] = min(self._due.get(service, math.inf), at)
         self._wakeup.set()
 
+    def reissue(self, service: str) -> None:
+        """Replace `service`'s leaf (and its key) now: the current one was revoked."""
+        if service in self._leaves:
+            self._due[service] = trio.current_time()
+            self._wakeup.set()
+
     def forget(self, service: str) -> None:
         """Drop a service's leaf (it was deregistered): no more renewals."""
         self._leaves.pop(service, None)

@@ -9,6 +9,10 @@
   Until the first list arrives every connection is denied: failing closed.
 - Instances: ``GET /v1/health/connect/<destination>?passing``, fetched on
   the first connection to a destination and then followed.
+- Revocations: ``GET /v1/connect/ca/revocations`` followed into a
+  `RevocationSet`. Until the first list arrives nothing is revoked: an
+  agent that cannot be reached must not stop every connection (the roots
+  and the leaf stop new ones when they expire).
 
 A failed request is logged and retried with a doubling delay (1 s to 30 s);
 what was last fetched stays in use meanwhile.
@@ -25,8 +29,10 @@ from urllib.parse import quote
 import h11
 import trio
 
+from ..ca.revocation import Revocation, RevocationError, RevocationSet, parse_serial
 from ..intentions.rules import Intention, IntentionError, IntentionIndex, make_intention
 from ..logs import get_logger, log
+from ..proxy.revocation import RevocationList
 from ..proxy.sources import Instance, TlsMaterial, Versioned
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "HttpCertSource",
     "HttpError",
     "HttpResolver",
+    "HttpRevocations",
 ]
 
 _log = get_logger("proxy")
@@ -367,3 +374,45 @@ class HttpResolver:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+
+def _revocations(body: Any) -> list[Revocation]:
+    found: list[Revocation] = []
+    for item in body if isinstance(body, list) else []:
+        if not isinstance(item, dict):
+            continue
+        try:
+            serial = parse_serial(str(item.get("SerialNumber", "")))
+            key = bytes.fromhex(str(item.get("PublicKeySHA256", "")))
+        except (RevocationError, ValueError) as exc:
+            log(_log, "warning", "skipped a revocation from the agent", error=exc)
+            continue
+        # Only what a check needs: times stay on the agent.
+        found.append(Revocation(serial, key, 0.0, 0.0, str(item.get("Reason", ""))[:256], "agent"))
+    return found
+
+
+class HttpRevocations(RevocationList):
+    """A `RevocationSource` over the agent's revocation list, followed by blocking queries."""
+
+    def __init__(self, agent: AgentHttp) -> None:
+        super().__init__()
+        self._agent = agent
+
+    def _apply(self, body: Any) -> None:
+        if isinstance(body, list):
+            self.replace(RevocationSet(_revocations(body)))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        tried = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _follow,
+                self._agent,
+                "/v1/connect/ca/revocations",
+                self._apply,
+                "revocations",
+                tried,
+            )
+            await tried.wait()
+            task_status.started()

@@ -19,6 +19,7 @@ Installed as `meshnode.proxy`.
 from .balancer import Balancer, BalancerConfig, ejection_time_s
 from .dial import Dialer, DialError, Dialled
 from .limits import Limits
+from .revocation import NO_REVOCATIONS, PeerLeaf, RevocationList, RevocationSource
 from .sidecar import Proxy, ProxyConfig, UpstreamConfig
 from .sources import (
     Authorizer,
@@ -34,6 +35,7 @@ from .tls import ContextCache, PeerError, TlsContexts, build_contexts, peer_serv
 from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = [
+    "NO_REVOCATIONS",
     "Authorizer",
     "Balancer",
     "BalancerConfig",
@@ -49,9 +51,12 @@ __all__ = [
     "ListenerStats",
     "LiveConnection",
     "PeerError",
+    "PeerLeaf",
     "Proxy",
     "ProxyConfig",
     "Resolver",
+    "RevocationList",
+    "RevocationSource",
     "TlsContexts",
     "TlsMaterial",
     "UpstreamConfig",

@@ -96,8 +96,11 @@ class Dialer:
         balancer: BalancerConfig | None = None,
         clock: Clock = trio.current_time,
         wall_clock: Clock = time.time,
+        check: Callable[[ssl.SSLSocket], None] | None = None,
     ) -> None:
+        """`check` (a revocation check) may refuse a verified server with `PeerError`."""
         self.contexts = contexts
+        self._check = check
         self.resolver = resolver
         self.limits = limits or Limits()
         self.clock = clock
@@ -160,6 +163,8 @@ class Dialer:
                             raise PeerError(
                                 f"server is {found.uri!r}, not the destination {destination!r}"
                             )
+                        if self._check is not None:
+                            self._check(tls)
                         connected = True
                     except (OSError, PeerError) as exc:
                         error = exc

@@ -14,6 +14,9 @@ Rules that live here:
   instance on failure.
 - Live enforcement: on every intention change the inbound connections are
   re-evaluated per (source, destination) pair and the denied ones are cut.
+  A peer leaf that is revoked is refused at the handshake, and live
+  connections are cut when their peer leaf is revoked or their peer's root
+  leaves the bundle (`revocation.py`).
 - Limits: at most `max_connections` per listener and, on the public port,
   `max_handshakes_per_source` per client address still in its handshake
   (admission.py); idle connections are closed after `idle_timeout_s`, two
@@ -50,6 +53,7 @@ from .pump import (
     listen,
     splice,
 )
+from .revocation import NO_REVOCATIONS, PeerLeaves, RevocationSource, enforce_revocations
 from .sources import Authorizer, CertSource, DecisionLog, Resolver
 from .stats import ListenerStats, LogLimit
 from .tls import ContextCache, PeerError, close_tls
@@ -103,9 +107,12 @@ class Proxy:
         audit: DecisionLog | None = None,
         clock: Clock = trio.current_time,
         wall_clock: Clock = time.time,
+        revocations: RevocationSource | None = None,
     ) -> None:
         """`rng` seeds the upstreams' balancers; `clock` is monotonic, `wall_clock` for certs."""
         self.config = config
+        self.revocations = revocations or NO_REVOCATIONS
+        self._peer_leaves = PeerLeaves()
         self.certs = certs
         self.authorizer = authorizer
         self.resolver = resolver
@@ -122,6 +129,7 @@ class Proxy:
             balancer=config.balancer,
             clock=clock,
             wall_clock=wall_clock,
+            check=self._check_server,
         )
         self.inbound = ListenerStats()
         self.upstreams = [_Upstream(u) for u in config.upstreams]
@@ -172,6 +180,13 @@ class Proxy:
                             )
                         )
                     nursery.start_soon(self._enforce)
+                    nursery.start_soon(
+                        enforce_revocations,
+                        self.tracker,
+                        self.revocations,
+                        self.certs,
+                        self.config.proxy_id,
+                    )
                     nursery.start_soon(self._sweep_idle)
                     log(
                         _log,
@@ -272,6 +287,13 @@ class Proxy:
             handshaken()
             if tls.session_reused:
                 stats.resumed_total += 1
+            leaf = self._peer_leaves.of(tls)
+            revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+            if revoked is not None:
+                stats.denied_total += 1
+                self._refused("inbound refused", peer=peer, reason=revoked)
+                close_quietly(tls)  # no close_notify: OpenSSL drops its session from the cache
+                return
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
             if self.audit is not None:
                 self.audit.record(
@@ -295,6 +317,7 @@ class Proxy:
             conn = LiveConnection(
                 source.service, self.config.service, "inbound", peer, self._clock()
             )
+            conn.peer_leaf = leaf
             self.tracker.add(conn)
             try:
                 with conn.scope:
@@ -340,6 +363,13 @@ class Proxy:
 
     # --- outbound ----------------------------------------------------------------------------
 
+    def _check_server(self, tls: ssl.SSLSocket) -> None:
+        """Refuse a server whose leaf is revoked (the dial moves on to another instance)."""
+        leaf = self._peer_leaves.of(tls)
+        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+        if revoked is not None:
+            raise PeerError(revoked)
+
     async def _outbound(
         self, upstream: _Upstream, sock: socket.socket, _handshaken: Callable[[], None]
     ) -> None:
@@ -365,6 +395,7 @@ class Proxy:
                 f"{instance.address}:{instance.port}",
                 self._clock(),
             )
+            conn.peer_leaf = self._peer_leaves.of(tls)
             self.tracker.add(conn)
             try:
                 with conn.scope:

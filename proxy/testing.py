@@ -15,10 +15,18 @@ import trio
 from ..ca.csr import make_csr, validate_csr
 from ..ca.pem import generate_key, key_to_pem
 from ..ca.provider import BuiltinProvider, Intermediate, RootCA
+from ..ca.revocation import Revocation, RevocationSet
 from ..ca.spiffe import ServiceID, parse_spiffe_id
+from .revocation import RevocationList
 from .sources import Instance, TlsMaterial, Versioned
 
-__all__ = ["StaticAuthorizer", "StaticCertSource", "StaticResolver", "TestCA"]
+__all__ = [
+    "StaticAuthorizer",
+    "StaticCertSource",
+    "StaticResolver",
+    "StaticRevocations",
+    "TestCA",
+]
 
 
 class TestCA:
@@ -158,3 +166,10 @@ class StaticResolver:
 
     async def wait_changed(self, since_generation: int, timeout_s: float) -> int:
         return await self._versions.wait_changed(since_generation, timeout_s)
+
+
+class StaticRevocations(RevocationList):
+    """A `RevocationSource` holding the revocations last `add`ed."""
+
+    def add(self, record: Revocation) -> None:
+        self.replace(RevocationSet([*self.revoked.records, record]))

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from .pump import Flow
+
+if TYPE_CHECKING:
+    from .revocation import PeerLeaf
 
 __all__ = ["ConnectionTracker", "LiveConnection"]
 
@@ -32,6 +36,8 @@ class LiveConnection:
     flow: Flow = field(default_factory=Flow)
     cut_reason: str = ""
     denied: bool = False  # cut because its pair is now denied (not idle, not removed)
+    # The peer's certificate: a revocation or a pruned root cuts the connection.
+    peer_leaf: PeerLeaf | None = None
 
     def __post_init__(self) -> None:
         self.flow.last_activity_s = self.started_s  # idle from the start, not from time 0

@@ -31,6 +31,7 @@ import trio
 from .. import __version__
 from ..api.facade import KeyringReport, KvEntry, MemberView
 from ..ca.records import META_SIGNER
+from ..ca.revocation_replica import RevocationReplica
 from ..catalog.catalog import Catalog
 from ..catalog.checks import CheckRunner
 from ..catalog.definitions import DefinitionError, parse_config_services
@@ -68,6 +69,7 @@ from .kv import KIND_KV, AgentKv
 from .members import MemberNodes, encode_meta
 from .membership import ClusterMembership
 from .reload import reload_agent_config
+from .revocation_wiring import run_revocations
 
 __all__ = ["Agent", "AgentStartError"]
 
@@ -131,6 +133,7 @@ class Agent:
             wall_clock=clock.wall_s,
             service_from_uri=lambda uri: self.ca.service_from_uri(uri),
         )
+        self.revocations = RevocationReplica(self.replicator)
         self.catalog = Catalog(
             self.replicator,
             self.nodes,
@@ -173,6 +176,7 @@ class Agent:
             default_address=advertise.host,
             rng=child_rng(rng),
             audit=self.audit,
+            revocations=self.revocations,
         )
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
@@ -269,6 +273,9 @@ class Agent:
             await nursery.start(self.event_runner.run)
             await nursery.start(self.ca.run)
             await nursery.start(self.leaves.run)
+            await nursery.start(
+                run_revocations, self.revocations, self.leaves, self.catalog.local_services
+            )
             try:
                 self.catalog.sync_config(self._config_services)
             except (DefinitionError, LocalProtocolError) as exc:

@@ -19,6 +19,7 @@ from ..api.event_endpoints import register_event_routes
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
 from ..http.router import Router
+from .revocation_wiring import register_revocations
 
 if TYPE_CHECKING:
     from .core import Agent
@@ -36,6 +37,14 @@ def agent_router(agent: Agent) -> Router:
     register_catalog_routes(router, agent.catalog, datacenter=agent.config.datacenter)
     register_agent_service_routes(router, agent.catalog, datacenter=agent.config.datacenter)
     register_proxy_routes(router, agent.sidecars)
+    register_revocations(
+        router,
+        agent.revocations,
+        agent.leaves,
+        agent.ca,
+        agent.catalog.local_services,
+        lambda: agent.config.api_token,
+    )
     register_ca_routes(
         router,
         agent.ca,

@@ -89,6 +89,7 @@ def metrics(agent: Agent) -> dict[str, Any]:
             "events.handler.dropped": runner.dropped,
             "catalog.malformed_records": agent.catalog.malformed_records,
             "intentions.malformed": agent.intentions.malformed_total,
+            "revocations.malformed": agent.revocations.malformed_total,
             "audit.recorded": agent.audit.recorded_total,
             "audit.denied": agent.audit.denied_total,
         }

@@ -174,3 +174,43 @@ def ca_leaf(http_addr: str | None, out: Path | None, service: str) -> None:
         raise ClientError(f"cannot write into {out}: {exc.strerror or exc}") from None
     for name in ("cert.pem", "key.pem", "chain.pem", "roots.pem"):
         click.echo(f"Wrote {out / name}")
+
+
+# --- revoke ---------------------------------------------------------------------------------
+
+
+@ca.command("revoke")
+@http_addr_option
+@click.option("--reason", default="", metavar="TEXT", help="Why, for the logs (256 characters).")
+@click.option(
+    "--cert",
+    "cert_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The leaf in PEM: its public key is revoked at once too.",
+)
+@click.argument("serial", required=False)
+def ca_revoke(
+    http_addr: str | None, reason: str, cert_path: Path | None, serial: str | None
+) -> None:
+    """Revoke the leaf with SERIAL (colon hex, as `ca leaf` prints it) cluster-wide.
+
+    Every proxy refuses it, and any leaf with the same public key, at the next
+    handshake, and cuts its live connections within a dissemination round.
+    Needs the agent's API token (--token).
+    """
+    if serial is None and cert_path is None:
+        raise click.UsageError("give SERIAL or --cert FILE")
+    body: dict[str, str] = {"Reason": reason}
+    if serial is not None:
+        body["SerialNumber"] = serial
+    if cert_path is not None:
+        try:
+            body["CertPEM"] = cert_path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClientError(f"cannot read {cert_path}: {exc}") from None
+    found = AgentClient.from_flag(http_addr).request("PUT", "/v1/connect/ca/revoke", body)
+    if not isinstance(found, dict) or not isinstance(found.get("SerialNumber"), str):
+        raise ClientError("unexpected answer from /v1/connect/ca/revoke")
+    how = "serial and public key" if found.get("PublicKeySHA256") else "serial"
+    click.echo(f"Revoked {found['SerialNumber']} (by {how}) until {found['NotAfter']}")

@@ -27,7 +27,13 @@ import trio
 
 from ..addr import AddressError, parse_host_port
 from ..client import AgentClient, ClientError
-from ..connect.agent_sources import AgentHttp, HttpAuthorizer, HttpCertSource, HttpResolver
+from ..connect.agent_sources import (
+    AgentHttp,
+    HttpAuthorizer,
+    HttpCertSource,
+    HttpResolver,
+    HttpRevocations,
+)
 from ..intentions.rules import IntentionError, validate_name
 from ..logs import LEVELS, setup_logging
 from ..proxy.sidecar import Proxy, ProxyConfig, UpstreamConfig
@@ -112,16 +118,25 @@ async def run_proxy(
     """Run `config` against the agent until cancelled; `ClientError` if no leaf can be had."""
     certs = HttpCertSource(agent, config.service)
     authorizer = HttpAuthorizer(agent)
+    revocations = HttpRevocations(agent)
     resolver = HttpResolver(agent)
     async with trio.open_nursery() as nursery:
         await nursery.start(resolver.run)
         await nursery.start(authorizer.run)
+        await nursery.start(revocations.run)
         await nursery.start(certs.run)
         if certs.current() is None:
             why = certs.last_error or "the agent has no CA yet"
             raise ClientError(f"no certificate for service {config.service!r}: {why}")
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))  # the process's one seed
-        proxy = Proxy(config, certs=certs, authorizer=authorizer, resolver=resolver, rng=rng)
+        proxy = Proxy(
+            config,
+            certs=certs,
+            authorizer=authorizer,
+            resolver=resolver,
+            rng=rng,
+            revocations=revocations,
+        )
         await nursery.start(proxy.run)
         task_status.started(proxy)
 

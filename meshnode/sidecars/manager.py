@@ -22,6 +22,7 @@ import trio
 
 from ..catalog.records import ServiceRecord
 from ..logs import get_logger, log
+from ..proxy.revocation import RevocationSource
 from ..proxy.sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
 from ..proxy.sources import Authorizer, CertSource, DecisionLog, Resolver
 
@@ -93,8 +94,10 @@ class SidecarManager:
         limits: Limits | None = None,
         rng: random.Random | None = None,
         audit: DecisionLog | None = None,
+        revocations: RevocationSource | None = None,
     ) -> None:
         self._certs_for = certs_for
+        self._revocations = revocations
         self._audit = audit
         self._authorizer = authorizer
         self._resolver = resolver
@@ -154,6 +157,7 @@ class SidecarManager:
             resolver=self._resolver,
             rng=random.Random(self._rng.random()),
             audit=self._audit,
+            revocations=self._revocations,
         )
         running = _Running(config, proxy)
         self._running[config.proxy_id] = running

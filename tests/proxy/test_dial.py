@@ -52,7 +52,7 @@ def _dialer(
         limits=Limits(),
         balancer=balancer,
         clock=clock,
-        **({} if wall_clock is None else {"wall_clock": wall_clock}),
+        wall_clock=time.time if wall_clock is None else wall_clock,
     )
 
 

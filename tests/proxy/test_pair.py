@@ -104,7 +104,7 @@ async def test_retry_on_another_instance_and_eject_the_dead_one(ca: TestCA) -> N
             nursery.cancel_scope.cancel()
 
 
-async def test_certificate_swap_without_restart_keeps_live_connections(ca: TestCA) -> None:
+async def test_certificate_swap_keeps_live_connections_until_their_root_leaves(ca: TestCA) -> None:
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
@@ -127,11 +127,21 @@ async def test_certificate_swap_without_restart_keeps_live_connections(ca: TestC
                 assert await round_trip(port) == b"ping"  # old leaf -> new leaf
                 pair.web_certs.set(new_ca.material("web", roots_pem=bundle))
                 assert await round_trip(port) == b"ping"
-                db_certs.set(new_ca.material("db"))
-                pair.web_certs.set(new_ca.material("web"))
-                assert await round_trip(port) == b"ping"
-                await live.send_all(b"after")  # the first connection never noticed
-                assert await live.receive_some(5) == b"after"
+                await live.send_all(b"during")  # the first connection never noticed
+                assert await live.receive_some(6) == b"during"
+                fresh = await trio.open_tcp_stream(HOST, port)  # new leaves on both sides
+                async with fresh:
+                    await fresh.send_all(b"new")
+                    assert await fresh.receive_some(3) == b"new"
+                    db_certs.set(new_ca.material("db"))
+                    pair.web_certs.set(new_ca.material("web"))
+                    assert await round_trip(port) == b"ping"
+                    # The old root is gone: the connection whose leaves chain to it
+                    # is cut, the one made under the new root stays.
+                    with trio.fail_after(3.0):
+                        assert await read_all(live) == b""
+                    await fresh.send_all(b"after")
+                    assert await fresh.receive_some(5) == b"after"
             assert db.snapshot()["Inbound"]["HandshakeFailed"] == 0
             nursery.cancel_scope.cancel()
 
