@@ -80,6 +80,7 @@ from ..intentions.replica import IntentionState
 from ..logs import log, setup_logging
 from ..sidecars.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
 from ..sidecars.manager import SidecarManager
+from ..store.datadir import DataDirError, prepare_data_dir, restrict_umask
 from ..store.persist import Persistence, PersistenceError
 from ..store.replication import ReplicationConfig, Replicator
 from ..store.state import TOPIC_MEMBERS
@@ -807,7 +808,7 @@ class Agent:
 
 def _data_dir(config: AgentConfig) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     if config.data_dir is not None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(config.data_dir)
         return config.data_dir, None
     tmp = tempfile.TemporaryDirectory(prefix="meshnode-dev-")
     return Path(tmp.name), tmp
@@ -852,7 +853,14 @@ async def _main(config: AgentConfig) -> None:
             tmp.cleanup()
 
 
-_USER_ERRORS = (AgentStartError, JoinError, HttpBindError, DnsBindError, PersistenceError)
+_USER_ERRORS = (
+    AgentStartError,
+    JoinError,
+    HttpBindError,
+    DnsBindError,
+    PersistenceError,
+    DataDirError,
+)
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -869,6 +877,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
 
 def run_agent(config: AgentConfig) -> int:
     """Run an agent in the foreground until it leaves; the process exit code."""
+    restrict_umask()  # before anything is written: the data dir holds the keyring
     try:
         trio.run(_main, config)
     except BaseException as exc:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..logs import log
+from ..store.datadir import open_private_append
 
 __all__ = ["AUDIT_CAPACITY", "AuditEntry", "AuditLog"]
 
@@ -84,7 +85,7 @@ class AuditLog:
         self._file: IO[str] | None = None
         if path is not None:
             # Opened at start, so a path that cannot be written is a start-up error.
-            self._file = path.open("a", encoding="utf-8")
+            self._file = open_private_append(path)
 
     def record(
         self,
