@@ -12,7 +12,8 @@ one this agent makes is recorded:
 
 The last `capacity` decisions stay in memory for ``GET
 /v1/agent/connect/audit``; with a path, each is also appended to a JSON-lines
-file (one object per line) and flushed, so it survives the agent. A write
+file (one object per line) and flushed, so it survives the agent. The file
+is its user's alone (0600: it says who talks to whom, from where). A write
 error is logged once and the file is then left alone: auditing never stops
 the agent from serving.
 """
