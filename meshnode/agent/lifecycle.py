@@ -23,6 +23,7 @@ from ..config import AgentConfig
 from ..dns import DnsBindError
 from ..http.server import HttpBindError
 from ..logs import log
+from ..store.datadir import DataDirError, prepare_data_dir, restrict_umask
 from ..store.persist import PersistenceError
 from .core import Agent
 from .errors import AgentStartError
@@ -32,12 +33,19 @@ __all__ = ["run_agent"]
 
 _log = logging.getLogger("meshnode.agent")
 
-_USER_ERRORS = (AgentStartError, JoinError, HttpBindError, DnsBindError, PersistenceError)
+_USER_ERRORS = (
+    AgentStartError,
+    JoinError,
+    HttpBindError,
+    DnsBindError,
+    PersistenceError,
+    DataDirError,
+)
 
 
 def _data_dir(config: AgentConfig) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     if config.data_dir is not None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(config.data_dir)
         return config.data_dir, None
     tmp = tempfile.TemporaryDirectory(prefix="meshnode-dev-")
     return Path(tmp.name), tmp
@@ -96,6 +104,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
 
 def run_agent(config: AgentConfig) -> int:
     """Run an agent in the foreground until it leaves; the process exit code."""
+    restrict_umask()  # before anything is written: the data dir holds the keyring
     # The agent's one source of randomness, seeded from the OS once, and its clocks.
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     clock = system_clock()

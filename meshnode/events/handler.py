@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import trio
 
 from ..logs import log
+from ..store.datadir import child_umask
 from .user_events import UserEvent
 
 __all__ = ["EventHandlerRunner", "HandlerSpec", "parse_handler"]
@@ -182,6 +183,8 @@ class EventHandlerRunner:
                     env=handler_env(event, self.self_name),
                     # Its own process group, so a timeout kills what it started too.
                     start_new_session=True,
+                    # The operator's umask, not the agent's private 0077.
+                    umask=child_umask(),
                     deliver_cancel=self._kill_group,
                 )
             )

@@ -12,7 +12,8 @@ one this agent makes is recorded:
 
 The last `capacity` decisions stay in memory for ``GET
 /v1/agent/connect/audit``; with a path, each is also appended to a JSON-lines
-file (one object per line) and flushed, so it survives the agent. A write
+file (one object per line) and flushed, so it survives the agent. The file
+is its user's alone (0600: it says who talks to whom, from where). A write
 error is logged once and the file is then left alone: auditing never stops
 the agent from serving.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..logs import log
+from ..store.datadir import open_private_append
 
 __all__ = ["AUDIT_CAPACITY", "AuditEntry", "AuditLog"]
 
@@ -84,7 +86,7 @@ class AuditLog:
         self._file: IO[str] | None = None
         if path is not None:
             # Opened at start, so a path that cannot be written is a start-up error.
-            self._file = path.open("a", encoding="utf-8")
+            self._file = open_private_append(path)
 
     def record(
         self,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..gossip.store import Entry, Version
+from .datadir import create_private_file
 
 __all__ = [
     "DB_FILENAME",
@@ -115,6 +116,7 @@ class Persistence:
             path = path / DB_FILENAME
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_private_file(path)  # SQLite's -wal and -shm copy its mode
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (`_transaction`).
             db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
