@@ -2,7 +2,7 @@
 
 Every agent runs a `CAService`. What it does depends on the node:
 
-- Any agent: follows the CA records in the store (`ca_state.CAView`), sends
+- Any agent: follows the CA records in the store (`records.CAView`), sends
   its services' CSRs to the current signers (`issue`, in signer order, the
   next one when one is down, refuses or is no longer elected), answers the
   roots and configuration reads, and forwards configuration changes and

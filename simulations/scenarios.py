@@ -93,7 +93,7 @@ class Result:
         return not self.failures
 
 
-# meshnode/intention_state.py's kind, key (source NUL destination) and value
+# meshnode/intentions/replica.py's kind, key (source NUL destination) and value
 # shape; that module needs trio, which the simulator must not import.
 INTENTION_KIND = "intention"
 INTENTION_KEY = "web\x00db"
