@@ -238,7 +238,13 @@ def test_one_gib_byte_exact_with_half_close(cluster: Cluster, tmp_path: Path) ->
 
 
 class _Dialer:
-    """A client opening a new connection every 100 ms, counting what failed."""
+    """A client opening a new connection every 100 ms, counting what failed.
+
+    A failure is recorded with the time its connection was *opened*: a round
+    trip already in flight to an instance that is killed is reset, and no L4
+    proxy can replay bytes it has delivered, so only connections opened after
+    a kill say whether the dial hid the dead instance.
+    """
 
     def __init__(self, port: int, interval_s: float = 0.1) -> None:
         self.port = port
@@ -250,10 +256,11 @@ class _Dialer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            opened_at = time.monotonic()
             if round_trip(self.port) == b"ping":
                 self.ok += 1
             else:
-                self.failures.append(time.monotonic())
+                self.failures.append(opened_at)
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> _Dialer:
@@ -293,7 +300,10 @@ def test_two_db_instances_one_killed_and_a_rotation_cost_no_connection(
         )
         assert dialer.ok > 20
         assert after == []
-        assert dialer.failures == []  # the retry on the other instance hides even the window
+        # The retry on the other instance hides even the window before detection;
+        # at most the one round trip in flight at the kill is reset.
+        assert [t for t in dialer.failures if t > killed_at] == []
+        assert len(dialer.failures) <= 1
 
         # Root rotation with a new connection every 100 ms: not one fails.
         old_root = spare.api("/v1/agent/connect/ca/roots")["ActiveRootID"]
