@@ -16,8 +16,14 @@ import trio
 
 from meshnode.connect import ConnectError, Denied, ReplicaAuthorizer, Service
 from meshnode.proxy import Instance, TlsMaterial
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
-from tests.connect.conftest import echo, exchange
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    TestCA,
+    exchange,
+)
+from tests.connect.conftest import echo
 
 HOST = "127.0.0.1"
 _DEADLINE_S = 10.0

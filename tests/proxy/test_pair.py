@@ -18,9 +18,7 @@ async def test_bytes_flow_both_ways_byte_exact_with_half_close(ca: TestCA) -> No
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
-            db = await pair.add_db(await serve(nursery, hash_then_reply))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db(hash_then_reply)
             payload = os.urandom(8 * 1024 * 1024 + 17)
             stream = await trio.open_tcp_stream(HOST, port)
             async with stream:
@@ -43,9 +41,7 @@ async def test_deny_refuses_new_connections_and_cuts_live_ones(ca: TestCA) -> No
         async with trio.open_nursery() as nursery:
             authorizer = StaticAuthorizer()
             pair = Pair(nursery, ca, authorizer=authorizer)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db()
             live = await trio.open_tcp_stream(HOST, port)
             async with live:
                 await live.send_all(b"hello")
@@ -109,9 +105,7 @@ async def test_certificate_swap_keeps_live_connections_until_their_root_leaves(c
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
             db_certs = StaticCertSource(ca.material("db"))
-            db = await pair.add_db(await serve(nursery, echo), certs=db_certs)
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db(certs=db_certs)
             live = await trio.open_tcp_stream(HOST, port)
             async with live:
                 await live.send_all(b"before")
@@ -166,9 +160,7 @@ async def test_idle_connections_are_closed_and_the_listener_is_bounded(ca: TestC
         async with trio.open_nursery() as nursery:
             limits = Limits(idle_timeout_s=0.4, max_connections=2)
             pair = Pair(nursery, ca, limits=limits)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            _, port = await pair.serve_db()
             streams = [await trio.open_tcp_stream(HOST, port) for _ in range(3)]
             try:
                 for s in streams[:2]:

@@ -16,7 +16,7 @@ from meshnode.proxy.openssl import fast_path_error
 from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
-from tests.proxy.conftest import Pair, echo, round_trip, serve, ticketed_session, tls_connection
+from tests.proxy.conftest import Pair, round_trip, ticketed_session, tls_connection
 
 _DEADLINE_S = 10.0
 
@@ -48,9 +48,7 @@ async def test_the_second_connection_resumes(ca: TestCA) -> None:
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db()
             await _connect(pair, db, port)
             assert _resumed(pair) == 0
             await _connect(pair, db, port)
@@ -66,9 +64,7 @@ async def test_new_material_on_either_side_forces_a_full_handshake(ca: TestCA) -
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
             db_certs = StaticCertSource(ca.material("db"))
-            db = await pair.add_db(await serve(nursery, echo), certs=db_certs)
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db(certs=db_certs)
             await _connect(pair, db, port)
             await _connect(pair, db, port)
             assert _resumed(pair) == 1
@@ -99,9 +95,7 @@ async def test_a_denied_intention_refuses_a_resumedtls_connection(ca: TestCA) ->
         async with trio.open_nursery() as nursery:
             authorizer = StaticAuthorizer()
             pair = Pair(nursery, ca, authorizer=authorizer)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db()
             await _connect(pair, db, port)
             authorizer.set("web", "db", False)
             assert await round_trip(port) == b""
@@ -302,9 +296,7 @@ async def test_every_later_connection_resumes_through_frees_and_collections(ca: 
     with trio.fail_after(_DEADLINE_S * 3):
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db()
             for i in range(40):
                 await _connect(pair, db, port)
                 if i % 8 == 0:
