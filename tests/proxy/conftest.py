@@ -196,10 +196,17 @@ class Pair:
         await self.nursery.start(proxy.run)
         return proxy, proxy.upstream_ports[destinations[0]]
 
+    async def route_db(
+        self, handler: object = echo, *, certs: StaticCertSource | None = None
+    ) -> Proxy:
+        """`handler` served behind one `db` proxy, the only instance of "db"; the proxy."""
+        db = await self.add_db(await serve(self.nursery, handler), certs=certs)
+        self.route("db", [db])
+        return db
+
     async def serve_db(
         self, handler: object = echo, *, certs: StaticCertSource | None = None
     ) -> tuple[Proxy, int]:
-        """`handler` behind one `db` proxy, routed, and the web proxy: (db's proxy, web's port)."""
-        db = await self.add_db(await serve(self.nursery, handler), certs=certs)
-        self.route("db", [db])
+        """`route_db`, then the web proxy: (db's proxy, web's port)."""
+        db = await self.route_db(handler, certs=certs)
         return db, await self.start_outbound()

@@ -28,7 +28,7 @@ from meshnode.proxy.testing import (
     TestCA,
 )
 from meshnode.store.state import LocalState
-from tests.proxy.conftest import HOST, Pair, echo, read_all, round_trip, serve
+from tests.proxy.conftest import HOST, Pair, read_all, round_trip
 
 _DEADLINE_S = 15.0
 
@@ -70,10 +70,7 @@ async def test_revoked_client_leaf_is_cut_live_and_refused_after(ca: TestCA) -> 
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             mesh = Pair(nursery, ca, revocations=StaticRevocations())
-            db = await mesh.add_db(
-                await serve(nursery, echo), certs=StaticCertSource(ca.material("db"))
-            )
-            mesh.route("db", [db])
+            db = await mesh.route_db(certs=StaticCertSource(ca.material("db")))
             web_material = ca.material("web")
             _, port = await mesh.add_outbound(StaticCertSource(web_material))
             # The first connection is a full handshake; the live one resumes its session,
@@ -98,10 +95,7 @@ async def test_a_reissued_leaf_with_a_revoked_key_is_refused(ca: TestCA) -> None
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             mesh = Pair(nursery, ca, revocations=StaticRevocations())
-            db = await mesh.add_db(
-                await serve(nursery, echo), certs=StaticCertSource(ca.material("db"))
-            )
-            mesh.route("db", [db])
+            db = await mesh.route_db(certs=StaticCertSource(ca.material("db")))
             web_material = ca.material("web")
             again = reissued(ca, web_material)
             assert leaf_of(again).serial_number != leaf_of(web_material).serial_number
@@ -120,8 +114,7 @@ async def test_revoked_server_leaf_is_cut_on_the_outbound_side(ca: TestCA) -> No
         async with trio.open_nursery() as nursery:
             mesh = Pair(nursery, ca, revocations=StaticRevocations())
             db_material = ca.material("db")
-            db = await mesh.add_db(await serve(nursery, echo), certs=StaticCertSource(db_material))
-            mesh.route("db", [db])
+            await mesh.route_db(certs=StaticCertSource(db_material))
             web, port = await mesh.add_outbound(StaticCertSource(ca.material("web")))
             live = await open_live(port)
             async with live:
@@ -143,8 +136,7 @@ async def test_a_root_leaving_the_bundle_cuts_the_connections_chained_to_it(
             mesh = Pair(nursery, ca, revocations=StaticRevocations())
             both = ca.root.cert_pem + other_ca.root.cert_pem
             db_certs = StaticCertSource(other_ca.material("db", roots_pem=both))
-            db = await mesh.add_db(await serve(nursery, echo), certs=db_certs)
-            mesh.route("db", [db])
+            db = await mesh.route_db(certs=db_certs)
             # "web" chains to the old root, "api" to the new one; both are trusted.
             _, web_port = await mesh.add_outbound(
                 StaticCertSource(ca.material("web", roots_pem=both))
