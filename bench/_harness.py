@@ -18,6 +18,7 @@ What lives here:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -113,6 +114,26 @@ class ProcessRegistry:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _exit)
         signal.signal(signal.SIGHUP, _exit)
+
+
+def add_binary_args(p: argparse.ArgumentParser) -> None:
+    """--serf and --meshnode: the two binaries a side-by-side gossip benchmark starts."""
+    repo = Path(__file__).resolve().parent.parent
+    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
+    p.add_argument(
+        "--meshnode", type=Path, default=repo / ".venv" / "bin" / "meshnode", help="binary"
+    )
+
+
+def cluster_sizes(p: argparse.ArgumentParser, sizes: str) -> list[int]:
+    """`--sizes` as a list; each 2 to 254 (one loopback address per agent), else a usage error."""
+    try:
+        found = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--sizes: expected comma-separated integers, got {sizes!r}")
+    if not found or any(not 2 <= x <= 254 for x in found):
+        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    return found
 
 
 def log_tail(path: Path, n_lines: int = 15) -> str:

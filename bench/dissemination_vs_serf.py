@@ -366,17 +366,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gap", type=float, default=1.0, help="pause between rounds, s")
     p.add_argument("--settle", type=float, default=3.0, help="pause after the join, s")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="JSON dir")
-    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
-    p.add_argument(
-        "--meshnode", type=Path, default=REPO / ".venv" / "bin" / "meshnode", help="binary"
-    )
+    h.add_binary_args(p)
     args = p.parse_args(argv)
-    try:
-        args.size_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-    if not args.size_list or any(not 2 <= x <= 254 for x in args.size_list):
-        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    args.size_list = h.cluster_sizes(p, args.sizes)
     args.probe_list = tuple(x for x in args.probes.split(",") if x)
     if not set(args.probe_list) <= {"intention", "event"} or args.rounds < 1:
         p.error("--probes takes intention and/or event; --rounds must be positive")

@@ -969,17 +969,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float, default=0.1, help="poll period, s")
     p.add_argument("--batch", type=int, default=10, help="agents started at a time")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="per batch, s")
-    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
-    p.add_argument(
-        "--meshnode", type=Path, default=REPO / ".venv" / "bin" / "meshnode", help="binary"
-    )
+    h.add_binary_args(p)
     args = p.parse_args(argv)
-    try:
-        args.size_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-    if not args.size_list or any(not 2 <= x <= 254 for x in args.size_list):
-        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    args.size_list = h.cluster_sizes(p, args.sizes)
     if args.runs < 1 or args.batch < 1 or args.idle <= 0:
         p.error("--runs, --batch and --idle must be positive")
     return args
