@@ -190,6 +190,29 @@ def msgpack_pack(obj: object) -> bytes:
     return bytes(out)
 
 
+# Length heads: (fixed form's base, its limit, 8-bit code, 16-bit code, 32-bit code);
+# a limit of 0 or a code of 0: the type has no such form.
+_STR_HEAD = (0xA0, 32, 0xD9, 0xDA, 0xDB)
+_BIN_HEAD = (0, 0, 0xC4, 0xC5, 0xC6)
+_ARRAY_HEAD = (0x90, 16, 0, 0xDC, 0xDD)
+_MAP_HEAD = (0x80, 16, 0, 0xDE, 0xDF)
+
+
+def _pack_head(out: bytearray, n: int, head: tuple[int, int, int, int, int]) -> None:
+    """The length head of a str, bin, array or map of `n` items: its shortest form."""
+    fix, fix_limit, code8, code16, code32 = head
+    if n < fix_limit:
+        out.append(fix | n)
+    elif code8 and n < 2**8:
+        out += bytes((code8, n))
+    elif n < 2**16:
+        out.append(code16)
+        out += struct.pack(">H", n)
+    else:
+        out.append(code32)
+        out += struct.pack(">I", n)
+
+
 def _pack_into(obj: object, out: bytearray) -> None:
     if obj is None:
         out.append(0xC0)
@@ -210,43 +233,17 @@ def _pack_into(obj: object, out: bytearray) -> None:
         out += b"\xcb" + struct.pack(">d", obj)
     elif isinstance(obj, str):
         data = obj.encode()
-        n = len(data)
-        if n < 32:
-            out.append(0xA0 | n)
-        elif n < 2**8:
-            out += b"\xd9" + struct.pack(">B", n)
-        elif n < 2**16:
-            out += b"\xda" + struct.pack(">H", n)
-        else:
-            out += b"\xdb" + struct.pack(">I", n)
+        _pack_head(out, len(data), _STR_HEAD)
         out += data
     elif isinstance(obj, bytes | bytearray):
-        n = len(obj)
-        if n < 2**8:
-            out += b"\xc4" + struct.pack(">B", n)
-        elif n < 2**16:
-            out += b"\xc5" + struct.pack(">H", n)
-        else:
-            out += b"\xc6" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _BIN_HEAD)
         out += obj
     elif isinstance(obj, list | tuple):
-        n = len(obj)
-        if n < 16:
-            out.append(0x90 | n)
-        elif n < 2**16:
-            out += b"\xdc" + struct.pack(">H", n)
-        else:
-            out += b"\xdd" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _ARRAY_HEAD)
         for item in obj:
             _pack_into(item, out)
     elif isinstance(obj, dict):
-        n = len(obj)
-        if n < 16:
-            out.append(0x80 | n)
-        elif n < 2**16:
-            out += b"\xde" + struct.pack(">H", n)
-        else:
-            out += b"\xdf" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _MAP_HEAD)
         for key, value in obj.items():
             _pack_into(key, out)
             _pack_into(value, out)
