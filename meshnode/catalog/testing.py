@@ -8,31 +8,25 @@ running the remote agent.
 from __future__ import annotations
 
 from ..gossip.store import Entry, Version
-from .records import (
-    KIND_CHECK,
-    KIND_SERVICE,
-    CheckRecord,
-    ServiceRecord,
-    encode_check,
-    encode_service,
-    record_key,
-)
+from . import records
 
 __all__ = ["check_entry", "service_entry", "tombstone"]
 
 
-def service_entry(record: ServiceRecord, lamport: int) -> Entry:
+def service_entry(record: records.ServiceRecord, lamport: int) -> Entry:
     """`record` written by its node at `lamport` (the entry key is "node/service ID")."""
-    key = record_key(record.node, record.service_id)
-    return Entry(KIND_SERVICE, key, encode_service(record), Version(lamport, record.node))
+    key = records.record_key(record.node, record.service_id)
+    value = records.encode_service(record)
+    return Entry(records.KIND_SERVICE, key, value, Version(lamport, record.node))
 
 
-def check_entry(record: CheckRecord, lamport: int) -> Entry:
+def check_entry(record: records.CheckRecord, lamport: int) -> Entry:
     """`record` written by its node at `lamport` (the entry key is "node/check ID")."""
-    key = record_key(record.node, record.check_id)
-    return Entry(KIND_CHECK, key, encode_check(record), Version(lamport, record.node))
+    key = records.record_key(record.node, record.check_id)
+    value = records.encode_check(record)
+    return Entry(records.KIND_CHECK, key, value, Version(lamport, record.node))
 
 
 def tombstone(kind: str, node: str, record_id: str, lamport: int) -> Entry:
     """The record `record_id` of `node` deleted by that node at `lamport` (at wall time 0)."""
-    return Entry(kind, record_key(node, record_id), b"", Version(lamport, node), True, 0.0)
+    return Entry(kind, records.record_key(node, record_id), b"", Version(lamport, node), True, 0.0)
