@@ -22,8 +22,10 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import math
 import os
+import platform
 import selectors
 import signal
 import socket
@@ -32,6 +34,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Generic, TypeVar
@@ -134,6 +137,42 @@ def cluster_sizes(p: argparse.ArgumentParser, sizes: str) -> list[int]:
     if not found or any(not 2 <= x <= 254 for x in found):
         p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
     return found
+
+
+def result_doc(
+    name: str, out_dir: Path, options: Mapping[str, Any], versions: Mapping[str, str]
+) -> tuple[Path, dict[str, Any]]:
+    """A run's JSON document (results to fill in), and its path: `out_dir`/`name`-<start>.json."""
+    started = datetime.now(UTC)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "benchmark": name,
+        "started": started.isoformat(),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "options": dict(options),
+        "versions": dict(versions),
+        "results": {},
+    }
+    return out_dir / f"{name}-{started:%Y%m%d-%H%M%S}.json", doc
+
+
+def save_results(out_path: Path, doc: Mapping[str, Any]) -> None:
+    """Write the run's document (again after each size, so an interrupted run keeps its rows)."""
+    out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def stop_and_save(
+    registry: ProcessRegistry,
+    procs: Iterable[subprocess.Popen[bytes]],
+    out_path: Path,
+    doc: Mapping[str, Any],
+) -> None:
+    """The end of a run, also after Ctrl-C: kill `procs` and every other child, save the results."""
+    for proc in procs:
+        registry.kill(proc)
+    registry.kill_all()
+    save_results(out_path, doc)
+    print(f"\nresults: {out_path}")
 
 
 def log_tail(path: Path, n_lines: int = 15) -> str:
