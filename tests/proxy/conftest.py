@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
@@ -210,3 +211,22 @@ class Pair:
         """`route_db`, then the web proxy: (db's proxy, web's port)."""
         db = await self.route_db(handler, certs=certs)
         return db, await self.start_outbound()
+
+
+@contextlib.asynccontextmanager
+async def running_pair(
+    ca: TestCA,
+    *,
+    deadline_s: float,
+    authorizer: StaticAuthorizer | None = None,
+    limits: Limits | None = None,
+    revocations: StaticRevocations | None = None,
+) -> AsyncIterator[Pair]:
+    """A `Pair` in a nursery of its own, the whole block bounded by `deadline_s`.
+
+    Its proxies and servers are cancelled when the block ends.
+    """
+    with trio.fail_after(deadline_s):
+        async with trio.open_nursery() as nursery:
+            yield Pair(nursery, ca, authorizer=authorizer, limits=limits, revocations=revocations)
+            nursery.cancel_scope.cancel()
