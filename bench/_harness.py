@@ -18,11 +18,14 @@ What lives here:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import math
 import os
+import platform
 import selectors
 import signal
 import socket
@@ -31,6 +34,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Generic, TypeVar
@@ -115,6 +119,62 @@ class ProcessRegistry:
         signal.signal(signal.SIGHUP, _exit)
 
 
+def add_binary_args(p: argparse.ArgumentParser) -> None:
+    """--serf and --meshnode: the two binaries a side-by-side gossip benchmark starts."""
+    repo = Path(__file__).resolve().parent.parent
+    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
+    p.add_argument(
+        "--meshnode", type=Path, default=repo / ".venv" / "bin" / "meshnode", help="binary"
+    )
+
+
+def cluster_sizes(p: argparse.ArgumentParser, sizes: str) -> list[int]:
+    """`--sizes` as a list; each 2 to 254 (one loopback address per agent), else a usage error."""
+    try:
+        found = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--sizes: expected comma-separated integers, got {sizes!r}")
+    if not found or any(not 2 <= x <= 254 for x in found):
+        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    return found
+
+
+def result_doc(
+    name: str, out_dir: Path, options: Mapping[str, Any], versions: Mapping[str, str]
+) -> tuple[Path, dict[str, Any]]:
+    """A run's JSON document (results to fill in), and its path: `out_dir`/`name`-<start>.json."""
+    started = datetime.now(UTC)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "benchmark": name,
+        "started": started.isoformat(),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "options": dict(options),
+        "versions": dict(versions),
+        "results": {},
+    }
+    return out_dir / f"{name}-{started:%Y%m%d-%H%M%S}.json", doc
+
+
+def save_results(out_path: Path, doc: Mapping[str, Any]) -> None:
+    """Write the run's document (again after each size, so an interrupted run keeps its rows)."""
+    out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def stop_and_save(
+    registry: ProcessRegistry,
+    procs: Iterable[subprocess.Popen[bytes]],
+    out_path: Path,
+    doc: Mapping[str, Any],
+) -> None:
+    """The end of a run, also after Ctrl-C: kill `procs` and every other child, save the results."""
+    for proc in procs:
+        registry.kill(proc)
+    registry.kill_all()
+    save_results(out_path, doc)
+    print(f"\nresults: {out_path}")
+
+
 def log_tail(path: Path, n_lines: int = 15) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -169,6 +229,29 @@ def msgpack_pack(obj: object) -> bytes:
     return bytes(out)
 
 
+# Length heads: (fixed form's base, its limit, 8-bit code, 16-bit code, 32-bit code);
+# a limit of 0 or a code of 0: the type has no such form.
+_STR_HEAD = (0xA0, 32, 0xD9, 0xDA, 0xDB)
+_BIN_HEAD = (0, 0, 0xC4, 0xC5, 0xC6)
+_ARRAY_HEAD = (0x90, 16, 0, 0xDC, 0xDD)
+_MAP_HEAD = (0x80, 16, 0, 0xDE, 0xDF)
+
+
+def _pack_head(out: bytearray, n: int, head: tuple[int, int, int, int, int]) -> None:
+    """The length head of a str, bin, array or map of `n` items: its shortest form."""
+    fix, fix_limit, code8, code16, code32 = head
+    if n < fix_limit:
+        out.append(fix | n)
+    elif code8 and n < 2**8:
+        out += bytes((code8, n))
+    elif n < 2**16:
+        out.append(code16)
+        out += struct.pack(">H", n)
+    else:
+        out.append(code32)
+        out += struct.pack(">I", n)
+
+
 def _pack_into(obj: object, out: bytearray) -> None:
     if obj is None:
         out.append(0xC0)
@@ -189,43 +272,17 @@ def _pack_into(obj: object, out: bytearray) -> None:
         out += b"\xcb" + struct.pack(">d", obj)
     elif isinstance(obj, str):
         data = obj.encode()
-        n = len(data)
-        if n < 32:
-            out.append(0xA0 | n)
-        elif n < 2**8:
-            out += b"\xd9" + struct.pack(">B", n)
-        elif n < 2**16:
-            out += b"\xda" + struct.pack(">H", n)
-        else:
-            out += b"\xdb" + struct.pack(">I", n)
+        _pack_head(out, len(data), _STR_HEAD)
         out += data
     elif isinstance(obj, bytes | bytearray):
-        n = len(obj)
-        if n < 2**8:
-            out += b"\xc4" + struct.pack(">B", n)
-        elif n < 2**16:
-            out += b"\xc5" + struct.pack(">H", n)
-        else:
-            out += b"\xc6" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _BIN_HEAD)
         out += obj
     elif isinstance(obj, list | tuple):
-        n = len(obj)
-        if n < 16:
-            out.append(0x90 | n)
-        elif n < 2**16:
-            out += b"\xdc" + struct.pack(">H", n)
-        else:
-            out += b"\xdd" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _ARRAY_HEAD)
         for item in obj:
             _pack_into(item, out)
     elif isinstance(obj, dict):
-        n = len(obj)
-        if n < 16:
-            out.append(0x80 | n)
-        elif n < 2**16:
-            out += b"\xde" + struct.pack(">H", n)
-        else:
-            out += b"\xdf" + struct.pack(">I", n)
+        _pack_head(out, len(obj), _MAP_HEAD)
         for key, value in obj.items():
             _pack_into(key, out)
             _pack_into(value, out)

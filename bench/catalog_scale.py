@@ -60,13 +60,11 @@ from meshnode.catalog.definitions import CheckDefinition, parse_service
 from meshnode.catalog.dns_view import CatalogDnsView
 from meshnode.catalog.records import (
     KIND_CHECK,
-    KIND_SERVICE,
     CheckRecord,
     ServiceRecord,
     encode_check,
-    encode_service,
-    record_key,
 )
+from meshnode.catalog.testing import check_entry, service_entry
 from meshnode.dns import DnsConfig, Responder
 from meshnode.gossip.store import Entry, Version
 from meshnode.http import Router, serve_http
@@ -136,11 +134,7 @@ def build(
         }
         if i % 3 == 0:
             body["Address"] = _service_ip(i)
-        record = ServiceRecord(node, parse_service(body))
-        version = Version(i + 1, node)
-        batch.append(
-            Entry(KIND_SERVICE, record_key(node, f"s{i}"), encode_service(record), version)
-        )
+        batch.append(service_entry(ServiceRecord(node, parse_service(body)), i + 1))
         if checks:
             check = CheckRecord(
                 node,
@@ -150,9 +144,7 @@ def build(
                 service_id=f"s{i}",
                 service_name=f"svc{i % names}",
             )
-            batch.append(
-                Entry(KIND_CHECK, record_key(node, f"service:s{i}"), encode_check(check), version)
-            )
+            batch.append(check_entry(check, i + 1))
         if len(batch) >= 2000:
             state.merge(batch)
             batch = []

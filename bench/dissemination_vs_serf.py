@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -366,17 +364,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gap", type=float, default=1.0, help="pause between rounds, s")
     p.add_argument("--settle", type=float, default=3.0, help="pause after the join, s")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="JSON dir")
-    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
-    p.add_argument(
-        "--meshnode", type=Path, default=REPO / ".venv" / "bin" / "meshnode", help="binary"
-    )
+    h.add_binary_args(p)
     args = p.parse_args(argv)
-    try:
-        args.size_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-    if not args.size_list or any(not 2 <= x <= 254 for x in args.size_list):
-        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    args.size_list = h.cluster_sizes(p, args.sizes)
     args.probe_list = tuple(x for x in args.probes.split(",") if x)
     if not set(args.probe_list) <= {"intention", "event"} or args.rounds < 1:
         p.error("--probes takes intention and/or event; --rounds must be positive")
@@ -410,17 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             systems.remove(system)
     if not systems:
         return 1
-    started = dt.datetime.now(dt.UTC)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_path = args.out / f"dissemination_vs_serf-{started:%Y%m%d-%H%M%S}.json"
-    doc: dict[str, Any] = {
-        "benchmark": "dissemination_vs_serf",
-        "started": started.isoformat(),
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "options": {"sizes": args.size_list, "rounds": args.rounds, "probes": args.probe_list},
-        "versions": versions,
-        "results": {},
-    }
+    options = {"sizes": args.size_list, "rounds": args.rounds, "probes": args.probe_list}
+    out_path, doc = h.result_doc("dissemination_vs_serf", args.out, options, versions)
     print(
         f"dissemination_vs_serf: sizes {args.size_list}, {args.rounds} rounds; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
@@ -442,17 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res.update({k: summary(v) for k, v in rounds.items()})
                 print(f" {time.monotonic() - t:.0f} s", flush=True)
             doc["results"][str(n)] = res
-            out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+            h.save_results(out_path, doc)
             print_table(n, res)
     except KeyboardInterrupt:
         print("\ninterrupted; killing agents", file=sys.stderr)
         return 130
     finally:
-        for a in keep:
-            registry.kill(a.proc)
-        registry.kill_all()
-        out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"\nresults: {out_path}")
+        h.stop_and_save(registry, [a.proc for a in keep], out_path, doc)
     return 1 if failed else 0
 
 

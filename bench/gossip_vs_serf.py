@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -969,17 +968,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float, default=0.1, help="poll period, s")
     p.add_argument("--batch", type=int, default=10, help="agents started at a time")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="per batch, s")
-    p.add_argument("--serf", default="serf", help="serf binary (default: serf on PATH)")
-    p.add_argument(
-        "--meshnode", type=Path, default=REPO / ".venv" / "bin" / "meshnode", help="binary"
-    )
+    h.add_binary_args(p)
     args = p.parse_args(argv)
-    try:
-        args.size_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-    if not args.size_list or any(not 2 <= x <= 254 for x in args.size_list):
-        p.error("--sizes: each size must be between 2 and 254 (one loopback address each)")
+    args.size_list = h.cluster_sizes(p, args.sizes)
     if args.runs < 1 or args.batch < 1 or args.idle <= 0:
         p.error("--runs, --batch and --idle must be positive")
     return args
@@ -1014,21 +1005,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(unavailable) == len(systems):
         return 1
 
-    started = dt.datetime.now(dt.UTC)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_path = args.out / f"gossip_vs_serf-{started:%Y%m%d-%H%M%S}.json"
-    doc: dict[str, Any] = {
-        "benchmark": "gossip_vs_serf",
-        "started": started.isoformat(),
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "options": {
-            "sizes": args.size_list,
-            "runs": args.runs,
-            **{k: getattr(opts, k) for k in opts.__dataclass_fields__},
-        },
-        "versions": versions,
-        "results": {},
+    options = {
+        "sizes": args.size_list,
+        "runs": args.runs,
+        **{k: getattr(opts, k) for k in opts.__dataclass_fields__},
     }
+    out_path, doc = h.result_doc("gossip_vs_serf", args.out, options, versions)
     print(
         f"gossip_vs_serf: sizes {args.size_list}, {args.runs} runs, idle {opts.idle_s:g} s; "
         f"{', '.join(f'{k} {v}' for k, v in versions.items())}"
@@ -1064,17 +1046,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else "join timeout"
                     )
                     print(f" {status} ({run['wall_s']:.0f} s)", flush=True)
-                    out_path.write_text(json.dumps(doc, indent=2) + "\n")
+                    h.save_results(out_path, doc)
             print_table(n, per_n, opts.timeout_s)
     except KeyboardInterrupt:
         print("\ninterrupted; killing agents", file=sys.stderr)
         return 130
     finally:
-        for a in keep:
-            registry.kill(a.proc)
-        registry.kill_all()
-        out_path.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nresults: {out_path}")
+        h.stop_and_save(registry, [a.proc for a in keep], out_path, doc)
     return 1 if unavailable else 0
 
 

@@ -55,7 +55,13 @@ from _harness import ProcessRegistry, log_tail, proc_cpu_seconds
 from meshnode.connect import MeshStream, ReplicaAuthorizer, Service
 from meshnode.logs import setup_logging
 from meshnode.proxy import Instance, Proxy, ProxyConfig, TlsMaterial, UpstreamConfig
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    TestCA,
+    echo,
+)
 
 _HOST = "127.0.0.1"
 
@@ -117,13 +123,6 @@ def serve_proxy(spec_path: str) -> None:
 
 
 async def _echo_server(port: int) -> None:
-    async def echo(stream: trio.SocketStream) -> None:
-        try:
-            while data := await stream.receive_some(65536):
-                await stream.send_all(data)
-        except trio.BrokenResourceError:
-            pass
-
     await trio.serve_tcp(echo, port, host=_HOST)
 
 
@@ -319,9 +318,9 @@ class Paths:
         self._native()
         for port in [self.iperf_port, self.echo_port, *self.inner_ports]:
             _wait_port(port)
-        for iperf, echo in self.ports.values():
+        for iperf, echo_port in self.ports.values():
             _wait_port(iperf)
-            _wait_port(echo)
+            _wait_port(echo_port)
 
     def _write(self, name: str, text: str) -> Path:
         path = self.workdir / name

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import os
 import random
-import socket
 import ssl
 import time
 import types
@@ -36,16 +35,15 @@ import trio
 from ..ca.spiffe import ServiceID
 from ..client import ClientError, resolve_http_addr, resolve_token
 from ..logs import get_logger, log
-from ..proxy.admission import serve_listener
 from ..proxy.balancer import BalancerConfig
-from ..proxy.dial import Clock, Dialer, DialError
-from ..proxy.handshake import ClosedEarly, server_handshake
+from ..proxy.dial import Clock, DialError
+from ..proxy.endpoint import Endpoint, peer_name
 from ..proxy.limits import Limits
 from ..proxy.pump import close_quietly, listen
 from ..proxy.sources import CertSource, Resolver, TlsMaterial
-from ..proxy.stats import ListenerStats, LogLimit
-from ..proxy.tls import ContextCache, PeerError, TlsContexts, peer_service, peer_uri
-from ..proxy.tracker import ConnectionTracker, LiveConnection
+from ..proxy.stats import ListenerStats
+from ..proxy.tls import PeerError, TlsContexts, peer_service, peer_uri
+from ..proxy.tracker import LiveConnection
 from .agent_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver
 from .authorize import AgentAuthorizer, Decider
 from .stream import MeshStream
@@ -67,7 +65,7 @@ class Denied(ConnectError):
     """A peer is not allowed: wrong identity, or an intention denies it (the reason is the text)."""
 
 
-class Service:
+class Service(Endpoint):
     """A native service: its certificate, its intentions, and connections in and out."""
 
     def __init__(
@@ -85,26 +83,20 @@ class Service:
     ) -> None:
         """`rng` seeds the balancers; `clock` is monotonic, `wall_clock` for certificates."""
         self.name = name
-        self.certs = certs
         self.decider = decider
-        self.resolver = resolver
-        self.limits = limits or Limits()
-        self.tracker = ConnectionTracker()
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._contexts = ContextCache(certs)
-        self.dialer = Dialer(
-            self._contexts,
+        super().__init__(
+            certs,
             resolver,
             rng=rng,
-            on_failure=functools.partial(self._refused, "instance failed"),
-            limits=self.limits,
+            limits=limits or Limits(),
             balancer=balancer,
             clock=clock,
             wall_clock=wall_clock,
+            logger=_log,
+            log_fields={"service": name},
+            dial_failure="instance failed",
         )
         self._streams: dict[LiveConnection, MeshStream] = {}
-        self._log_limit = LogLimit()
         self.stats = ListenerStats()  # of the served connections, as a proxy's inbound
         self._stable_server: ssl.SSLContext | None = None
         self._scope: trio.CancelScope | None = None
@@ -273,7 +265,7 @@ class Service:
         stream = MeshStream(
             sock, local_service=self.name, peer_uri=source.uri, peer_service=source.service
         )
-        self._track(stream, source.service, self.name, "inbound", _peer_name(sock))
+        self._track(stream, source.service, self.name, "inbound", peer_name(sock))
         return source
 
     # --- serving ----------------------------------------------------------------------------
@@ -296,51 +288,24 @@ class Service:
             bound: int = listener.getsockname()[1]
             log(_log, "info", "native service listening", service=self.name, port=bound)
             task_status.started(bound)
-            await serve_listener(
+            serve_one = functools.partial(self._serve_one, handler)
+            await self._serve_listener(
                 listener,
-                functools.partial(self._serve_one, handler),
-                stats=self.stats,
-                max_connections=self.limits.max_connections,
-                max_handshakes_per_source=self.limits.max_handshakes_per_source,
-                on_limited=functools.partial(
-                    self._refused, "inbound refused: too many handshakes from one address"
-                ),
+                functools.partial(self._serve_accepted, self.stats, serve_one),
+                self.stats,
+                public=True,
             )
         finally:
             close_quietly(listener)
 
-    def _refused(self, what: str, **fields: Any) -> None:
-        if self._log_limit.allow(self._clock()):
-            log(_log, "info", what, service=self.name, **fields)
-
     async def _serve_one(
-        self, handler: Handler, sock: socket.socket, handshaken: Callable[[], None]
+        self, handler: Handler, tls: ssl.SSLSocket, source: ServiceID, peer: str
     ) -> None:
-        peer = _peer_name(sock)
-        stream: MeshStream | None = None
         stats = self.stats
+        stream = MeshStream(
+            tls, local_service=self.name, peer_uri=source.uri, peer_service=source.service
+        )
         try:
-            contexts = self._contexts.current()
-            if contexts is None:
-                stats.failed_total += 1
-                self._refused("inbound refused: no certificate yet", peer=peer)
-                return
-            try:
-                tls, source = await server_handshake(
-                    sock, contexts, self.limits.handshake_timeout_s, wall_clock=self._wall_clock
-                )
-            except ClosedEarly as exc:
-                stats.handshake_failed_total += 1
-                log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
-                return
-            except PeerError as exc:
-                stats.handshake_failed_total += 1
-                self._refused("inbound handshake refused", peer=peer, error=exc)
-                return
-            handshaken()
-            stream = MeshStream(
-                tls, local_service=self.name, peer_uri=source.uri, peer_service=source.service
-            )
             try:
                 allowed, reason = await self.decider.authorize(
                     source.uri, source.service, self.name
@@ -357,18 +322,9 @@ class Service:
                     await handler(stream)
             except trio.BrokenResourceError as exc:
                 log(_log, "debug", "inbound connection broken", peer=peer, error=exc)
-            if conn.cut_reason:
-                stats.cut_total += 1
-                self._refused(
-                    "inbound connection cut",
-                    peer=peer,
-                    source=source.service,
-                    reason=conn.cut_reason,
-                )
+            self._count_cut(stats, conn)
         finally:
-            if stream is not None:
-                await stream.aclose()
-            close_quietly(sock)
+            await stream.aclose()
 
     # --- dialling ---------------------------------------------------------------------------
 
@@ -550,11 +506,3 @@ def _clone_server(template: ssl.SSLContext) -> ssl.SSLContext:
     ctx.options = template.options
     ctx.num_tickets = 0
     return ctx
-
-
-def _peer_name(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

@@ -699,15 +699,22 @@ class Membership:
         elif changed or was == _SUSPECT:
             self._events.append(MemberUpdated(self._snapshot(s)))
 
-    def _apply_suspect(self, msg: Suspect, now: float) -> None:
+    def _accused_slot(self, msg: Suspect | Dead) -> int | None:
+        """The slot of the member `msg` accuses; None: it is us (refuted), unknown, or stale."""
         if msg.node == self.name:
             if not self._leaving:
                 self._accused = True
                 if msg.incarnation >= self.incarnation:
                     self._refute(msg.incarnation)
-            return
+            return None
         s = self._lookup(msg.node)
         if s is None or msg.incarnation < self._get_inc(s):
+            return None
+        return s
+
+    def _apply_suspect(self, msg: Suspect, now: float) -> None:
+        s = self._accused_slot(msg)
+        if s is None:
             return
         state = self._state[s]
         if state == _SUSPECT:
@@ -735,14 +742,8 @@ class Membership:
         self._broadcast(msg, key=msg.node)
 
     def _apply_dead(self, msg: Dead, now: float) -> None:
-        if msg.node == self.name:
-            if not self._leaving:
-                self._accused = True
-                if msg.incarnation >= self.incarnation:
-                    self._refute(msg.incarnation)
-            return
-        s = self._lookup(msg.node)
-        if s is None or msg.incarnation < self._get_inc(s):
+        s = self._accused_slot(msg)
+        if s is None:
             return
         state = self._state[s]
         if state in _DOWN:

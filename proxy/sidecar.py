@@ -40,11 +40,11 @@ from typing import Any
 
 import trio
 
+from ..ca.spiffe import ServiceID
 from ..logs import get_logger, log
-from .admission import Handler, serve_listener
 from .balancer import BalancerConfig
-from .dial import Clock, Dialer, DialError
-from .handshake import ClosedEarly, server_handshake
+from .dial import Clock, DialError
+from .endpoint import Endpoint
 from .limits import Limits
 from .pump import (
     SpliceError,
@@ -55,9 +55,9 @@ from .pump import (
 )
 from .revocation import NO_REVOCATIONS, PeerLeaves, RevocationSource, enforce_revocations
 from .sources import Authorizer, CertSource, DecisionLog, Resolver
-from .stats import ListenerStats, LogLimit
-from .tls import ContextCache, PeerError, close_tls
-from .tracker import ConnectionTracker, LiveConnection
+from .stats import ListenerStats
+from .tls import PeerError, close_tls
+from .tracker import LiveConnection
 
 __all__ = ["Limits", "ListenerStats", "Proxy", "ProxyConfig", "UpstreamConfig"]
 
@@ -93,7 +93,7 @@ class _Upstream:
     port: int = 0
 
 
-class Proxy:
+class Proxy(Endpoint):
     """An inbound listener and upstream listeners for one local service; `run` serves them."""
 
     def __init__(
@@ -113,31 +113,26 @@ class Proxy:
         self.config = config
         self.revocations = revocations or NO_REVOCATIONS
         self._peer_leaves = PeerLeaves()
-        self.certs = certs
-        self.authorizer = authorizer
-        self.resolver = resolver
-        self.audit = audit
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._contexts = ContextCache(certs)
-        self.dialer = Dialer(
-            self._contexts,
+        super().__init__(
+            certs,
             resolver,
             rng=rng,
-            on_failure=functools.partial(self._refused, "upstream instance failed"),
             limits=config.limits,
             balancer=config.balancer,
             clock=clock,
             wall_clock=wall_clock,
+            logger=_log,
+            log_fields={"id": config.proxy_id},
+            dial_failure="upstream instance failed",
             check=self._check_server,
         )
+        self.authorizer = authorizer
+        self.audit = audit
         self.inbound = ListenerStats()
         self.upstreams = [_Upstream(u) for u in config.upstreams]
         for upstream in self.upstreams:  # seeded in the configured order
             self.dialer.balancer(upstream.config.destination)
-        self.tracker = ConnectionTracker()
         self.inbound_port: int | None = None
-        self._log_limit = LogLimit()
         self._scope: trio.CancelScope | None = None
 
     @property
@@ -163,20 +158,25 @@ class Proxy:
                 listeners.append(sock)
                 upstream.port = sock.getsockname()[1]
                 upstream_socks.append((upstream, sock))
+            accept = functools.partial(self._serve_accepted, self.inbound, self._inbound)
             with trio.CancelScope() as scope:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
                     if inbound_sock is not None:
                         nursery.start_soon(
                             functools.partial(
-                                self._serve, inbound_sock, self.inbound, self._inbound, public=True
+                                self._serve_listener,
+                                inbound_sock,
+                                accept,
+                                self.inbound,
+                                public=True,
                             )
                         )
                     for upstream, sock in upstream_socks:
                         handle = functools.partial(self._outbound, upstream)
                         nursery.start_soon(
                             functools.partial(
-                                self._serve, sock, upstream.stats, handle, public=False
+                                self._serve_listener, sock, handle, upstream.stats, public=False
                             )
                         )
                     nursery.start_soon(self._enforce)
@@ -208,27 +208,6 @@ class Proxy:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _serve(
-        self,
-        listener: socket.socket,
-        stats: ListenerStats,
-        handler: Handler,
-        *,
-        public: bool,
-    ) -> None:
-        """Serve one listener; `public`: the inbound port, bounded per client address."""
-        limits = self.config.limits
-        await serve_listener(
-            listener,
-            handler,
-            stats=stats,
-            max_connections=limits.max_connections,
-            max_handshakes_per_source=limits.max_handshakes_per_source if public else None,
-            on_limited=functools.partial(
-                self._refused, "inbound refused: too many handshakes from one address"
-            ),
-        )
-
     async def _enforce(self) -> None:
         generation = self.authorizer.generation
         while True:
@@ -253,38 +232,13 @@ class Proxy:
         limits = self.config.limits
         await splice(a, b, flow=conn.flow, buffer_bytes=limits.buffer_bytes, clock=self._clock)
 
-    def _refused(self, what: str, **fields: Any) -> None:
-        if self._log_limit.allow(self._clock()):
-            log(_log, "info", what, id=self.config.proxy_id, **fields)
-
     # --- inbound -----------------------------------------------------------------------------
 
-    async def _inbound(self, sock: socket.socket, handshaken: Callable[[], None]) -> None:
+    async def _inbound(self, tls: ssl.SSLSocket, source: ServiceID, peer: str) -> None:
         stats = self.inbound
         limits = self.config.limits
-        peer = _peer_name(sock)
-        tls: ssl.SSLSocket | None = None
         app: socket.socket | None = None
         try:
-            contexts = self._contexts.current()
-            if contexts is None:
-                stats.failed_total += 1
-                self._refused("inbound refused: no certificate yet", peer=peer)
-                return
-            try:
-                tls, source = await server_handshake(
-                    sock, contexts, limits.handshake_timeout_s, wall_clock=self._wall_clock
-                )
-            except ClosedEarly as exc:
-                # Closed before a handshake: a TCP health check, or a port scan.
-                stats.closed_early_total += 1
-                log(_log, "debug", "inbound closed before the handshake", peer=peer, error=exc)
-                return
-            except PeerError as exc:
-                stats.handshake_failed_total += 1
-                self._refused("inbound handshake refused", peer=peer, error=exc)
-                return
-            handshaken()
             if tls.session_reused:
                 stats.resumed_total += 1
             leaf = self._peer_leaves.of(tls)
@@ -348,18 +302,10 @@ class Proxy:
                         conn.cut_reason,
                         peer,
                     )
-                if conn.cut_reason:
-                    stats.cut_total += 1
-                    self._refused(
-                        "inbound connection cut",
-                        peer=peer,
-                        source=source.service,
-                        reason=conn.cut_reason,
-                    )
+                self._count_cut(stats, conn)
         finally:
             close_quietly(app)
             close_tls(tls)
-            close_quietly(sock)
 
     # --- outbound ----------------------------------------------------------------------------
 
@@ -469,11 +415,3 @@ def _in_trio() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _peer_name(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

@@ -26,7 +26,30 @@ __all__ = [
     "StaticResolver",
     "StaticRevocations",
     "TestCA",
+    "echo",
+    "exchange",
 ]
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    """A plain TCP echo service: echo until EOF (a half-closed client still gets everything)."""
+    try:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+
+
+async def exchange(stream: trio.abc.Stream, payload: bytes) -> bytes:
+    """Send `payload`, read as many bytes back (fewer at EOF)."""
+    await stream.send_all(payload)
+    got = b""
+    while len(got) < len(payload):
+        data = await stream.receive_some(65536)
+        if not data:
+            break
+        got += data
+    return got
 
 
 class TestCA:

@@ -153,6 +153,15 @@ class Mesh:
         self.nodes.set(NodeInfo(name, node.address, "failed", node_id=node.node_id, meta=node.meta))
 
 
+def bootstrapped(
+    tmp_path: Path, nursery: trio.Nursery, names: list[str], eligible: set[str]
+) -> Mesh:
+    """A mesh with no bootstrap wait whose n1 has just bootstrapped the CA (nothing reconciled)."""
+    mesh = Mesh(tmp_path, nursery, names, eligible, settings=CASettings(bootstrap_wait_s=0))
+    mesh.ca["n1"].bootstrap()
+    return mesh
+
+
 async def two_signers_and_n3(tmp_path: Path, nursery: trio.Nursery) -> Mesh:
     """n1 and n2 approved signers, n3 not eligible, 1 h leaves (rotation tests)."""
     mesh = Mesh(
@@ -372,10 +381,7 @@ async def test_garbage_on_the_ca_stream_is_counted_and_the_signer_keeps_serving(
 async def test_root_keys_go_only_to_approved_signers_sealed_to_their_identity_key(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    mesh = Mesh(
-        tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"}, settings=CASettings(bootstrap_wait_s=0)
-    )
-    mesh.ca["n1"].bootstrap()
+    mesh = bootstrapped(tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"})
     active = mesh.ca["n1"].view.active
     assert active is not None
     n2 = Addr(mesh.host("n2"), 1)
@@ -440,8 +446,7 @@ async def test_rotation_cross_signs_reissues_intermediates_and_prunes_the_old_ro
 async def test_configuration_changes_apply_on_an_eligible_node_and_reach_every_view(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
-    mesh.ca["n1"].bootstrap()
+    mesh = bootstrapped(tmp_path, nursery, ["n1", "n2"], {"n1"})
     await mesh.ca["n2"].configure(ConfigChange(leaf_ttl_s=7200, csr_max_per_second=10))
     config = mesh.ca["n2"].view.config
     assert config is not None and config.leaf_ttl_s == 7200

@@ -38,7 +38,7 @@ from meshnode.config import ConfigError, load_config
 from meshnode.gossip.messages import Addr
 from meshnode.http import Router
 from tests.ca.conftest import NOW, issue_leaf, make_intermediate, openssl_verify
-from tests.ca.test_service import Mesh, csr_for, two_signers_and_n3
+from tests.ca.test_service import Mesh, bootstrapped, csr_for, two_signers_and_n3
 from tests.meshnode.test_ca_leaves_api import call
 
 NODES = ["n1", "n2", "rogue"]
@@ -243,10 +243,7 @@ def test_no_certificate_a_rogue_can_make_verifies_against_the_trust_bundle(
 async def test_the_signer_endpoints_approve_only_on_a_signer_and_list_every_status(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    mesh = Mesh(
-        tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"}, settings=CASettings(bootstrap_wait_s=0)
-    )
-    mesh.ca["n1"].bootstrap()
+    mesh = bootstrapped(tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"})
     await mesh.reconcile()
     routers = {}
     for name in ("n1", "n3"):

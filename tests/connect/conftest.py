@@ -60,18 +60,6 @@ async def echo(stream: MeshStream) -> None:
         await stream.send_all(data)
 
 
-async def exchange(stream: trio.abc.Stream, payload: bytes) -> bytes:
-    """Send `payload`, read as many bytes back (fewer at EOF)."""
-    await stream.send_all(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        got += data
-    return got
-
-
 async def dial_when_ready(service: Service, destination: str) -> MeshStream:
     """The first stream to `destination` once the catalog has it (bounded by READY_S)."""
     last: ConnectError | None = None

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from meshnode.connect import Service
-from meshnode.proxy.testing import TestCA
+from meshnode.proxy.testing import TestCA, exchange
+from meshnode.proxy.testing import echo as plain_echo
 from meshnode.testutil import AgentProc, Cluster
 from tests.connect.conftest import (
     READY_S,
@@ -26,7 +27,6 @@ from tests.connect.conftest import (
     cli,
     dial_when_ready,
     echo,
-    exchange,
     free_port,
     register,
     start_agents,
@@ -162,14 +162,6 @@ async def test_native_and_sidecar_services_reach_each_other_both_ways(
             assert await exchange(stream, b"native->sidecar") == b"native->sidecar"
             await stream.aclose()
             nursery.cancel_scope.cancel()
-
-
-async def plain_echo(stream: trio.SocketStream) -> None:
-    try:
-        while data := await stream.receive_some(65536):
-            await stream.send_all(data)
-    except trio.BrokenResourceError:
-        pass
 
 
 async def test_a_deny_cuts_a_live_native_connection_within_3_s(

@@ -14,10 +14,16 @@ import ssl
 import pytest
 import trio
 
-from meshnode.connect import ConnectError, Denied, ReplicaAuthorizer, Service
+from meshnode.connect import ConnectError, Denied, MeshStream, ReplicaAuthorizer, Service
 from meshnode.proxy import Instance, TlsMaterial
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
-from tests.connect.conftest import echo, exchange
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    TestCA,
+    exchange,
+)
+from tests.connect.conftest import echo
 
 HOST = "127.0.0.1"
 _DEADLINE_S = 10.0
@@ -55,6 +61,12 @@ class Mesh:
         self.resolver.set(destination or service.name, [Instance(HOST, port)])
         return port
 
+    async def connected(self) -> tuple[Service, Service, MeshStream]:
+        """`db` serving the echo, `web`, and a stream from web to db: (db, web, stream)."""
+        db, web = await self.service("db"), await self.service("web")
+        await self.serve(db)
+        return db, web, await web.dial("db")
+
 
 async def refused(client: Service, destination: str) -> bool:
     """No echo came back: the dial failed, or the server closed before any byte."""
@@ -74,9 +86,7 @@ async def test_a_native_client_and_server_exchange_data_and_half_close(ca: TestC
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             mesh = Mesh(nursery, ca)
-            db, web = await mesh.service("db"), await mesh.service("web")
-            await mesh.serve(db)
-            stream = await web.dial("db")
+            _, web, stream = await mesh.connected()
             assert stream.peer_service == "db"
             assert stream.peer_uri == "spiffe://c1.mesh/ns/default/dc/dc1/svc/db"
             assert stream.socket.version() == "TLSv1.3"
@@ -121,9 +131,7 @@ async def test_a_deny_cuts_live_connections_on_both_sides_and_refuses_new_ones(
     with trio.fail_after(_DEADLINE_S):
         async with trio.open_nursery() as nursery:
             mesh = Mesh(nursery, ca)
-            db, web = await mesh.service("db"), await mesh.service("web")
-            await mesh.serve(db)
-            stream = await web.dial("db")
+            db, web, stream = await mesh.connected()
             assert await exchange(stream, b"hello") == b"hello"
             assert len(db.tracker) == 1 and len(web.tracker) == 1
             mesh.authorizer.set("web", "db", False)

@@ -18,15 +18,12 @@ from meshnode.catalog.catalog import Catalog
 from meshnode.catalog.definitions import CheckDefinition, parse_service
 from meshnode.catalog.dns_view import CatalogDnsView
 from meshnode.catalog.records import (
-    KIND_CHECK,
     KIND_SERVICE,
     CheckRecord,
     ServiceRecord,
-    encode_check,
-    encode_service,
 )
+from meshnode.catalog.testing import check_entry, service_entry, tombstone
 from meshnode.dns import DnsBound, DnsConfig, serve_dns
-from meshnode.gossip.store import Entry, Version
 from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 from tests.dns.test_server import dig
 from tests.meshnode.test_catalog_catalog import FakeRunner
@@ -54,8 +51,7 @@ def _catalog() -> tuple[Catalog, LocalState, StaticNodes]:
         body: dict[str, object] = {"Name": f"svc{i % 100}", "ID": f"s{i}", "Port": 80}
         if i % 4 == 0:
             body["Address"] = f"10.9.{i // 250}.{i % 250}"
-        value = encode_service(ServiceRecord(node, parse_service(body)))
-        entries.append(Entry(KIND_SERVICE, f"{node}/s{i}", value, Version(1, node)))
+        entries.append(service_entry(ServiceRecord(node, parse_service(body)), 1))
     state.merge(entries)
     return catalog, state, nodes
 
@@ -93,7 +89,7 @@ async def test_ptr_follows_deregistrations_checks_and_members(nursery: trio.Nurs
     port = await _serve(nursery, catalog)
     assert _ptr_names((await dig(port, "-x", "10.9.0.100")).answer) == ["svc0.service.mesh."]
     # A remote deregistration (a tombstone, as gossip brings it).
-    state.merge([Entry(KIND_SERVICE, "n0/s100", b"", Version(2, "n0"), True, 0.0)])
+    state.merge([tombstone(KIND_SERVICE, "n0", "s100", 2)])
     gone = await dig(port, "-x", "10.9.0.100")
     assert gone.status == "REFUSED" and gone.answer == []
 
@@ -102,7 +98,7 @@ async def test_ptr_follows_deregistrations_checks_and_members(nursery: trio.Nurs
     check = CheckRecord(
         "n4", "c104", "critical", CheckDefinition(kind="ttl", check_id="c104"), service_id="s104"
     )
-    state.merge([Entry(KIND_CHECK, "n4/c104", encode_check(check), Version(2, "n4"))])
+    state.merge([check_entry(check, 2)])
     assert (await dig(port, "-x", "10.9.0.104")).answer == []
 
     # A failed member: its services leave PTR answers, the node itself stays.

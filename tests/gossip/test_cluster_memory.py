@@ -53,6 +53,13 @@ class Cluster:
         self.scopes[name] = scope
         return driver
 
+    async def join_all(self) -> None:
+        """Every node joins n0, one after the other; returns once all see all alive."""
+        for name, d in self.drivers.items():
+            if name != "n0":
+                await d.join([addr(0)])
+        await wait_until(lambda: self.converged(len(self.drivers)), timeout_s=30.0)
+
     def kill(self, name: str) -> None:
         self.scopes.pop(name).cancel()
         self.net.kill(self.drivers.pop(name).core.local_addr)
@@ -105,10 +112,7 @@ async def test_fifty_nodes_converge_after_joining_one_seed(
 
 async def test_killed_node_is_declared_dead_by_all(autojump_clock: trio.testing.MockClock) -> None:
     async with cluster(20) as c:
-        for name, d in c.drivers.items():
-            if name != "n0":
-                await d.join([addr(0)])
-        await wait_until(lambda: c.converged(20), timeout_s=30.0)
+        await c.join_all()
         c.kill("n7")
         took_s = await wait_until(
             lambda: all(s == State.DEAD for s in c.states_of("n7").values()), timeout_s=60.0
@@ -120,10 +124,7 @@ async def test_killed_node_is_declared_dead_by_all(autojump_clock: trio.testing.
 async def test_slow_node_is_not_declared_dead(autojump_clock: trio.testing.MockClock) -> None:
     """Lifeguard: a node that loses 30 % of what it sends stays a member."""
     async with cluster(10) as c:
-        for name, d in c.drivers.items():
-            if name != "n0":
-                await d.join([addr(0)])
-        await wait_until(lambda: c.converged(10), timeout_s=30.0)
+        await c.join_all()
         slow = addr(3)
         rng = random.Random(SEED)
         c.net.blocked = lambda src, dst: src == slow and rng.random() < 0.3
@@ -136,10 +137,7 @@ async def test_slow_node_is_not_declared_dead(autojump_clock: trio.testing.MockC
 
 async def test_graceful_leave_is_seen_as_left(autojump_clock: trio.testing.MockClock) -> None:
     async with cluster(8) as c:
-        for name, d in c.drivers.items():
-            if name != "n0":
-                await d.join([addr(0)])
-        await wait_until(lambda: c.converged(8), timeout_s=30.0)
+        await c.join_all()
         assert await c.drivers["n5"].leave(timeout_s=5.0)
         c.kill("n5")
         await wait_until(
@@ -149,10 +147,7 @@ async def test_graceful_leave_is_seen_as_left(autojump_clock: trio.testing.MockC
 
 async def test_partition_heals(autojump_clock: trio.testing.MockClock) -> None:
     async with cluster(10) as c:
-        for name, d in c.drivers.items():
-            if name != "n0":
-                await d.join([addr(0)])
-        await wait_until(lambda: c.converged(10), timeout_s=30.0)
+        await c.join_all()
         left = {addr(i) for i in range(5)}
         c.net.blocked = lambda src, dst: (src in left) != (dst in left)
         await wait_until(

@@ -9,27 +9,9 @@ from the accuser itself, and answer the accuser itself.
 
 from __future__ import annotations
 
-import random
-
-from meshnode.gossip import codec
 from meshnode.gossip.membership import Membership
-from meshnode.gossip.messages import Addr, Alive, PacketMessage, Ping, State, Suspect
-
-A = Addr("127.0.0.1", 7001)
-B = Addr("127.0.0.1", 7002)
-C = Addr("127.0.0.1", 7003)
-
-
-def make(name: str, addr: Addr, seed: int = 0) -> Membership:
-    return Membership(name=name, addr=addr, meta=b"m", rng=random.Random(seed), now=0.0)
-
-
-def feed(m: Membership, *msgs: PacketMessage, src: Addr, now: float = 0.0) -> None:
-    m.receive_packet(codec.encode_packet([codec.encode_message(x) for x in msgs]), src, now)
-
-
-def sent(m: Membership) -> list[tuple[Addr, list[PacketMessage]]]:
-    return [(addr, codec.decode_packet(data)) for addr, data in m.packets_to_send()]
+from meshnode.gossip.messages import Alive, Ping, State, Suspect
+from tests.gossip.conftest import A, B, C, feed, make, sent
 
 
 def test_a_ping_to_a_suspect_carries_the_suspicion() -> None:

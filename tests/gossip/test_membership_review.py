@@ -13,7 +13,6 @@ import pytest
 import trio
 import trio.testing
 
-from meshnode.gossip import codec
 from meshnode.gossip.config import GossipConfig
 from meshnode.gossip.driver import GossipDriver
 from meshnode.gossip.errors import RemoteProtocolError
@@ -34,23 +33,9 @@ from meshnode.gossip.messages import (
 )
 from meshnode.gossip.testing import MemoryNetwork
 from meshnode.gossip.wire import Wire
+from tests.gossip.conftest import A, B, C, feed, make, sent
 
-A = Addr("127.0.0.1", 7001)
-B = Addr("127.0.0.1", 7002)
-C = Addr("127.0.0.1", 7003)
 U64_MAX = 2**64 - 1
-
-
-def make(name: str = "a", addr: Addr = A, seed: int = 0) -> Membership:
-    return Membership(name=name, addr=addr, meta=b"m", rng=random.Random(seed), now=0.0)
-
-
-def feed(m: Membership, *msgs: PacketMessage, src: Addr = B, now: float = 0.0) -> None:
-    m.receive_packet(codec.encode_packet([codec.encode_message(x) for x in msgs]), src, now)
-
-
-def sent(m: Membership) -> list[tuple[Addr, list[PacketMessage]]]:
-    return [(addr, codec.decode_packet(data)) for addr, data in m.packets_to_send()]
 
 
 def peer(i: int) -> Addr:

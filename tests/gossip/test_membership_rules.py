@@ -6,13 +6,10 @@ No network: messages are fed straight into `receive_packet`, so each rule
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.gossip import codec
 from meshnode.gossip.errors import RemoteProtocolError
 from meshnode.gossip.events import Event, MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from meshnode.gossip.membership import Membership
@@ -28,22 +25,7 @@ from meshnode.gossip.messages import (
     State,
     Suspect,
 )
-
-A = Addr("127.0.0.1", 7001)
-B = Addr("127.0.0.1", 7002)
-C = Addr("127.0.0.1", 7003)
-
-
-def make(name: str = "a", addr: Addr = A, seed: int = 0) -> Membership:
-    return Membership(name=name, addr=addr, meta=b"m", rng=random.Random(seed), now=0.0)
-
-
-def feed(m: Membership, *msgs: PacketMessage, src: Addr = B, now: float = 0.0) -> None:
-    m.receive_packet(codec.encode_packet([codec.encode_message(x) for x in msgs]), src, now)
-
-
-def sent(m: Membership) -> list[tuple[Addr, list[PacketMessage]]]:
-    return [(addr, codec.decode_packet(data)) for addr, data in m.packets_to_send()]
+from tests.gossip.conftest import A, B, C, feed, make, sent
 
 
 def events(m: Membership) -> list[Event]:

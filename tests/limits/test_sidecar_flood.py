@@ -9,10 +9,16 @@ import trio
 
 from meshnode.connect import MeshStream, ReplicaAuthorizer, Service
 from meshnode.proxy import Limits
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    TestCA,
+    echo,
+)
 from meshnode.proxy.tls import build_contexts
 from tests.limits.conftest import CLIENT_SOURCE, SERVED_WITHIN_S, SETTLE_S, idle_flood
-from tests.proxy.conftest import HOST, Pair, echo, serve
+from tests.proxy.conftest import HOST, Pair, serve
 
 # The finding's count: more than the listener's 1,024 connection slots.
 _FLOOD = 1100

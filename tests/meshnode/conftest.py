@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import trio
+from click.testing import Result
 
 from meshnode.api import STATUS_FAILED, MemberView, build_router
 from meshnode.api.testing import FakeAgent
@@ -42,3 +43,13 @@ def threaded_api_port(fake_agent: FakeAgent) -> Iterator[int]:
     """The fake agent's API in a trio run on another thread, for synchronous tests (CLI)."""
     with serve_in_thread(build_router(fake_agent)) as port:
         yield port
+
+
+def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
+    """The CLI failed with `code` and one line "Error: ..." naming `fragment`, no traceback."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output

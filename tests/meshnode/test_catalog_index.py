@@ -19,13 +19,10 @@ from meshnode.catalog.records import (
     KIND_SERVICE,
     CheckRecord,
     ServiceRecord,
-    encode_check,
-    encode_service,
-    record_key,
 )
+from meshnode.catalog.testing import check_entry, service_entry, tombstone
 from meshnode.catalog.views import RecordCache
 from meshnode.dns import DnsInstance
-from meshnode.gossip.store import Entry, Version
 from meshnode.store.state import LocalState, NodeInfo, StaticNodes
 from tests.meshnode.test_catalog_catalog import FakeRunner
 
@@ -48,18 +45,18 @@ def _make() -> tuple[Catalog, LocalState, StaticNodes]:
     return catalog, state, nodes
 
 
-def _remote_service(node: str, i: int, name: str, ip: str, native: bool) -> bytes:
+def _remote_service(node: str, i: int, name: str, ip: str, native: bool) -> ServiceRecord:
     body: dict[str, Any] = {"Name": name, "ID": f"r{i}", "Port": 80 + i}
     if ip:
         body["Address"] = ip
     if native:
         body["Connect"] = {"Native": True}
-    return encode_service(ServiceRecord(node, parse_service(body)))
+    return ServiceRecord(node, parse_service(body))
 
 
-def _remote_check(node: str, i: int, status: str) -> bytes:
+def _remote_check(node: str, i: int, status: str) -> CheckRecord:
     definition = CheckDefinition(kind="ttl", check_id=f"c{i}", ttl_s=30.0)
-    return encode_check(CheckRecord(node, f"c{i}", status, definition, service_id=f"r{i}"))
+    return CheckRecord(node, f"c{i}", status, definition, service_id=f"r{i}")
 
 
 _ops = st.lists(
@@ -121,24 +118,16 @@ def _run(catalog: Catalog, state: LocalState, nodes: StaticNodes, ops: list[Any]
                 catalog.deregister(f"l{op[1]}")
         elif kind == "remote":
             _, node, i, name, ip, native = op
-            value = _remote_service(node, i, name, ip, native)
-            state.merge(
-                [Entry(KIND_SERVICE, record_key(node, f"r{i}"), value, Version(lamport, node))]
-            )
+            state.merge([service_entry(_remote_service(node, i, name, ip, native), lamport)])
         elif kind == "remote-delete":
             _, node, i = op
-            key = record_key(node, f"r{i}")
-            tomb = Entry(KIND_SERVICE, key, b"", Version(lamport, node), True, 0.0)
-            state.merge([tomb])
+            state.merge([tombstone(KIND_SERVICE, node, f"r{i}", lamport)])
         elif kind == "remote-check":
             _, node, i, status = op
-            key = record_key(node, f"c{i}")
             if status is None:
-                entry = Entry(KIND_CHECK, key, b"", Version(lamport, node), True, 0.0)
+                entry = tombstone(KIND_CHECK, node, f"c{i}", lamport)
             else:
-                entry = Entry(
-                    KIND_CHECK, key, _remote_check(node, i, status), Version(lamport, node)
-                )
+                entry = check_entry(_remote_check(node, i, status), lamport)
             state.merge([entry])
         else:
             _, node, alive = op
@@ -266,8 +255,7 @@ def test_remote_changes_tell_the_local_listeners_nothing() -> None:
     catalog, state, _ = _make()
     told: list[object] = []
     catalog.subscribe_local(told.append)
-    value = _remote_service("n2", 1, "web", "", False)
-    state.merge([Entry(KIND_SERVICE, "n2/r1", value, Version(5, "n2"))])
+    state.merge([service_entry(_remote_service("n2", 1, "web", "", False), 5)])
     assert told == []
     assert [e.service.record.service_id for e in catalog.health_service("web")] == ["r1"]
 
@@ -275,8 +263,7 @@ def test_remote_changes_tell_the_local_listeners_nothing() -> None:
 def test_dns_view_finds_names_case_blind_and_nodes_by_address() -> None:
     catalog, state, _ = _make()
     catalog.register(parse_service({"Name": "Web", "Port": 80}))
-    value = _remote_service("N3", 2, "web", "", False)
-    state.merge([Entry(KIND_SERVICE, "N3/r2", value, Version(5, "N3"))])
+    state.merge([service_entry(_remote_service("N3", 2, "web", "", False), 5)])
     view = CatalogDnsView(catalog)
     assert sorted(i.node for i in view.service_instances("web")) == ["N3", "n1"]
     node = view.node("n3")

@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from meshnode.api.testing import FakeAgent
 from meshnode.cli import cli, main, rewrite_single_dash
 from meshnode.config import AgentConfig
+from tests.meshnode.conftest import assert_one_line_error
 
 MESHNODE = Path(sys.executable).parent / "meshnode"
 
@@ -29,15 +30,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert fragment in lines[0]
-    assert "Traceback" not in result.output
 
 
 def test_keygen_prints_a_fresh_32_byte_key() -> None:

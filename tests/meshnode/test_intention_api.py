@@ -21,6 +21,7 @@ from meshnode.http import Router, serve_http
 from meshnode.http.testing import Reply, fetch
 from meshnode.intentions.replica import IntentionState
 from meshnode.store.state import LocalState
+from tests.meshnode.conftest import assert_one_line_error
 
 EXACT = "/v1/connect/intentions/exact"
 AUTHORIZE = "/v1/agent/connect/authorize"
@@ -342,11 +343,3 @@ def test_cli_check_exits_2_when_the_agent_cannot_be_reached() -> None:
             cli, ["intention", "check", "web", "db", "-http-addr", f"127.0.0.1:{port}"]
         )
     assert_one_line_error(result, 2, "connection refused")
-
-
-def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert fragment in lines[0]

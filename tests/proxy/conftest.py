@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
 
 from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    StaticRevocations,
+    TestCA,
+    echo,
+    exchange,
+)
 from meshnode.proxy.tls import TlsContexts, close_tls
 
 HOST = "127.0.0.1"
@@ -75,15 +84,6 @@ async def serve(nursery: trio.Nursery, handler: object) -> int:
     return port
 
 
-async def echo(stream: trio.SocketStream) -> None:
-    """Echo until EOF, then close (a half-closed client still gets everything)."""
-    try:
-        while data := await stream.receive_some(65536):
-            await stream.send_all(data)
-    except trio.BrokenResourceError:
-        pass
-
-
 async def hash_then_reply(stream: trio.SocketStream) -> None:
     """Read to EOF, then answer the SHA-256 of what came and a 1 MiB tail, then close."""
     digest = hashlib.sha256()
@@ -113,20 +113,16 @@ async def round_trip(port: int, payload: bytes = b"ping") -> bytes:
     stream = await trio.open_tcp_stream(HOST, port)
     async with stream:
         try:
-            await stream.send_all(payload)
-            got = b""
-            while len(got) < len(payload):
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                got += data
+            return await exchange(stream, payload)
         except trio.BrokenResourceError:
             return b""
-        return got
 
 
 class Pair:
-    """An outbound proxy for `web` and inbound proxies for `db` instances, all in-process."""
+    """An outbound proxy for `web` and inbound proxies for `db` instances, all in-process.
+
+    `revocations`: one revocation list every proxy of the pair checks.
+    """
 
     def __init__(
         self,
@@ -135,12 +131,14 @@ class Pair:
         *,
         authorizer: StaticAuthorizer | None = None,
         limits: Limits | None = None,
+        revocations: StaticRevocations | None = None,
     ) -> None:
         self.nursery = nursery
         self.ca = ca
         self.authorizer = authorizer or StaticAuthorizer()
         self.resolver = StaticResolver()
         self.limits = limits or Limits()
+        self.revocations = revocations
         self.web_certs = StaticCertSource(ca.material("web"))
         self.outbound: Proxy | None = None
         self.inbound: list[Proxy] = []
@@ -162,6 +160,7 @@ class Pair:
             authorizer=self.authorizer,
             resolver=self.resolver,
             rng=random.Random(len(self.inbound)),
+            revocations=self.revocations,
         )
         await self.nursery.start(proxy.run)
         self.inbound.append(proxy)
@@ -175,17 +174,59 @@ class Pair:
 
     async def start_outbound(self, destinations: Sequence[str] = ("db",)) -> int:
         """Start the web proxy with one upstream per destination; the first upstream's port."""
-        self.outbound = Proxy(
+        self.outbound, port = await self.add_outbound(self.web_certs, "web", destinations)
+        return port
+
+    async def add_outbound(
+        self, certs: StaticCertSource, service: str = "web", destinations: Sequence[str] = ("db",)
+    ) -> tuple[Proxy, int]:
+        """Start a client proxy for `service` with one upstream per destination; the first port."""
+        proxy = Proxy(
             ProxyConfig(
-                proxy_id="web-sidecar-proxy",
-                service="web",
+                proxy_id=f"{service}-sidecar-proxy",
+                service=service,
                 upstreams=tuple(UpstreamConfig(d, 0) for d in destinations),
                 limits=self.limits,
             ),
-            certs=self.web_certs,
+            certs=certs,
             authorizer=self.authorizer,
             resolver=self.resolver,
             rng=random.Random(0),
+            revocations=self.revocations,
         )
-        await self.nursery.start(self.outbound.run)
-        return self.outbound.upstream_ports[destinations[0]]
+        await self.nursery.start(proxy.run)
+        return proxy, proxy.upstream_ports[destinations[0]]
+
+    async def route_db(
+        self, handler: object = echo, *, certs: StaticCertSource | None = None
+    ) -> Proxy:
+        """`handler` served behind one `db` proxy, the only instance of "db"; the proxy."""
+        db = await self.add_db(await serve(self.nursery, handler), certs=certs)
+        self.route("db", [db])
+        return db
+
+    async def serve_db(
+        self, handler: object = echo, *, certs: StaticCertSource | None = None
+    ) -> tuple[Proxy, int]:
+        """`route_db`, then the web proxy: (db's proxy, web's port)."""
+        db = await self.route_db(handler, certs=certs)
+        return db, await self.start_outbound()
+
+
+@contextlib.asynccontextmanager
+async def running_pair(
+    ca: TestCA,
+    *,
+    deadline_s: float,
+    authorizer: StaticAuthorizer | None = None,
+    limits: Limits | None = None,
+    revocations: StaticRevocations | None = None,
+) -> AsyncIterator[Pair]:
+    """A `Pair` in a nursery of its own, the whole block bounded by `deadline_s`.
+
+    Its proxies and servers are cancelled when the block ends.
+    """
+    with trio.fail_after(deadline_s):
+        async with trio.open_nursery() as nursery:
+            yield Pair(nursery, ca, authorizer=authorizer, limits=limits, revocations=revocations)
+            nursery.cancel_scope.cancel()

@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from meshnode.proxy import BalancerConfig, Dialer, DialError, Limits
-from meshnode.proxy.testing import StaticCertSource, TestCA
+from meshnode.proxy.testing import StaticCertSource, TestCA, echo
 from meshnode.proxy.tls import ContextCache, close_tls
-from tests.proxy.conftest import HOST, Pair, echo, serve
+from tests.proxy.conftest import HOST, Pair, running_pair, serve
 
 _DEADLINE_S = 10.0
 
@@ -79,69 +79,60 @@ async def _echoed(tls: ssl.SSLSocket, payload: bytes) -> bytes:
 
 
 async def test_one_seed_replays_every_choice(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pair = Pair(nursery, ca)
-            app = await serve(nursery, echo)
-            pair.route("db", [await pair.add_db(app) for _ in range(4)])
-            clock = FakeClock(50.0)
-            first = await _ports_picked(_dialer(pair, 7, clock), 12)
-            again = await _ports_picked(_dialer(pair, 7, clock), 12)
-            other = await _ports_picked(_dialer(pair, 8, clock), 12)
-            assert first == again
-            assert other != first
-            assert len(set(first)) > 1  # the seed spreads, not a fixed instance
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, deadline_s=_DEADLINE_S) as pair:
+        app = await serve(pair.nursery, echo)
+        pair.route("db", [await pair.add_db(app) for _ in range(4)])
+        clock = FakeClock(50.0)
+        first = await _ports_picked(_dialer(pair, 7, clock), 12)
+        again = await _ports_picked(_dialer(pair, 7, clock), 12)
+        other = await _ports_picked(_dialer(pair, 8, clock), 12)
+        assert first == again
+        assert other != first
+        assert len(set(first)) > 1  # the seed spreads, not a fixed instance
 
 
 async def test_the_injected_clock_decides_ejection(ca: TestCA) -> None:
     """A dead instance stays out until the fake clock, not trio's, passes its ejection time."""
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pair = Pair(nursery, ca)
-            live = await pair.add_db(await serve(nursery, echo))
-            dead = trio.socket.socket()  # bound, never listening: connections are refused
-            await dead.bind((HOST, 0))
-            dead_port = dead.getsockname()[1]
-            pair.route("db", [live, dead_port])
-            clock = FakeClock(100.0)
-            failures: list[str] = []
-            config = BalancerConfig(ejection_failures=1, ejection_s=10.0)
-            dialer = _dialer(pair, 3, clock, failures=failures, balancer=config)
-            for _ in range(20):  # until the seeded picks hit the dead instance once
-                await _ports_picked(dialer, 1)
-                if failures:
-                    break
-            assert failures == [f"{HOST}:{dead_port}"]
-            clock.now_s = 109.0  # ejected until 110 by the fake clock
-            assert set(await _ports_picked(dialer, 10)) == {live.inbound_port}
-            assert len(failures) == 1
-            clock.now_s = 110.5
-            for _ in range(20):
-                await _ports_picked(dialer, 1)
-                if len(failures) == 2:
-                    break
-            assert failures == [f"{HOST}:{dead_port}"] * 2
-            dead.close()
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, deadline_s=_DEADLINE_S) as pair:
+        live = await pair.add_db(await serve(pair.nursery, echo))
+        dead = trio.socket.socket()  # bound, never listening: connections are refused
+        await dead.bind((HOST, 0))
+        dead_port = dead.getsockname()[1]
+        pair.route("db", [live, dead_port])
+        clock = FakeClock(100.0)
+        failures: list[str] = []
+        config = BalancerConfig(ejection_failures=1, ejection_s=10.0)
+        dialer = _dialer(pair, 3, clock, failures=failures, balancer=config)
+        for _ in range(20):  # until the seeded picks hit the dead instance once
+            await _ports_picked(dialer, 1)
+            if failures:
+                break
+        assert failures == [f"{HOST}:{dead_port}"]
+        clock.now_s = 109.0  # ejected until 110 by the fake clock
+        assert set(await _ports_picked(dialer, 10)) == {live.inbound_port}
+        assert len(failures) == 1
+        clock.now_s = 110.5
+        for _ in range(20):
+            await _ports_picked(dialer, 1)
+            if len(failures) == 2:
+                break
+        assert failures == [f"{HOST}:{dead_port}"] * 2
+        dead.close()
 
 
 async def test_the_injected_wall_clock_checks_a_resumed_certificate(ca: TestCA) -> None:
     """The session kept by `finished` resumes; at a wall time past the leaf it is refused."""
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pair = Pair(nursery, ca)
-            pair.route("db", [await pair.add_db(await serve(nursery, echo))])
-            wall = FakeClock(time.time())
-            dialer = _dialer(pair, 1, FakeClock(0.0), wall_clock=wall)
-            for _ in range(2):  # a full handshake, then a resumed one
-                dialled = await dialer.dial("db", 5.0)
-                assert await _echoed(dialled.tls, b"x") == b"x"  # the ticket comes first
-                resumed = dialled.tls.session_reused
-                dialled.finished()
-                close_tls(dialled.tls)
-            assert resumed
-            wall.now_s += 10 * 365 * 86400.0  # long after the leaf's notAfter
-            with pytest.raises(DialError, match="expired certificate"):
-                await dialer.dial("db", 5.0)
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, deadline_s=_DEADLINE_S) as pair:
+        pair.route("db", [await pair.add_db(await serve(pair.nursery, echo))])
+        wall = FakeClock(time.time())
+        dialer = _dialer(pair, 1, FakeClock(0.0), wall_clock=wall)
+        for _ in range(2):  # a full handshake, then a resumed one
+            dialled = await dialer.dial("db", 5.0)
+            assert await _echoed(dialled.tls, b"x") == b"x"  # the ticket comes first
+            resumed = dialled.tls.session_reused
+            dialled.finished()
+            close_tls(dialled.tls)
+        assert resumed
+        wall.now_s += 10 * 365 * 86400.0  # long after the leaf's notAfter
+        with pytest.raises(DialError, match="expired certificate"):
+            await dialer.dial("db", 5.0)

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from meshnode.proxy.testing import StaticAuthorizer, TestCA
-from tests.proxy.conftest import HOST, Pair, read_all, serve
+from tests.proxy.conftest import HOST, read_all, running_pair, serve
 
 BANNER = b"hello-from-db"
 _DEADLINE_S = 15.0
@@ -58,30 +58,27 @@ async def test_only_a_certificate_from_our_ca_reaches_the_inbound_listener(
     bad = ["-cert", _write(tmp_path, "x.pem", stranger.cert_chain_pem)]
     bad += ["-key", _write(tmp_path, "x.key", stranger.key_pem)]
     bad += ["-cert_chain", _write(tmp_path, "x-chain.pem", stranger.cert_chain_pem)]
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            authorizer = StaticAuthorizer()
-            pair = Pair(nursery, ca, authorizer=authorizer)
-            db = await pair.add_db(await serve(nursery, banner))
-            assert db.inbound_port is not None
-            port = db.inbound_port
+    authorizer = StaticAuthorizer()
+    async with running_pair(ca, authorizer=authorizer, deadline_s=_DEADLINE_S) as pair:
+        db = await pair.add_db(await serve(pair.nursery, banner))
+        assert db.inbound_port is not None
+        port = db.inbound_port
 
-            check = await trio.open_tcp_stream(HOST, port)  # a TCP health check
-            await check.aclose()
-            plain = await trio.open_tcp_stream(HOST, port)
-            async with plain:
-                await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
-                assert BANNER not in await read_all(plain)
+        check = await trio.open_tcp_stream(HOST, port)  # a TCP health check
+        await check.aclose()
+        plain = await trio.open_tcp_stream(HOST, port)
+        async with plain:
+            await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
+            assert BANNER not in await read_all(plain)
 
-            assert BANNER not in await s_client(port, tmp_path, [])  # no certificate
-            assert BANNER not in await s_client(port, tmp_path, bad)  # another CA
-            assert BANNER in await s_client(port, tmp_path, good)
-            authorizer.set("web", "db", False)
-            assert BANNER not in await s_client(port, tmp_path, good)  # denied
-            inbound = db.snapshot()["Inbound"]
-            assert inbound["HandshakeFailed"] == 3
-            with trio.fail_after(2):  # the check's close is seen after its accept
-                while db.snapshot()["Inbound"]["ClosedEarly"] != 1:
-                    await trio.sleep(0.01)
-            assert inbound["Denied"] == 1
-            nursery.cancel_scope.cancel()
+        assert BANNER not in await s_client(port, tmp_path, [])  # no certificate
+        assert BANNER not in await s_client(port, tmp_path, bad)  # another CA
+        assert BANNER in await s_client(port, tmp_path, good)
+        authorizer.set("web", "db", False)
+        assert BANNER not in await s_client(port, tmp_path, good)  # denied
+        inbound = db.snapshot()["Inbound"]
+        assert inbound["HandshakeFailed"] == 3
+        with trio.fail_after(2):  # the check's close is seen after its accept
+            while db.snapshot()["Inbound"]["ClosedEarly"] != 1:
+                await trio.sleep(0.01)
+        assert inbound["Denied"] == 1

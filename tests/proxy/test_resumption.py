@@ -16,7 +16,7 @@ from meshnode.proxy.openssl import fast_path_error
 from meshnode.proxy.pump import handshake
 from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, TestCA
 from meshnode.proxy.tls import TlsContexts, close_tls, offers_resumption, verified_peer
-from tests.proxy.conftest import Pair, echo, round_trip, serve, ticketed_session, tls_connection
+from tests.proxy.conftest import Pair, round_trip, running_pair, ticketed_session, tls_connection
 
 _DEADLINE_S = 10.0
 
@@ -45,74 +45,59 @@ async def _connect(pair: Pair, db: Proxy, port: int) -> None:
 
 
 async def test_the_second_connection_resumes(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pair = Pair(nursery, ca)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 0
-            await _connect(pair, db, port)
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 2
-            assert db.snapshot()["Inbound"]["Resumed"] == 2
-            assert db.snapshot()["Connections"] == []
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, deadline_s=_DEADLINE_S) as pair:
+        db, port = await pair.serve_db()
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 0
+        await _connect(pair, db, port)
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 2
+        assert db.snapshot()["Inbound"]["Resumed"] == 2
+        assert db.snapshot()["Connections"] == []
 
 
 async def test_new_material_on_either_side_forces_a_full_handshake(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            pair = Pair(nursery, ca)
-            db_certs = StaticCertSource(ca.material("db"))
-            db = await pair.add_db(await serve(nursery, echo), certs=db_certs)
-            pair.route("db", [db])
-            port = await pair.start_outbound()
-            await _connect(pair, db, port)
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 1
-            # The server's bundle changes: its new context has new ticket keys,
-            # so the client's ticket is refused and the handshake is a full one
-            # (with no ticket: the client offered one); the client drops the
-            # session, and the next full handshake brings a ticket.
-            bundle = ca.root.cert_pem + TestCA("c1.mesh").root.cert_pem
-            db_certs.set(ca.material("db", roots_pem=bundle))
-            await _connect(pair, db, port)
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 1
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 2
-            # The client's material changes: it drops its sessions.
-            pair.web_certs.set(ca.material("web", roots_pem=bundle))
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 2
-            await _connect(pair, db, port)
-            assert _resumed(pair) == 3
-            assert db.snapshot()["Inbound"]["Resumed"] == 3
-            assert db.snapshot()["Inbound"]["HandshakeFailed"] == 0
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, deadline_s=_DEADLINE_S) as pair:
+        db_certs = StaticCertSource(ca.material("db"))
+        db, port = await pair.serve_db(certs=db_certs)
+        await _connect(pair, db, port)
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 1
+        # The server's bundle changes: its new context has new ticket keys,
+        # so the client's ticket is refused and the handshake is a full one
+        # (with no ticket: the client offered one); the client drops the
+        # session, and the next full handshake brings a ticket.
+        bundle = ca.root.cert_pem + TestCA("c1.mesh").root.cert_pem
+        db_certs.set(ca.material("db", roots_pem=bundle))
+        await _connect(pair, db, port)
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 1
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 2
+        # The client's material changes: it drops its sessions.
+        pair.web_certs.set(ca.material("web", roots_pem=bundle))
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 2
+        await _connect(pair, db, port)
+        assert _resumed(pair) == 3
+        assert db.snapshot()["Inbound"]["Resumed"] == 3
+        assert db.snapshot()["Inbound"]["HandshakeFailed"] == 0
 
 
 async def test_a_denied_intention_refuses_a_resumedtls_connection(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            authorizer = StaticAuthorizer()
-            pair = Pair(nursery, ca, authorizer=authorizer)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
-            await _connect(pair, db, port)
-            authorizer.set("web", "db", False)
-            assert await round_trip(port) == b""
-            assert pair.outbound is not None
-            await _settled(pair.outbound, db)
-            inbound = db.snapshot()["Inbound"]
-            assert inbound["Resumed"] == 1  # the handshake resumed, the intention still said no
-            assert inbound["Denied"] == 1
-            authorizer.set("web", "db", True)
-            await _connect(pair, db, port)
-            nursery.cancel_scope.cancel()
+    authorizer = StaticAuthorizer()
+    async with running_pair(ca, authorizer=authorizer, deadline_s=_DEADLINE_S) as pair:
+        db, port = await pair.serve_db()
+        await _connect(pair, db, port)
+        authorizer.set("web", "db", False)
+        assert await round_trip(port) == b""
+        assert pair.outbound is not None
+        await _settled(pair.outbound, db)
+        inbound = db.snapshot()["Inbound"]
+        assert inbound["Resumed"] == 1  # the handshake resumed, the intention still said no
+        assert inbound["Denied"] == 1
+        authorizer.set("web", "db", True)
+        await _connect(pair, db, port)
 
 
 def test_a_resumed_session_of_an_expired_certificate_is_refused(ca: TestCA) -> None:
@@ -302,9 +287,7 @@ async def test_every_later_connection_resumes_through_frees_and_collections(ca: 
     with trio.fail_after(_DEADLINE_S * 3):
         async with trio.open_nursery() as nursery:
             pair = Pair(nursery, ca)
-            db = await pair.add_db(await serve(nursery, echo))
-            pair.route("db", [db])
-            port = await pair.start_outbound()
+            db, port = await pair.serve_db()
             for i in range(40):
                 await _connect(pair, db, port)
                 if i % 8 == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -22,64 +21,16 @@ from meshnode.ca.spiffe import ServiceID
 from meshnode.connect.agent_sources import AgentHttp, HttpError, HttpRevocations
 from meshnode.http import Router
 from meshnode.http.server import serve_http
-from meshnode.proxy import Instance, Proxy, ProxyConfig, TlsMaterial, UpstreamConfig
+from meshnode.proxy import TlsMaterial
 from meshnode.proxy.testing import (
-    StaticAuthorizer,
     StaticCertSource,
-    StaticResolver,
     StaticRevocations,
     TestCA,
 )
 from meshnode.store.state import LocalState
-from tests.proxy.conftest import HOST, echo, read_all, round_trip, serve
+from tests.proxy.conftest import HOST, Pair, read_all, round_trip, running_pair
 
 _DEADLINE_S = 15.0
-
-
-class Mesh:
-    """Inbound `db` proxies and outbound client proxies sharing one revocation list."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
-        self.authorizer = StaticAuthorizer()
-        self.resolver = StaticResolver()
-        self.revocations = StaticRevocations()
-
-    async def inbound(self, certs: StaticCertSource, app_port: int) -> Proxy:
-        proxy = Proxy(
-            ProxyConfig(
-                proxy_id="db-sidecar-proxy",
-                service="db",
-                listen_address=HOST,
-                listen_port=0,
-                local_service_address=HOST,
-                local_service_port=app_port,
-            ),
-            certs=certs,
-            authorizer=self.authorizer,
-            resolver=self.resolver,
-            revocations=self.revocations,
-            rng=random.Random(0),
-        )
-        await self.nursery.start(proxy.run)
-        self.resolver.set("db", [Instance(HOST, proxy.inbound_port or 0)])
-        return proxy
-
-    async def outbound(self, certs: StaticCertSource, service: str = "web") -> tuple[Proxy, int]:
-        proxy = Proxy(
-            ProxyConfig(
-                proxy_id=f"{service}-sidecar-proxy",
-                service=service,
-                upstreams=(UpstreamConfig("db", 0),),
-            ),
-            certs=certs,
-            authorizer=self.authorizer,
-            resolver=self.resolver,
-            revocations=self.revocations,
-            rng=random.Random(0),
-        )
-        await self.nursery.start(proxy.run)
-        return proxy, proxy.upstream_ports["db"]
 
 
 def leaf_of(material: TlsMaterial) -> x509.Certificate:
@@ -107,101 +58,90 @@ async def open_live(port: int) -> trio.SocketStream:
     return stream
 
 
-def revoke(mesh: Mesh, material: TlsMaterial) -> None:
+def revoke(mesh: Pair, material: TlsMaterial) -> None:
     cert = leaf_of(material)
+    assert mesh.revocations is not None
     mesh.revocations.add(
         revocation_of_cert(cert, now_wall_s=0.0, reason="key leaked", revoked_by="test")
     )
 
 
 async def test_revoked_client_leaf_is_cut_live_and_refused_after(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            mesh = Mesh(nursery)
-            db = await mesh.inbound(StaticCertSource(ca.material("db")), await serve(nursery, echo))
-            web_material = ca.material("web")
-            _, port = await mesh.outbound(StaticCertSource(web_material))
-            # The first connection is a full handshake; the live one resumes its session,
-            # so the cut also works where OpenSSL kept no verified chain.
-            assert await round_trip(port) == b"ping"
-            await trio.sleep(0.05)  # the outbound proxy keeps the session when the first ends
-            live = await open_live(port)
-            assert db.snapshot()["Inbound"]["Resumed"] == 1
-            async with live:
-                revoke(mesh, web_material)
-                with trio.fail_after(3.0):
-                    assert await read_all(live) == b""  # cut: EOF
-            assert await round_trip(port) == b""  # a new handshake is refused
-            inbound = db.snapshot()["Inbound"]
-            assert inbound["Cut"] == 1
-            assert inbound["Denied"] == 1
-            assert inbound["Active"] == 0
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, revocations=StaticRevocations(), deadline_s=_DEADLINE_S) as mesh:
+        db = await mesh.route_db(certs=StaticCertSource(ca.material("db")))
+        web_material = ca.material("web")
+        _, port = await mesh.add_outbound(StaticCertSource(web_material))
+        # The first connection is a full handshake; the live one resumes its session,
+        # so the cut also works where OpenSSL kept no verified chain.
+        assert await round_trip(port) == b"ping"
+        await trio.sleep(0.05)  # the outbound proxy keeps the session when the first ends
+        live = await open_live(port)
+        assert db.snapshot()["Inbound"]["Resumed"] == 1
+        async with live:
+            revoke(mesh, web_material)
+            with trio.fail_after(3.0):
+                assert await read_all(live) == b""  # cut: EOF
+        assert await round_trip(port) == b""  # a new handshake is refused
+        inbound = db.snapshot()["Inbound"]
+        assert inbound["Cut"] == 1
+        assert inbound["Denied"] == 1
+        assert inbound["Active"] == 0
 
 
 async def test_a_reissued_leaf_with_a_revoked_key_is_refused(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            mesh = Mesh(nursery)
-            db = await mesh.inbound(StaticCertSource(ca.material("db")), await serve(nursery, echo))
-            web_material = ca.material("web")
-            again = reissued(ca, web_material)
-            assert leaf_of(again).serial_number != leaf_of(web_material).serial_number
-            revoke(mesh, web_material)
-            _, port = await mesh.outbound(StaticCertSource(again))
-            assert await round_trip(port) == b""
-            assert db.snapshot()["Inbound"]["Denied"] == 1
-            # Another key of the same service is fine.
-            _, fresh_port = await mesh.outbound(StaticCertSource(ca.material("web")))
-            assert await round_trip(fresh_port) == b"ping"
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, revocations=StaticRevocations(), deadline_s=_DEADLINE_S) as mesh:
+        db = await mesh.route_db(certs=StaticCertSource(ca.material("db")))
+        web_material = ca.material("web")
+        again = reissued(ca, web_material)
+        assert leaf_of(again).serial_number != leaf_of(web_material).serial_number
+        revoke(mesh, web_material)
+        _, port = await mesh.add_outbound(StaticCertSource(again))
+        assert await round_trip(port) == b""
+        assert db.snapshot()["Inbound"]["Denied"] == 1
+        # Another key of the same service is fine.
+        _, fresh_port = await mesh.add_outbound(StaticCertSource(ca.material("web")))
+        assert await round_trip(fresh_port) == b"ping"
 
 
 async def test_revoked_server_leaf_is_cut_on_the_outbound_side(ca: TestCA) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            mesh = Mesh(nursery)
-            db_material = ca.material("db")
-            await mesh.inbound(StaticCertSource(db_material), await serve(nursery, echo))
-            web, port = await mesh.outbound(StaticCertSource(ca.material("web")))
-            live = await open_live(port)
-            async with live:
-                revoke(mesh, db_material)
-                with trio.fail_after(3.0):
-                    assert await read_all(live) == b""
-            assert await round_trip(port) == b""  # the only instance is refused
-            upstream = web.snapshot()["Upstreams"][0]
-            assert upstream["Cut"] == 1
-            assert upstream["Failed"] == 1
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, revocations=StaticRevocations(), deadline_s=_DEADLINE_S) as mesh:
+        db_material = ca.material("db")
+        await mesh.route_db(certs=StaticCertSource(db_material))
+        web, port = await mesh.add_outbound(StaticCertSource(ca.material("web")))
+        live = await open_live(port)
+        async with live:
+            revoke(mesh, db_material)
+            with trio.fail_after(3.0):
+                assert await read_all(live) == b""
+        assert await round_trip(port) == b""  # the only instance is refused
+        upstream = web.snapshot()["Upstreams"][0]
+        assert upstream["Cut"] == 1
+        assert upstream["Failed"] == 1
 
 
 async def test_a_root_leaving_the_bundle_cuts_the_connections_chained_to_it(
     ca: TestCA, other_ca: TestCA
 ) -> None:
-    with trio.fail_after(_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            mesh = Mesh(nursery)
-            both = ca.root.cert_pem + other_ca.root.cert_pem
-            db_certs = StaticCertSource(other_ca.material("db", roots_pem=both))
-            db = await mesh.inbound(db_certs, await serve(nursery, echo))
-            # "web" chains to the old root, "api" to the new one; both are trusted.
-            _, web_port = await mesh.outbound(StaticCertSource(ca.material("web", roots_pem=both)))
-            _, api_port = await mesh.outbound(
-                StaticCertSource(other_ca.material("api", roots_pem=both)), "api"
-            )
-            web_live = await open_live(web_port)
-            api_live = await open_live(api_port)
-            async with web_live, api_live:
-                # The old root is pruned from db's bundle (its leaf stays the same).
-                db_certs.set(other_ca.material("db", roots_pem=other_ca.root.cert_pem))
-                with trio.fail_after(3.0):
-                    assert await read_all(web_live) == b""
-                await api_live.send_all(b"still")
-                assert await api_live.receive_some(5) == b"still"
-            assert await round_trip(web_port) == b""  # a new handshake fails verification
-            assert db.snapshot()["Inbound"]["Cut"] == 1
-            nursery.cancel_scope.cancel()
+    async with running_pair(ca, revocations=StaticRevocations(), deadline_s=_DEADLINE_S) as mesh:
+        both = ca.root.cert_pem + other_ca.root.cert_pem
+        db_certs = StaticCertSource(other_ca.material("db", roots_pem=both))
+        db = await mesh.route_db(certs=db_certs)
+        # "web" chains to the old root, "api" to the new one; both are trusted.
+        _, web_port = await mesh.add_outbound(StaticCertSource(ca.material("web", roots_pem=both)))
+        _, api_port = await mesh.add_outbound(
+            StaticCertSource(other_ca.material("api", roots_pem=both)), "api"
+        )
+        web_live = await open_live(web_port)
+        api_live = await open_live(api_port)
+        async with web_live, api_live:
+            # The old root is pruned from db's bundle (its leaf stays the same).
+            db_certs.set(other_ca.material("db", roots_pem=other_ca.root.cert_pem))
+            with trio.fail_after(3.0):
+                assert await read_all(web_live) == b""
+            await api_live.send_all(b"still")
+            assert await api_live.receive_some(5) == b"still"
+        assert await round_trip(web_port) == b""  # a new handshake fails verification
+        assert db.snapshot()["Inbound"]["Cut"] == 1
 
 
 async def test_the_http_endpoints_and_the_http_follower(ca: TestCA) -> None:

@@ -20,9 +20,15 @@ from meshnode.cli import cli
 from meshnode.http import Router
 from meshnode.http.testing import serve_in_thread
 from meshnode.proxy import Instance, Limits, Proxy, ProxyConfig, UpstreamConfig
-from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticResolver, TestCA
+from meshnode.proxy.testing import (
+    StaticAuthorizer,
+    StaticCertSource,
+    StaticResolver,
+    TestCA,
+    echo,
+)
 from meshnode.sidecars.manager import SidecarManager, sidecar_configs
-from tests.proxy.conftest import HOST, echo, read_all, round_trip, serve
+from tests.proxy.conftest import HOST, read_all, round_trip, serve
 
 
 class FakeRunner:
