@@ -107,7 +107,7 @@ def test_delete_and_unknown_intention() -> None:
         (lambda s: s.upsert("db*", "web", "allow"), "wildcard '*' must be the whole name"),
         (lambda s: s.upsert("web", "*db", "allow"), "invalid destination"),
         (lambda s: s.upsert("web", "db", "maybe"), "use 'allow' or 'deny'"),
-        (lambda s: s.upsert("web", "db", "allow", "x" * 1025), "the limit is 1024"),
+        (lambda s: s.upsert("web", "db", "allow", "x" * 513), "the limit is 512"),
         (lambda s: s.upsert("web", "db", "allow", meta={"": "v"}), "meta key"),
         (lambda s: s.upsert("web", "db", "allow", meta={"k": "v" * 513}), "meta value"),
         (lambda s: s.create("web", "db*", "allow"), "invalid destination"),
