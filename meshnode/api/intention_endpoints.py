@@ -39,7 +39,7 @@ from ..intentions.replica import (
     IntentionState,
     UnknownIntention,
 )
-from ..intentions.rules import IntentionError, plain_name
+from ..intentions.rules import IntentionError, make_intention, plain_name
 from .bodies import string_field
 from .intention_bodies import (
     AUTHORIZE_FIELDS,
@@ -202,14 +202,13 @@ def register_intention_routes(
         if current is None:
             raise HttpError(404, f"no intention with ID {intention_id[:64]!r}")
         with _intention_errors():
-            record = intentions.update_by_id(
-                intention_id,
+            change = make_intention(
                 body.source or current.source,
                 body.destination or current.destination,
                 body.action,
                 body.description,
-                body.meta,
             )
+            record = intentions.update_by_id(intention_id, change, body.meta)
         return Response.json({"ID": record.id})
 
     async def delete_by_id(request: Request) -> Response:

@@ -367,24 +367,24 @@ class IntentionState:
         return record
 
     def update_by_id(
-        self,
-        intention_id: str,
-        source: str,
-        destination: str,
-        action: str,
-        description: str = "",
-        meta: Mapping[str, str] | None = None,
+        self, intention_id: str, change: Intention, meta: Mapping[str, str] | None = None
     ) -> IntentionRecord:
-        """Replace the intention `intention_id` names, keeping its ID and creation time.
+        """Make the intention `intention_id` names `change`, keeping its ID and creation time.
 
         New names move it to the new pair (Consul's update by ID may rename);
         `UnknownIntention` if no intention has the ID, `IntentionExists` if
-        another intention already holds the new pair.
+        another intention already holds the new pair. `change` is validated
+        here like any other write.
         """
         old = self.get_by_id(intention_id)
         if old is None:
             raise UnknownIntention(f"no intention with ID {intention_id[:_ID_MAX_CHARS]!r}")
-        intention = make_intention(source, destination, action, _validate_description(description))
+        intention = make_intention(
+            change.source,
+            change.destination,
+            change.action,
+            _validate_description(change.description),
+        )
         checked_meta = validate_meta(meta)
         pair = (intention.source, intention.destination)
         other = self._records.get(pair)

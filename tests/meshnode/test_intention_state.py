@@ -383,7 +383,7 @@ def test_ids_find_the_same_intention_on_every_replica() -> None:
     sync(a_local, b_local)
     found = b.get_by_id("a-id-1")
     assert found is not None and (found.source, found.destination) == ("web", "db")
-    b.update_by_id("a-id-1", "api", "db", "allow", "renamed")
+    b.update_by_id("a-id-1", Intention("api", "db", "allow", "renamed"))
     sync(a_local, b_local)
     for state in (a, b):
         moved = state.get_by_id("a-id-1")
@@ -394,8 +394,11 @@ def test_ids_find_the_same_intention_on_every_replica() -> None:
     assert a.get_by_id("a-id-1") is None and b.get_by_id("a-id-1") is None
     with pytest.raises(UnknownIntention, match="no intention with ID 'a-id-1'"):
         b.delete_by_id("a-id-1")
+    a.upsert("web", "db", "deny")
+    with pytest.raises(IntentionError, match="the limit is 512"):
+        a.update_by_id("a-id-2", Intention("web", "db", "deny", "d" * 513))
     with pytest.raises(UnknownIntention):
-        b.update_by_id("a-id-1", "web", "db", "allow")
+        b.update_by_id("a-id-1", Intention("web", "db", "allow"))
 
 
 def test_an_id_reused_by_a_remote_writer_answers_the_same_pair_everywhere() -> None:
