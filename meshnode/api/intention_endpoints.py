@@ -96,12 +96,10 @@ def _intention_errors() -> Iterator[None]:
         raise HttpError(400, str(exc)) from None
 
 
-def _same_name(given: str, expected: str, field: str, param: str) -> None:
-    """A body name that disagrees with the URL's is refused, never silently overridden."""
+def _same_name(given: str, expected: str, field: str, where: str) -> None:
+    """A body value that disagrees with the URL's is refused, never silently overridden."""
     if given and given != expected:
-        raise HttpError(
-            400, f"field {field!r} is {given[:60]!r} but ?{param}= is {expected[:60]!r}"
-        )
+        raise HttpError(400, f"field {field!r} is {given[:60]!r} but {where} is {expected[:60]!r}")
 
 
 def _refuse_filter(request: Request) -> None:
@@ -169,8 +167,8 @@ def register_intention_routes(
     async def put_exact(request: Request) -> Response:
         source, destination = query_name(request, "source"), query_name(request, "destination")
         body = intention_body(checked_body(request, allowed=INTENTION_FIELDS, required={"Action"}))
-        _same_name(body.source, source, "SourceName", "source")
-        _same_name(body.destination, destination, "DestinationName", "destination")
+        _same_name(body.source, source, "SourceName", "?source=")
+        _same_name(body.destination, destination, "DestinationName", "?destination=")
         with _intention_errors():
             intentions.upsert(source, destination, body.action, body.description, body.meta)
         return Response.json(True)
@@ -197,7 +195,7 @@ def register_intention_routes(
     async def update_by_id(request: Request) -> Response:
         intention_id = request.params["id"]
         body = intention_body(checked_body(request, allowed=INTENTION_FIELDS, required={"Action"}))
-        _same_name(body.id, intention_id, "ID", "the URL's ID")
+        _same_name(body.id, intention_id, "ID", "the ID in the URL")
         current = intentions.get_by_id(intention_id)
         if current is None:
             raise HttpError(404, f"no intention with ID {intention_id[:64]!r}")

@@ -254,7 +254,9 @@ def test_an_update_by_id_cannot_take_another_intentions_pair(server: Server) -> 
     assert (status, reply) == (409, {"error": "intention api => db (allow) already exists"})
     other = go_intention(ID=str(uuid.uuid4()), Action="deny")
     status, reply = server.call("PUT", f"{BASE}/{first['ID']}", other)
-    assert status == 400 and "'ID' is" in reply["error"]
+    assert (status, reply["error"]) == (
+        400, f"field 'ID' is {other['ID']!r} but the ID in the URL is {first['ID']!r}",
+    )  # fmt: skip
     record = server.intentions.get("web", "db")
     assert record is not None and record.intention.action == "allow"
 
