@@ -57,6 +57,7 @@ def validate_name(name: str, role: str) -> str:
 
 _DEFAULT_SCOPE = "default"
 _SCOPES = ("partition", "namespace")
+_PEER_PREFIX = "peer:"  # Consul's `peer:<peer>/<name>` form for an imported service
 
 
 def plain_name(name: str, role: str) -> str:
@@ -67,6 +68,11 @@ def plain_name(name: str, role: str) -> str:
     ``default`` ones exist here, so those prefixes are dropped; any other is
     refused rather than silently read as the default.
     """
+    if name.startswith(_PEER_PREFIX):
+        raise IntentionError(
+            f"invalid {role} {name[:100]!r}: cluster peering ({_PEER_PREFIX}NAME/...) "
+            "is not supported"
+        )
     *scopes, plain = name.split("/")
     if len(scopes) > len(_SCOPES):
         raise IntentionError(
