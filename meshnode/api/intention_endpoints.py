@@ -1,24 +1,27 @@
 """/v1/connect/intentions and /v1/agent/connect/authorize in Consul's shapes.
 
-- ``PUT .../intentions/exact?source=&destination=`` with ``{Action, Description,
-  Meta}`` creates or replaces and answers ``true``; ``GET`` answers the
-  intention (404 when there is none); ``DELETE`` answers ``true`` (404 when
-  there is none).
+- ``PUT .../intentions/exact?source=&destination=`` with an `api.Intention`
+  body creates or replaces and answers ``true``; ``GET`` answers the intention
+  (404 when there is none); ``DELETE`` answers ``true``, also when there was
+  none (Consul's answer: the pair has no intention either way).
 - ``POST /v1/connect/intentions`` (Consul's pre-1.9 create) takes ``{SourceName,
   DestinationName, Action, ...}``, answers ``{"ID": ...}`` and 409 when the
   pair already has one: the CLI's `create` without ``-replace``.
+- ``GET/PUT/DELETE /v1/connect/intentions/<id>``: Consul's ID-based calls (the
+  Go client's ``IntentionGet``, ``IntentionUpdate``, ``IntentionDelete``); 404
+  for an ID no intention has. An update answers ``{"ID": ...}`` as Consul does.
 - ``GET /v1/connect/intentions`` lists in evaluation order, as a blocking
-  query (``?index=&wait=``) with ``X-Consul-Index``.
+  query (``?index=&wait=``) with ``X-Consul-Index``; ``?filter=`` is refused
+  with 400, as the catalog and health endpoints refuse it.
 - ``GET .../check?source=&destination=`` answers ``{"Allowed": bool}``;
   ``GET .../match?by=source|destination&name=X`` answers ``{"X": [...]}``.
 - ``POST`` (or ``PUT``, as py-consul sends it) ``/v1/agent/connect/authorize``
   with ``{Target, ClientCertURI, ClientCertSerial}`` answers ``{Authorized,
   Reason}``; the reason names the matched intention and its precedence.
 
-Every body is size-limited and strictly decoded: bad JSON, wrong types,
-unknown fields, a bad action or name answer 400 with one line and write
-nothing. Namespaces and partitions exist only as ``default``; L7
-``Permissions`` are refused, not ignored.
+Bodies are decoded by `intention_bodies` (size-limited, strict, Consul's
+read-only fields ignored); bad input answers 400 with one line and writes
+nothing. Names may carry Consul's ``default/`` prefixes.
 """
 
 from __future__ import annotations
@@ -36,21 +39,23 @@ from ..intentions.replica import (
     IntentionState,
     UnknownIntention,
 )
-from ..intentions.rules import IntentionError
-from .bodies import object_body, string_field
+from ..intentions.rules import IntentionError, make_intention, plain_name
+from .bodies import string_field
+from .intention_bodies import (
+    AUTHORIZE_FIELDS,
+    INTENTION_FIELDS,
+    NAMESPACE,
+    SOURCE_TYPE,
+    checked_body,
+    intention_body,
+    optional_string,
+    query_name,
+)
 from .kv_endpoints import parse_index, parse_wait
 
-__all__ = ["INTENTION_BODY_MAX_BYTES", "intention_json", "register_intention_routes"]
+__all__ = ["intention_json", "register_intention_routes"]
 
-# An intention body is an action, a description (1 KiB) and meta (64 pairs of
-# at most 640 characters): 64 KiB holds the largest valid one with room to spare.
-INTENTION_BODY_MAX_BYTES = 64 * 1024
 _INDEX_HEADER = "X-Consul-Index"
-_NAMESPACE = "default"
-_SOURCE_TYPE = "consul"
-_EXACT_FIELDS = {"Action", "Description", "Meta", "SourceType", "Permissions"}
-_CREATE_FIELDS = _EXACT_FIELDS | {"SourceName", "DestinationName", "SourceNS", "DestinationNS"}
-_AUTHORIZE_FIELDS = {"Target", "ClientCertURI", "ClientCertSerial"}
 
 
 def _rfc3339(wall_s: float) -> str:
@@ -63,11 +68,11 @@ def intention_json(record: IntentionRecord, indexes: tuple[int, int]) -> dict[st
     return {
         "ID": record.id,
         "Description": ixn.description,
-        "SourceNS": _NAMESPACE,
+        "SourceNS": NAMESPACE,
         "SourceName": ixn.source,
-        "DestinationNS": _NAMESPACE,
+        "DestinationNS": NAMESPACE,
         "DestinationName": ixn.destination,
-        "SourceType": _SOURCE_TYPE,
+        "SourceType": SOURCE_TYPE,
         "Action": ixn.action,
         "Precedence": ixn.precedence,
         "Meta": dict(record.meta),
@@ -91,51 +96,17 @@ def _intention_errors() -> Iterator[None]:
         raise HttpError(400, str(exc)) from None
 
 
-def _query(request: Request, name: str) -> str:
-    value = request.query_value(name)
-    if value is None or value == "":
-        raise HttpError(400, f"missing query parameter ?{name}=")
-    return value
+def _same_name(given: str, expected: str, field: str, where: str) -> None:
+    """A body value that disagrees with the URL's is refused, never silently overridden."""
+    if given and given != expected:
+        raise HttpError(400, f"field {field!r} is {given[:60]!r} but {where} is {expected[:60]!r}")
 
 
-def _index_param(request: Request) -> int | None:
-    return parse_index(request.query_value("index"))
-
-
-def _body(request: Request, *, allowed: set[str], required: set[str]) -> dict[str, Any]:
-    if len(request.body) > INTENTION_BODY_MAX_BYTES:
+def _refuse_filter(request: Request) -> None:
+    if request.query_value("filter"):
         raise HttpError(
-            413,
-            f"request body is {len(request.body)} bytes, the limit is {INTENTION_BODY_MAX_BYTES}",
+            400, "filter expressions are not supported; use /v1/connect/intentions/match"
         )
-    return object_body(request, allowed=allowed, required=required)
-
-
-def _optional_string(data: dict[str, Any], name: str) -> str:
-    if data.get(name) is None:
-        return ""
-    return string_field(data, name)
-
-
-def _fixed(data: dict[str, Any], name: str, expected: str) -> None:
-    """Fields that exist in Consul but hold one value here (namespaces, source type)."""
-    value = _optional_string(data, name)
-    if value not in ("", expected):
-        raise HttpError(400, f"field {name!r} must be {expected!r}, not {value[:60]!r}")
-
-
-def _write_fields(data: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
-    """(action, description, meta) of an intention body, type-checked."""
-    if data.get("Permissions"):
-        raise HttpError(400, "L7 Permissions are not supported: use Action allow or deny")
-    _fixed(data, "SourceType", _SOURCE_TYPE)
-    action = string_field(data, "Action")
-    meta = data.get("Meta")
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise HttpError(400, "field 'Meta' must be an object of strings")
-    return action, _optional_string(data, "Description"), meta
 
 
 def register_intention_routes(
@@ -149,8 +120,14 @@ def register_intention_routes(
     def index_headers() -> list[tuple[str, str]]:
         return [(_INDEX_HEADER, str(max(1, intentions.index())))]
 
+    def shown(record: IntentionRecord) -> Response:
+        return Response.json(
+            intention_json(record, intentions.indexes(record)), headers=index_headers()
+        )
+
     async def list_all(request: Request) -> Response:
-        index = _index_param(request)
+        _refuse_filter(request)
+        index = parse_index(request.query_value("index"))
         if index is not None:
             if index == 1 and intentions.index() == 0:
                 index = 0  # the 1 we reported for "nothing yet": wait for the first write
@@ -161,73 +138,110 @@ def register_intention_routes(
         )
 
     async def create(request: Request) -> Response:
-        data = _body(
+        data = checked_body(
             request,
-            allowed=_CREATE_FIELDS,
+            allowed=INTENTION_FIELDS,
             required={"SourceName", "DestinationName", "Action"},
         )
-        _fixed(data, "SourceNS", _NAMESPACE)
-        _fixed(data, "DestinationNS", _NAMESPACE)
-        source = string_field(data, "SourceName")
-        destination = string_field(data, "DestinationName")
-        action, description, meta = _write_fields(data)
+        body = intention_body(data)
+        if body.id:
+            raise HttpError(400, "field 'ID' must be empty when creating an intention")
+        if not body.source or not body.destination:
+            raise HttpError(400, "fields 'SourceName' and 'DestinationName' must not be empty")
         with _intention_errors():
-            record = intentions.create(source, destination, action, description, meta=meta)
+            record = intentions.create(
+                body.source, body.destination, body.action, body.description, meta=body.meta
+            )
         return Response.json({"ID": record.id})
 
     async def get_exact(request: Request) -> Response:
-        source, destination = _query(request, "source"), _query(request, "destination")
+        source, destination = query_name(request, "source"), query_name(request, "destination")
         with _intention_errors():
             record = intentions.get(source, destination)
         if record is None:
             raise HttpError(
                 404, f"no intention from {source!r} to {destination!r}", headers=index_headers()
             )
-        return Response.json(
-            intention_json(record, intentions.indexes(record)), headers=index_headers()
-        )
+        return shown(record)
 
     async def put_exact(request: Request) -> Response:
-        source, destination = _query(request, "source"), _query(request, "destination")
-        data = _body(request, allowed=_EXACT_FIELDS, required={"Action"})
-        action, description, meta = _write_fields(data)
+        source, destination = query_name(request, "source"), query_name(request, "destination")
+        body = intention_body(checked_body(request, allowed=INTENTION_FIELDS, required={"Action"}))
+        _same_name(body.source, source, "SourceName", "?source=")
+        _same_name(body.destination, destination, "DestinationName", "?destination=")
         with _intention_errors():
-            intentions.upsert(source, destination, action, description, meta)
+            intentions.upsert(source, destination, body.action, body.description, body.meta)
         return Response.json(True)
 
     async def delete_exact(request: Request) -> Response:
-        source, destination = _query(request, "source"), _query(request, "destination")
-        with _intention_errors():
+        source, destination = query_name(request, "source"), query_name(request, "destination")
+        try:
             intentions.delete(source, destination)
+        except UnknownIntention:
+            pass  # Consul answers true: afterwards the pair has no intention, as asked
+        except IntentionError as exc:
+            raise HttpError(400, str(exc)) from None
+        return Response.json(True)
+
+    async def get_by_id(request: Request) -> Response:
+        intention_id = request.params["id"]
+        record = intentions.get_by_id(intention_id)
+        if record is None:
+            raise HttpError(
+                404, f"no intention with ID {intention_id[:64]!r}", headers=index_headers()
+            )
+        return shown(record)
+
+    async def update_by_id(request: Request) -> Response:
+        intention_id = request.params["id"]
+        body = intention_body(checked_body(request, allowed=INTENTION_FIELDS, required={"Action"}))
+        _same_name(body.id, intention_id, "ID", "the ID in the URL")
+        current = intentions.get_by_id(intention_id)
+        if current is None:
+            raise HttpError(404, f"no intention with ID {intention_id[:64]!r}")
+        with _intention_errors():
+            change = make_intention(
+                body.source or current.source,
+                body.destination or current.destination,
+                body.action,
+                body.description,
+            )
+            record = intentions.update_by_id(intention_id, change, body.meta)
+        return Response.json({"ID": record.id})
+
+    async def delete_by_id(request: Request) -> Response:
+        with _intention_errors():
+            intentions.delete_by_id(request.params["id"])
         return Response.json(True)
 
     async def check(request: Request) -> Response:
-        source, destination = _query(request, "source"), _query(request, "destination")
+        source, destination = query_name(request, "source"), query_name(request, "destination")
         source_type = request.query_value("source-type")
-        if source_type not in (None, "", _SOURCE_TYPE):
+        if source_type not in (None, "", SOURCE_TYPE):
             raise HttpError(400, f"unsupported source-type {source_type[:60]!r}: use 'consul'")
         with _intention_errors():
             decision = intentions.check(source, destination)
         return Response.json({"Allowed": decision.allowed})
 
     async def match(request: Request) -> Response:
-        by = _query(request, "by")
+        by = request.query_value("by")
+        if not by:
+            raise HttpError(400, "missing query parameter ?by=")
         names = [n for n in request.query.get("name", []) if n]
         if not names:
             raise HttpError(400, "missing query parameter ?name=")
         found: dict[str, list[dict[str, Any]]] = {}
         with _intention_errors():
             for name in names:
-                found[name] = [
-                    intention_json(r, intentions.indexes(r)) for r in intentions.match(by, name)
-                ]
+                records = intentions.match(by, plain_name(name, "name"))
+                found[name] = [intention_json(r, intentions.indexes(r)) for r in records]
         return Response.json(found, headers=index_headers())
 
     async def authorize(request: Request) -> Response:
-        data = _body(request, allowed=_AUTHORIZE_FIELDS, required={"Target", "ClientCertURI"})
+        data = checked_body(request, allowed=AUTHORIZE_FIELDS, required={"Target", "ClientCertURI"})
         target = string_field(data, "Target")
         uri = string_field(data, "ClientCertURI")
-        _optional_string(data, "ClientCertSerial")  # revocation arrives with the CA work
+        optional_string(data, "ClientCertSerial")  # revocation is checked at the handshake
         with _intention_errors():
             source, decision = intentions.authorize_source(target, uri)
         if audit is not None:
@@ -249,4 +263,8 @@ def register_intention_routes(
     router.add("GET", "/v1/connect/intentions/match", match)
     router.add("GET", "/v1/connect/intentions", list_all)
     router.add("POST", "/v1/connect/intentions", create)
+    # After the literal routes above, which are tried first: `exact` is never an ID.
+    router.add("GET", "/v1/connect/intentions/{id}", get_by_id)
+    router.add("PUT", "/v1/connect/intentions/{id}", update_by_id)
+    router.add("DELETE", "/v1/connect/intentions/{id}", delete_by_id)
     router.add(["POST", "PUT"], "/v1/agent/connect/authorize", authorize)

@@ -1,20 +1,22 @@
 """`meshnode intention ...`: Consul's intention commands over the agent's HTTP API.
 
 `allow` and `deny` create or replace; `create` refuses to replace unless told
-(-replace). `check` prints Allowed (exit 0) or Denied (exit 1), and exits 2
-on any error, so scripts can tell "denied" from "could not ask".
+(-replace). `get` and `delete` take an intention ID or SRC DST, as Consul's do;
+names may carry Consul's `default/` namespace and partition prefixes.
+`check` prints Allowed (exit 0) or Denied (exit 1), and exits 2 on any error,
+so scripts can tell "denied" from "could not ask".
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import click
 
 from ..client import AgentClient, ClientError
-from ..intentions.rules import IntentionError, validate_name
+from ..intentions.rules import IntentionError, plain_name
 from .app import EXIT_USAGE, cli
 from .dashopts import DashGroup
 from .options import format_option, http_addr_option
@@ -42,9 +44,35 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """SRC, DST or NAME checked here, so a typo fails before the agent is asked."""
     role = _ROLES.get(param.human_readable_name, "name")
     try:
-        return validate_name(value, role)
+        return plain_name(value, role)
     except IntentionError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _target(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str:
+    """`ID` or `SRC DST` (Consul's two forms) as the API path that names the intention."""
+    if len(value) == 1:
+        intention_id = value[0]
+        if not intention_id or "/" in intention_id or "*" in intention_id:
+            raise click.BadParameter(
+                f"{intention_id[:60]!r} is not an intention ID; give an ID or SRC DST",
+                ctx=ctx,
+                param=param,
+            )
+        return f"{_BASE}/{quote(intention_id, safe='')}"
+    if len(value) != 2:
+        raise click.BadParameter(
+            f"give an intention ID or SRC DST, not {len(value)} arguments", ctx=ctx, param=param
+        )
+    try:
+        source, destination = plain_name(value[0], "source"), plain_name(value[1], "destination")
+    except IntentionError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return _exact(source, destination)
+
+
+def _id_or_src_dst(func: Any) -> Any:
+    return click.argument("target", metavar="ID|SRC DST", nargs=-1, callback=_target)(func)
 
 
 def _exact(source: str, destination: str) -> str:
@@ -131,19 +159,19 @@ def intention_create(
 
 @intention.command("delete")
 @http_addr_option
-@_src_dst
-def intention_delete(http_addr: str | None, source: str, destination: str) -> None:
-    """Delete the intention from SRC to DST."""
-    AgentClient.from_flag(http_addr).request("DELETE", _exact(source, destination))
+@_id_or_src_dst
+def intention_delete(http_addr: str | None, target: str) -> None:
+    """Delete the intention with this ID, or from SRC to DST (done if there is none)."""
+    AgentClient.from_flag(http_addr).request("DELETE", target)
     click.echo("Intention deleted.")
 
 
 @intention.command("get")
 @http_addr_option
-@_src_dst
-def intention_get(http_addr: str | None, source: str, destination: str) -> None:
-    """Show the intention from SRC to DST."""
-    found = AgentClient.from_flag(http_addr).request("GET", _exact(source, destination))
+@_id_or_src_dst
+def intention_get(http_addr: str | None, target: str) -> None:
+    """Show the intention with this ID, or from SRC to DST."""
+    found = AgentClient.from_flag(http_addr).request("GET", target)
     if not isinstance(found, dict):
         raise ClientError("unexpected answer from the agent: not a JSON object")
     rows = [

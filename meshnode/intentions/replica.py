@@ -67,9 +67,11 @@ __all__ = [
 
 KIND = "intention"
 _SEP = "\x00"
-# Consul sets no limit on descriptions; 1 KiB is several sentences and keeps
-# 10,000 intentions well under the store's bounds.
-DESCRIPTION_MAX_CHARS = 1024
+# Consul's limit on a description (structs.Intention.Validate: metaValueMaxLength).
+DESCRIPTION_MAX_CHARS = 512
+# What a replicated value may hold: agents before the 512 limit wrote up to 1 KiB,
+# and their intentions must still be read, not skipped as malformed.
+_STORED_DESCRIPTION_MAX_CHARS = 1024
 # Consul's limits on service and node meta (structs.metaMaxKeyPairs and friends).
 META_MAX_PAIRS = 64
 META_KEY_MAX_CHARS = 128
@@ -194,7 +196,7 @@ def decode_value(source: str, destination: str, data: bytes) -> IntentionRecord:
     action = value.get("action")
     if action not in ("allow", "deny"):
         _malformed(f"action {action!r} is not 'allow' or 'deny'")
-    description = _text(value.get("description", ""), "description", DESCRIPTION_MAX_CHARS)
+    description = _text(value.get("description", ""), "description", _STORED_DESCRIPTION_MAX_CHARS)
     meta = value.get("meta", {})
     if not isinstance(meta, dict) or len(meta) > META_MAX_PAIRS:
         _malformed(f"meta is not a map of at most {META_MAX_PAIRS} pairs")
@@ -280,6 +282,9 @@ class IntentionState:
         self._service_from_uri = service_from_uri
         self._index = IntentionIndex()
         self._records: dict[tuple[str, str], IntentionRecord] = {}
+        # ID -> the pairs holding it: one pair, unless a writer reused an ID (then
+        # the smallest pair answers, the same on every agent whatever the order).
+        self._by_id: dict[str, set[tuple[str, str]]] = {}
         # Replicated values this agent could not read: a metric, never an exception.
         self.malformed_total = 0
         state.tracker.subscribe(KIND, self._apply)
@@ -291,6 +296,7 @@ class IntentionState:
         """Rebuild from the store (once, at start); changes then arrive one by one."""
         self._index = IntentionIndex()
         self._records.clear()
+        self._by_id.clear()
         self._apply(self._state.store.items(KIND))
 
     def _apply(self, entries: Iterable[Entry]) -> None:
@@ -301,8 +307,7 @@ class IntentionState:
                 self._skip(entry, exc)
                 continue
             # The store moved on: the old rule goes whether or not the new one reads.
-            self._records.pop(pair, None)
-            self._index.remove(*pair)
+            self._forget(pair)
             if entry.tombstone:
                 continue
             try:
@@ -311,7 +316,17 @@ class IntentionState:
                 self._skip(entry, exc)
                 continue
             self._records[pair] = record
+            self._by_id.setdefault(record.id, set()).add(pair)
             self._index.put(record.intention)
+
+    def _forget(self, pair: tuple[str, str]) -> None:
+        old = self._records.pop(pair, None)
+        self._index.remove(*pair)
+        if old is not None:
+            pairs = self._by_id.get(old.id, set())
+            pairs.discard(pair)
+            if not pairs:
+                self._by_id.pop(old.id, None)
 
     def _skip(self, entry: Entry, exc: MalformedIntention) -> None:
         self.malformed_total += 1
@@ -329,21 +344,55 @@ class IntentionState:
     ) -> IntentionRecord:
         """Create or replace the intention of (source, destination); durable on return."""
         intention = make_intention(source, destination, action, _validate_description(description))
-        checked_meta = validate_meta(meta)
-        now_wall = self._wall_clock()
         old = self._records.get((intention.source, intention.destination))
+        return self._write(intention, validate_meta(meta), old)
+
+    def _write(
+        self, intention: Intention, meta: dict[str, str], old: IntentionRecord | None
+    ) -> IntentionRecord:
+        """Store `intention`, keeping the ID and creation time of `old` when there is one."""
+        now_wall = self._wall_clock()
         record = IntentionRecord(
             intention=intention,
             id=old.id if old is not None else self._new_id(),
             created_at_s=old.created_at_s if old is not None else now_wall,
             updated_at_s=now_wall,
-            meta=checked_meta,
+            meta=meta,
         )
         try:
             key = intention_key(intention.source, intention.destination)
             self._state.put(KIND, key, encode_value(record))
         except LocalProtocolError as exc:
             raise IntentionError(str(exc)) from None
+        return record
+
+    def update_by_id(
+        self, intention_id: str, change: Intention, meta: Mapping[str, str] | None = None
+    ) -> IntentionRecord:
+        """Make the intention `intention_id` names `change`, keeping its ID and creation time.
+
+        New names move it to the new pair (Consul's update by ID may rename);
+        `UnknownIntention` if no intention has the ID, `IntentionExists` if
+        another intention already holds the new pair. `change` is validated
+        here like any other write.
+        """
+        old = self.get_by_id(intention_id)
+        if old is None:
+            raise UnknownIntention(f"no intention with ID {intention_id[:_ID_MAX_CHARS]!r}")
+        intention = make_intention(
+            change.source,
+            change.destination,
+            change.action,
+            _validate_description(change.description),
+        )
+        checked_meta = validate_meta(meta)
+        pair = (intention.source, intention.destination)
+        other = self._records.get(pair)
+        if other is not None and other.id != old.id:
+            raise IntentionExists(f"intention {other.intention} already exists")
+        record = self._write(intention, checked_meta, old)
+        if pair != (old.source, old.destination):
+            self._state.delete_many(KIND, [intention_key(old.source, old.destination)])
         return record
 
     def create(
@@ -371,7 +420,20 @@ class IntentionState:
         self._state.delete_many(KIND, [intention_key(source, destination)])
         return old
 
+    def delete_by_id(self, intention_id: str) -> IntentionRecord:
+        """Remove the intention with this ID; `UnknownIntention` if none has it."""
+        old = self.get_by_id(intention_id)
+        if old is None:
+            raise UnknownIntention(f"no intention with ID {intention_id[:_ID_MAX_CHARS]!r}")
+        self._state.delete_many(KIND, [intention_key(old.source, old.destination)])
+        return old
+
     # --- reads ------------------------------------------------------------------------------
+
+    def get_by_id(self, intention_id: str) -> IntentionRecord | None:
+        """The intention with this ID (Consul's ``/v1/connect/intentions/<id>``), if any."""
+        pairs = self._by_id.get(intention_id)
+        return self._records[min(pairs)] if pairs else None
 
     def get(self, source: str, destination: str) -> IntentionRecord | None:
         pair = (validate_name(source, "source"), validate_name(destination, "destination"))

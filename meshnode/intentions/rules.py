@@ -55,6 +55,38 @@ def validate_name(name: str, role: str) -> str:
     return name
 
 
+_DEFAULT_SCOPE = "default"
+_SCOPES = ("partition", "namespace")
+_PEER_PREFIX = "peer:"  # Consul's `peer:<peer>/<name>` form for an imported service
+
+
+def plain_name(name: str, role: str) -> str:
+    """A name as Consul's clients may write it, reduced to the plain service name.
+
+    Consul's UI and Go client qualify names: ``default/web`` is namespace
+    ``default``, ``default/default/web`` partition and namespace. Only the
+    ``default`` ones exist here, so those prefixes are dropped; any other is
+    refused rather than silently read as the default.
+    """
+    if name.startswith(_PEER_PREFIX):
+        raise IntentionError(
+            f"invalid {role} {name[:100]!r}: cluster peering ({_PEER_PREFIX}NAME/...) "
+            "is not supported"
+        )
+    *scopes, plain = name.split("/")
+    if len(scopes) > len(_SCOPES):
+        raise IntentionError(
+            f"invalid {role} {name[:100]!r}: use NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME"
+        )
+    for kind, scope in zip(_SCOPES[len(_SCOPES) - len(scopes) :], scopes, strict=True):
+        if scope != _DEFAULT_SCOPE:
+            raise IntentionError(
+                f"invalid {role} {name[:100]!r}: {kind} {scope[:60]!r} does not exist; "
+                f"meshnode has only the {_DEFAULT_SCOPE!r} {kind}"
+            )
+    return validate_name(plain, role)
+
+
 def precedence(source: str, destination: str) -> int:
     if destination == WILDCARD:
         return PRECEDENCE_WILDCARD_WILDCARD if source == WILDCARD else PRECEDENCE_EXACT_WILDCARD

@@ -135,6 +135,7 @@ _PATHS = st.sampled_from(
         b"/v1/health/service/",
         b"/v1/connect/intentions",
         b"/v1/connect/intentions/match",
+        b"/v1/connect/intentions/",  # + a fuzzed piece: an ID
         b"/v1/connect/ca/roots",
         b"/v1/connect/ca/configuration",
         b"/v1/event/fire/",

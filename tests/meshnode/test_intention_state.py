@@ -107,7 +107,7 @@ def test_delete_and_unknown_intention() -> None:
         (lambda s: s.upsert("db*", "web", "allow"), "wildcard '*' must be the whole name"),
         (lambda s: s.upsert("web", "*db", "allow"), "invalid destination"),
         (lambda s: s.upsert("web", "db", "maybe"), "use 'allow' or 'deny'"),
-        (lambda s: s.upsert("web", "db", "allow", "x" * 1025), "the limit is 1024"),
+        (lambda s: s.upsert("web", "db", "allow", "x" * 513), "the limit is 512"),
         (lambda s: s.upsert("web", "db", "allow", meta={"": "v"}), "meta key"),
         (lambda s: s.upsert("web", "db", "allow", meta={"k": "v" * 513}), "meta value"),
         (lambda s: s.create("web", "db*", "allow"), "invalid destination"),
@@ -371,3 +371,58 @@ async def test_wait_wakes_on_a_change_and_times_out_otherwise() -> None:
         with trio.fail_after(5):
             woke = await state.wait(start, 60)
     assert woke > start == 0
+
+
+# --- IDs ------------------------------------------------------------------------------------
+
+
+def test_ids_find_the_same_intention_on_every_replica() -> None:
+    a_local, a = make("a")
+    b_local, b = make("b")
+    a.upsert("web", "db", "deny")
+    sync(a_local, b_local)
+    found = b.get_by_id("a-id-1")
+    assert found is not None and (found.source, found.destination) == ("web", "db")
+    b.update_by_id("a-id-1", Intention("api", "db", "allow", "renamed"))
+    sync(a_local, b_local)
+    for state in (a, b):
+        moved = state.get_by_id("a-id-1")
+        assert moved is not None and (moved.source, moved.intention.action) == ("api", "allow")
+        assert state.get("web", "db") is None
+    a.delete_by_id("a-id-1")
+    sync(a_local, b_local)
+    assert a.get_by_id("a-id-1") is None and b.get_by_id("a-id-1") is None
+    with pytest.raises(UnknownIntention, match="no intention with ID 'a-id-1'"):
+        b.delete_by_id("a-id-1")
+    a.upsert("web", "db", "deny")
+    with pytest.raises(IntentionError, match="the limit is 512"):
+        a.update_by_id("a-id-2", Intention("web", "db", "deny", "d" * 513))
+    with pytest.raises(UnknownIntention):
+        b.update_by_id("a-id-1", Intention("web", "db", "allow"))
+
+
+def test_an_id_reused_by_a_remote_writer_answers_the_same_pair_everywhere() -> None:
+    """Two values with one ID (only a buggy or hostile writer makes them): no flip-flop."""
+    entries = []
+    for source in ("web", "api"):
+        record = IntentionRecord(Intention(source, "db", "deny"), "dup", 1.0, 1.0)
+        entries.append(
+            Entry(KIND, intention_key(source, "db"), encode_value(record), Version(1, "x"))
+        )
+    for order in (entries, entries[::-1]):
+        local, state = make()
+        local.merge(order)
+        found = state.get_by_id("dup")
+        assert found is not None and found.source == "api"
+        state.delete("api", "db")
+        again = state.get_by_id("dup")
+        assert again is not None and again.source == "web"
+
+
+def test_descriptions_stored_by_older_agents_up_to_1024_characters_still_read() -> None:
+    """The write limit became Consul's 512; replicated values up to 1 KiB stay readable."""
+    record = IntentionRecord(Intention("web", "db", "deny", "d" * 1024), "old", 1.0, 1.0)
+    assert decode_value("web", "db", encode_value(record)).intention.description == "d" * 1024
+    with pytest.raises(MalformedIntention):
+        long = IntentionRecord(Intention("web", "db", "deny", "d" * 1025), "old", 1.0, 1.0)
+        decode_value("web", "db", encode_value(long))

@@ -11,6 +11,7 @@ from meshnode.intentions.rules import (
     IntentionError,
     IntentionIndex,
     make_intention,
+    plain_name,
     precedence,
 )
 
@@ -107,3 +108,39 @@ def test_decision_matches_a_brute_force_reading_of_the_rules(
         top = max(p for p, _ in matching)
         expected = all(a == "allow" for p, a in matching if p == top)
     assert index.decide(source, destination).allowed is expected
+
+
+# Consul's forms of a name (its parseIntentionStringComponent cases): NAME,
+# NAMESPACE/NAME, PARTITION/NAMESPACE/NAME, peer:PEER/NAME, at most two '/'.
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("web", "web"),
+        ("*", "*"),
+        ("default/web", "web"),
+        ("default/*", "*"),
+        ("default/default/web", "web"),
+    ],
+)
+def test_default_namespace_and_partition_prefixes_are_dropped(given: str, expected: str) -> None:
+    assert plain_name(given, "source") == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        ("ops/web", "namespace 'ops' does not exist"),
+        ("*/web", "namespace '*' does not exist"),
+        ("eu/default/web", "partition 'eu' does not exist"),
+        ("default/ops/web", "namespace 'ops' does not exist"),
+        ("a/b/c/web", "use NAME, NAMESPACE/NAME or PARTITION/NAMESPACE/NAME"),
+        ("peer:dc2/web", "cluster peering (peer:NAME/...) is not supported"),
+        ("default/db*", "the wildcard '*' must be the whole name"),
+        ("default/", "invalid source ''"),
+    ],
+)
+def test_other_namespaces_partitions_and_peers_are_refused(given: str, fragment: str) -> None:
+    with pytest.raises(IntentionError) as caught:
+        plain_name(given, "source")
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
