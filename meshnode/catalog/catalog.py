@@ -27,11 +27,10 @@ Rules that live here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
-
-import math
 
 import trio
 
