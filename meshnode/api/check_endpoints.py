@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
-from ..catalog.catalog import Catalog, UnknownLocalCheck, UnknownService
-from ..catalog.definitions import DefinitionError, parse_check_registration
+from ..catalog.catalog import Catalog
+from ..catalog.definitions import parse_check_registration
 from ..catalog.maintenance import parse_enable
-from ..http import HttpError, Request, Response, Router
+from ..http import Request, Response, Router
+from .bodies import bounded_json_body
+from .errors import catalog_errors
 
 __all__ = ["CHECK_BODY_MAX_BYTES", "register_check_routes"]
 
@@ -25,10 +27,8 @@ CHECK_BODY_MAX_BYTES = 64 * 1024
 
 
 def _maintenance_args(request: Request) -> tuple[bool, str]:
-    try:
+    with catalog_errors():
         enable = parse_enable(request.query_value("enable"))
-    except DefinitionError as exc:
-        raise HttpError(400, str(exc)) from None
     return enable, request.query_value("reason") or ""
 
 
@@ -36,40 +36,27 @@ def register_check_routes(router: Router, catalog: Catalog) -> None:
     """Add the local check and maintenance endpoints, backed by `catalog`."""
 
     async def register(request: Request) -> Response:
-        if len(request.body) > CHECK_BODY_MAX_BYTES:
-            raise HttpError(
-                413, f"body is {len(request.body)} bytes, the limit is {CHECK_BODY_MAX_BYTES}"
-            )
-        try:
-            check, service_id = parse_check_registration(request.json_body())
+        body = bounded_json_body(request, CHECK_BODY_MAX_BYTES)
+        with catalog_errors():
+            check, service_id = parse_check_registration(body)
             catalog.register_check(check, service_id)
-        except DefinitionError as exc:
-            raise HttpError(400, str(exc)) from None
         return Response.empty()
 
     async def deregister(request: Request) -> Response:
-        try:
+        with catalog_errors():
             catalog.deregister_check(request.params["id"])
-        except UnknownLocalCheck as exc:
-            raise HttpError(404, str(exc)) from None
         return Response.empty()
 
     async def node_maintenance(request: Request) -> Response:
         enable, reason = _maintenance_args(request)
-        try:
+        with catalog_errors():
             catalog.set_node_maintenance(enable, reason)
-        except DefinitionError as exc:
-            raise HttpError(400, str(exc)) from None
         return Response.empty()
 
     async def service_maintenance(request: Request) -> Response:
         enable, reason = _maintenance_args(request)
-        try:
+        with catalog_errors():
             catalog.set_service_maintenance(request.params["id"], enable, reason)
-        except UnknownService as exc:
-            raise HttpError(404, str(exc)) from None
-        except DefinitionError as exc:
-            raise HttpError(400, str(exc)) from None
         return Response.empty()
 
     router.add("PUT", "/v1/agent/check/register", register)

@@ -69,6 +69,13 @@ def make_catalog(min_after_s: float = DEREGISTER_AFTER_MIN_S) -> Catalog:
     )
 
 
+async def reaping(nursery: trio.Nursery, min_after_s: float = DEREGISTER_AFTER_MIN_S) -> Catalog:
+    """A catalog whose reaper runs in `nursery`."""
+    catalog = make_catalog(min_after_s)
+    await nursery.start(catalog.run_reaper)
+    return catalog
+
+
 def ids(catalog: Catalog) -> list[str]:
     return [s.service_id for s in catalog.local_services()]
 
@@ -76,8 +83,7 @@ def ids(catalog: Catalog) -> list[str]:
 async def test_a_service_critical_too_long_is_deregistered_on_time(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    catalog = make_catalog()
-    await nursery.start(catalog.run_reaper)
+    catalog = await reaping(nursery)
     start = trio.current_time()
     check = {"TTL": "30s", "DeregisterCriticalServiceAfter": "90s"}
     catalog.register(
@@ -95,8 +101,7 @@ async def test_a_service_critical_too_long_is_deregistered_on_time(
 async def test_under_the_floor_waits_a_minute_and_recovery_restarts_the_count(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    catalog = make_catalog()
-    await nursery.start(catalog.run_reaper)
+    catalog = await reaping(nursery)
     start = trio.current_time()
     catalog.register(
         parse_service(
@@ -117,8 +122,7 @@ async def test_under_the_floor_waits_a_minute_and_recovery_restarts_the_count(
 async def test_a_check_added_later_reaps_its_service(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    catalog = make_catalog(min_after_s=1.0)
-    await nursery.start(catalog.run_reaper)
+    catalog = await reaping(nursery, min_after_s=1.0)
     catalog.register(parse_service({"Name": "web"}))
     check, service_id = parse_check_registration(
         {"Name": "alive", "TTL": "10s", "ServiceID": "web", "DeregisterCriticalServiceAfter": "3s"}

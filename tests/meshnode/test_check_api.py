@@ -15,7 +15,7 @@ from meshnode.catalog.catalog import Catalog
 from meshnode.http import serve_http
 from meshnode.http.testing import fetch
 
-from .test_catalog_api import make_catalog, make_router
+from .test_catalog_api import assert_refused, make_catalog, make_router
 
 
 @pytest.fixture
@@ -107,12 +107,7 @@ async def test_check_register_and_deregister(port: int, catalog: Catalog) -> Non
 async def test_bad_check_registrations_are_one_line(
     port: int, catalog: Catalog, body: bytes, status: int, fragment: str
 ) -> None:
-    before = catalog.index()
-    reply = await fetch(port, "PUT", "/v1/agent/check/register", body)
-    assert reply.status == status
-    message = reply.json()["error"]
-    assert fragment in message and "\n" not in message
-    assert catalog.index() == before
+    await assert_refused(port, catalog, "/v1/agent/check/register", body, status, fragment)
 
 
 async def test_maintenance_endpoints(port: int) -> None:
