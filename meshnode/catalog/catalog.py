@@ -142,8 +142,14 @@ class _Local(Mapping[str, _R]):
         return len(self._group())
 
 
-def _spec(record: CheckRecord) -> CheckSpec | None:
-    """What the runner runs for `record`; None for a maintenance check (nothing runs it)."""
+def _spec(record: CheckRecord, *, resume: bool) -> CheckSpec | None:
+    """What the runner runs for `record`; None for a maintenance check (nothing runs it).
+
+    `resume`: a TTL check starts in the record's status (a registration's
+    ``Status``, or the status it keeps when registered again). At the agent's
+    start it does not: nobody knows how long the agent was down, so a TTL
+    check is critical until its service speaks again.
+    """
     d = record.definition
     kind = d.kind
     if kind == MAINTENANCE:
@@ -163,6 +169,7 @@ def _spec(record: CheckRecord) -> CheckSpec | None:
         success_before_passing=d.success_before_passing,
         failures_before_warning=d.failures_before_warning,
         failures_before_critical=d.failures_before_critical,
+        initial_status=record.status if resume else "",
     )
 
 
@@ -229,8 +236,8 @@ class Catalog:
         return [c.check_id for i in service_ids for c in owners.get((me, i), {}).values()]
 
     @staticmethod
-    def _runnable(record: CheckRecord) -> CheckSpec | None:
-        spec = _spec(record)
+    def _runnable(record: CheckRecord, *, resume: bool = True) -> CheckSpec | None:
+        spec = _spec(record, resume=resume)
         if spec is None:
             return None
         try:
@@ -243,7 +250,7 @@ class Catalog:
     def _tell_runner(self) -> None:
         """The runner's whole set, once at construction; later changes go by `_on_store_change`."""
         _, checks = self._local()
-        specs = [self._runnable(record) for _, record in sorted(checks.items())]
+        specs = [self._runnable(r, resume=False) for _, r in sorted(checks.items())]
         self.checks.set([s for s in specs if s is not None])
         for check_id, record in checks.items():
             self._observe(check_id, record)
