@@ -114,7 +114,7 @@ class Service(Endpoint):
         limits: Limits | None = None,
         rng: random.Random | None = None,
     ) -> _Opening:
-        """The service `name` over the local agent ($MESHNODE_HTTP_ADDR, $MESHNODE_HTTP_TOKEN).
+        """The service `name` over the local agent ($MESHNODE_HTTP_ADDR, else $CONSUL_HTTP_ADDR).
 
         ``service = await Service.open("web")`` runs its followers as trio
         system tasks until ``await service.aclose()``; ``async with

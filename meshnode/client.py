@@ -18,6 +18,7 @@ from .addr import AddressError, format_host_port, parse_host_port
 __all__ = [
     "DEFAULT_HTTP_ADDR",
     "ENV_HTTP_ADDR",
+    "ENV_HTTP_ADDRS",
     "ENV_HTTP_TOKENS",
     "TOKEN_META_KEY",
     "AgentClient",
@@ -29,6 +30,9 @@ __all__ = [
 # Consul's default HTTP address; the agent listens there unless told otherwise.
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
 ENV_HTTP_ADDR = "MESHNODE_HTTP_ADDR"
+# Where the agent is, ours first: Consul's variable works too, so a shell set
+# up for Consul's tools drives meshnode unchanged.
+ENV_HTTP_ADDRS = (ENV_HTTP_ADDR, "CONSUL_HTTP_ADDR")
 # The agent token for writes (the agent's --api-token); Consul's variable works too.
 ENV_HTTP_TOKENS = ("MESHNODE_HTTP_TOKEN", "CONSUL_HTTP_TOKEN")
 # Where the CLI's --token option leaves its value (click's per-invocation context).
@@ -44,11 +48,12 @@ class ClientError(Exception):
 
 
 def resolve_http_addr(flag_value: str | None) -> tuple[str, int]:
-    """The agent address: the flag, else $MESHNODE_HTTP_ADDR, else 127.0.0.1:8500.
+    """The agent address: the flag, else $MESHNODE_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500.
 
     ``http://`` in front is accepted (as CONSUL_HTTP_ADDR allows); https is not served.
     """
-    text = flag_value or os.environ.get(ENV_HTTP_ADDR) or DEFAULT_HTTP_ADDR
+    from_env = (os.environ.get(name) for name in ENV_HTTP_ADDRS)
+    text = flag_value or next((v for v in from_env if v), None) or DEFAULT_HTTP_ADDR
     raw = text.strip()
     if raw.startswith("https://"):
         raise ClientError(f"bad agent address {text!r}: the agent serves plain http")

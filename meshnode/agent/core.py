@@ -36,6 +36,7 @@ from ..catalog.catalog import Catalog
 from ..catalog.checks import CheckRunner
 from ..catalog.definitions import DefinitionError, parse_config_services
 from ..catalog.dns_view import CatalogDnsView
+from ..catalog.reaper import DEREGISTER_AFTER_MIN_S
 from ..config import AgentConfig
 from ..dns import DnsBound, DnsServer
 from ..events.handler import EventHandlerRunner
@@ -142,6 +143,9 @@ class Agent:
             node_address=advertise.host,
             runner=functools.partial(CheckRunner, rng=child_rng(rng)),
             clock=clock.monotonic_s,
+            # Consul's one-minute floor of DeregisterCriticalServiceAfter; a dev
+            # agent (a throwaway, for trying things) takes durations down to 1 s.
+            deregister_after_min_s=1.0 if config.dev else DEREGISTER_AFTER_MIN_S,
         )
         self.ca, self.leaves = build_ca(
             config,
@@ -270,6 +274,7 @@ class Agent:
             await nursery.start(self.driver.run)
             await nursery.start(self.replicator.run)
             await nursery.start(self.catalog.checks.run)
+            await nursery.start(self.catalog.run_reaper)
             await nursery.start(self.event_runner.run)
             await nursery.start(self.ca.run)
             await nursery.start(self.leaves.run)

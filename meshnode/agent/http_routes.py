@@ -15,9 +15,11 @@ from ..api.audit_endpoints import register_audit_routes
 from ..api.auth import token_guard
 from ..api.ca_endpoints import register_ca_routes
 from ..api.catalog_endpoints import register_catalog_routes
+from ..api.check_endpoints import register_check_routes
 from ..api.event_endpoints import register_event_routes
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
+from ..api.status_endpoints import register_status_routes
 from ..http.router import Router
 from .revocation_wiring import register_revocations
 
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
     from .core import Agent
 
 __all__ = ["agent_router"]
+
+
+def _signer_addresses(agent: Agent) -> list[str]:
+    """The elected signers' gossip "ip:port", best first: /v1/status/peers (and leader)."""
+    members = (agent.core.member(name) for name in agent.ca.signers())
+    return [str(m.addr) for m in members if m is not None]
 
 
 def agent_router(agent: Agent) -> Router:
@@ -36,6 +44,13 @@ def agent_router(agent: Agent) -> Router:
     register_event_routes(router, agent.events)
     register_catalog_routes(router, agent.catalog, datacenter=agent.config.datacenter)
     register_agent_service_routes(router, agent.catalog, datacenter=agent.config.datacenter)
+    register_check_routes(router, agent.catalog)
+    register_status_routes(
+        router,
+        servers=lambda: _signer_addresses(agent),
+        own_address=lambda: str(agent.transport.local_addr),
+        datacenter=agent.config.datacenter,
+    )
     register_proxy_routes(router, agent.sidecars)
     register_revocations(
         router,

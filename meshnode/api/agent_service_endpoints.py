@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ..catalog.catalog import Catalog, UnknownService
-from ..catalog.checks import CheckError, UnknownCheck
-from ..catalog.definitions import DefinitionError, parse_service
+from ..catalog.catalog import Catalog
+from ..catalog.definitions import parse_service
 from ..http import HttpError, Request, Response, Router
-from .bodies import object_body
+from .bodies import bounded_json_body, object_body
 from .catalog_json import agent_service_json, check_json
+from .errors import catalog_errors
 
 __all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
 
@@ -28,15 +28,6 @@ __all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
 # anything bigger is not a service definition.
 REGISTER_BODY_MAX_BYTES = 256 * 1024
 _TTL_STATUS = {"pass": "passing", "warn": "warning", "fail": "critical"}
-
-
-def _ttl_errors(catalog: Catalog, check_id: str, status: str, output: str) -> None:
-    try:
-        catalog.update_ttl(check_id, status, output)
-    except UnknownCheck as exc:
-        raise HttpError(404, str(exc)) from None
-    except (CheckError, DefinitionError) as exc:
-        raise HttpError(400, str(exc)) from None
 
 
 def register_agent_service_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
@@ -58,27 +49,21 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
         return Response.json({c.record.check_id: check_json(c) for c in catalog.local_checks()})
 
     async def register(request: Request) -> Response:
-        if len(request.body) > REGISTER_BODY_MAX_BYTES:
-            raise HttpError(
-                413, f"body is {len(request.body)} bytes, the limit is {REGISTER_BODY_MAX_BYTES}"
-            )
-        try:
-            catalog.register(parse_service(request.json_body()), source="api")
-        except DefinitionError as exc:
-            raise HttpError(400, str(exc)) from None
+        body = bounded_json_body(request, REGISTER_BODY_MAX_BYTES)
+        with catalog_errors():
+            catalog.register(parse_service(body), source="api")
         return Response.empty()
 
     async def deregister(request: Request) -> Response:
-        try:
+        with catalog_errors():
             catalog.deregister(request.params["id"])
-        except UnknownService as exc:
-            raise HttpError(404, str(exc)) from None
         return Response.empty()
 
     def ttl(status: str) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             note = request.query_value("note") or ""
-            _ttl_errors(catalog, request.params["id"], status, note)
+            with catalog_errors():
+                catalog.update_ttl(request.params["id"], status, note)
             return Response.empty()
 
         return handler
@@ -88,7 +73,8 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
         status, output = body["Status"], body.get("Output", "")
         if not isinstance(status, str) or not isinstance(output, str):
             raise HttpError(400, "fields 'Status' and 'Output' must be strings")
-        _ttl_errors(catalog, request.params["id"], status, output)
+        with catalog_errors():
+            catalog.update_ttl(request.params["id"], status, output)
         return Response.empty()
 
     router.add("GET", "/v1/agent/services", services)

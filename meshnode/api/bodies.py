@@ -6,7 +6,14 @@ from typing import Any
 
 from ..http import HttpError, Request
 
-__all__ = ["object_body", "string_field"]
+__all__ = ["bounded_json_body", "object_body", "string_field"]
+
+
+def bounded_json_body(request: Request, max_bytes: int) -> Any:
+    """The body as JSON, 413 when it is over `max_bytes` (a definition, not a payload)."""
+    if len(request.body) > max_bytes:
+        raise HttpError(413, f"body is {len(request.body)} bytes, the limit is {max_bytes}")
+    return request.json_body()
 
 
 def object_body(request: Request, *, allowed: set[str], required: set[str]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+_PROBED = ("tcp", "http")  # the check types with a timeout (not ttl, not maintenance)
 
 
 def node_json(node: NodeInfo, index: int) -> Json:
@@ -143,7 +144,9 @@ def check_json(view: CheckView) -> Json:
         "ServiceTags": list(view.service_tags),
         "Type": "" if view.synthetic else definition.kind,
         "Interval": format_duration(definition.interval_s),
-        "Timeout": format_duration(definition.timeout_s) if definition.kind != "ttl" else "",
+        "Timeout": format_duration(definition.timeout_s)
+        if definition.kind in ("tcp", "http")
+        else "",
         "ExposedPort": 0,
         "Definition": {},
         "CreateIndex": view.create_index,

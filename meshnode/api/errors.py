@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..catalog.catalog import UnknownLocalCheck, UnknownService
+from ..catalog.checks import CheckError, UnknownCheck
+from ..catalog.definitions import DefinitionError
 from ..http import HttpError
 from .facade import FacadeError, JoinError, KeyringError, KvFull, UnknownMember
 
-__all__ = ["facade_errors"]
+__all__ = ["catalog_errors", "facade_errors"]
 
 # Consul answers a failed join with 500; we keep its status so its clients agree.
 _STATUS: tuple[tuple[type[FacadeError], int], ...] = (
@@ -28,3 +31,14 @@ def facade_errors() -> Iterator[None]:
     except FacadeError as exc:
         status = next(code for kind, code in _STATUS if isinstance(exc, kind))
         raise HttpError(status, str(exc) or type(exc).__name__) from None
+
+
+@contextmanager
+def catalog_errors() -> Iterator[None]:
+    """A local service or check the caller named is unknown: 404; a refused definition: 400."""
+    try:
+        yield
+    except (UnknownService, UnknownLocalCheck, UnknownCheck) as exc:
+        raise HttpError(404, str(exc)) from None
+    except (DefinitionError, CheckError) as exc:
+        raise HttpError(400, str(exc)) from None

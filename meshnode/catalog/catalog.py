@@ -16,10 +16,18 @@ Rules that live here:
 - A change costs O(the records it touches), never O(catalog): reads go
   through the `RecordIndex`, and the runner and the local-service listeners
   (the sidecar manager) hear only about this node's changed records.
+- A check with no service is a node check (``/v1/agent/check/register``
+  without ``ServiceID``, node maintenance): it counts for every service of
+  its node, in health entries and DNS, as Consul's node checks do.
+- A service re-registration replaces its checks, but keeps its maintenance
+  check: a reload must not end maintenance an operator turned on.
+- `run_reaper` deregisters a local service whose check has been critical
+  longer than its ``DeregisterCriticalServiceAfter`` (reaper.py decides when).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
@@ -31,8 +39,16 @@ from ..gossip.store import Entry
 from ..logs import get_logger, log
 from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from .checks import STATUSES, CheckError, CheckRunner, CheckSpec, Report, validate_spec
-from .definitions import DefinitionError, ServiceDefinition
-from .plan import Plan, RegistrationError, plan_service
+from .definitions import MAINTENANCE, CheckDefinition, DefinitionError, ServiceDefinition
+from .maintenance import (
+    NODE_MAINTENANCE_ID,
+    is_maintenance,
+    node_maintenance_check,
+    service_maintenance_check,
+    service_maintenance_id,
+)
+from .plan import INITIAL_STATUS, Plan, RegistrationError, plan_service
+from .reaper import DEREGISTER_AFTER_MIN_S, CriticalReaper
 from .records import (
     KIND_CHECK,
     KIND_SERVICE,
@@ -43,7 +59,15 @@ from .records import (
     record_key,
     split_key,
 )
-from .views import CheckView, HealthEntry, InstanceState, RecordCache, ServiceView, serf_check
+from .views import (
+    SERF_CHECK_ID,
+    CheckView,
+    HealthEntry,
+    InstanceState,
+    RecordCache,
+    ServiceView,
+    serf_check,
+)
 
 __all__ = [
     "OUTPUT_MAX_CHARS",
@@ -52,6 +76,7 @@ __all__ = [
     "Catalog",
     "CheckRunnerLike",
     "LocalServiceListener",
+    "UnknownLocalCheck",
     "UnknownService",
 ]
 
@@ -74,6 +99,10 @@ LocalServiceListener = Callable[[dict[str, ServiceRecord | None]], None]
 
 class UnknownService(LookupError):
     """No local service has that ID (one-line message)."""
+
+
+class UnknownLocalCheck(LookupError):
+    """No local check has that ID (one-line message)."""
 
 
 class CheckRunnerLike(Protocol):
@@ -113,11 +142,21 @@ class _Local(Mapping[str, _R]):
         return len(self._group())
 
 
-def _spec(record: CheckRecord) -> CheckSpec:
+def _spec(record: CheckRecord, *, resume: bool) -> CheckSpec | None:
+    """What the runner runs for `record`; None for a maintenance check (nothing runs it).
+
+    `resume`: a TTL check starts in the record's status (a registration's
+    ``Status``, or the status it keeps when registered again). At the agent's
+    start it does not: nobody knows how long the agent was down, so a TTL
+    check is critical until its service speaks again.
+    """
     d = record.definition
+    kind = d.kind
+    if kind == MAINTENANCE:
+        return None
     return CheckSpec(
         check_id=record.check_id,
-        kind=d.kind,
+        kind=kind,
         interval_s=d.interval_s,
         timeout_s=d.timeout_s,
         tcp=d.tcp,
@@ -130,6 +169,7 @@ def _spec(record: CheckRecord) -> CheckSpec:
         success_before_passing=d.success_before_passing,
         failures_before_warning=d.failures_before_warning,
         failures_before_critical=d.failures_before_critical,
+        initial_status=record.status if resume else "",
     )
 
 
@@ -146,8 +186,13 @@ class Catalog:
         node_address: str = "127.0.0.1",
         runner: Callable[[Report], CheckRunnerLike] = CheckRunner,
         clock: Callable[[], float] = trio.current_time,
+        deregister_after_min_s: float = DEREGISTER_AFTER_MIN_S,
     ) -> None:
-        """Build after the store is loaded: the cache and the runner start from its content."""
+        """Build after the store is loaded: the cache and the runner start from its content.
+
+        `deregister_after_min_s` is the floor of DeregisterCriticalServiceAfter
+        (reaper.py); a dev agent lowers it so a test need not wait a minute.
+        """
         self.state = state
         self._nodes = nodes
         self.node_name = node_name
@@ -158,6 +203,8 @@ class Catalog:
         self._index = self._cache.index
         self._written_at: dict[str, float] = {}  # check ID -> clock of its last result write
         self._local_listeners: list[LocalServiceListener] = []
+        self.reaper = CriticalReaper(min_after_s=deregister_after_min_s)
+        self._reaper_moved = trio.Event()
         self.checks: CheckRunnerLike = runner(self._on_check_result)
         self._tell_runner()
         # After the cache's own listeners: they run first, so the cache is current here.
@@ -189,8 +236,10 @@ class Catalog:
         return [c.check_id for i in service_ids for c in owners.get((me, i), {}).values()]
 
     @staticmethod
-    def _runnable(record: CheckRecord) -> CheckSpec | None:
-        spec = _spec(record)
+    def _runnable(record: CheckRecord, *, resume: bool = True) -> CheckSpec | None:
+        spec = _spec(record, resume=resume)
+        if spec is None:
+            return None
         try:
             validate_spec(spec)
         except CheckError as exc:  # a record from an older or buggy version of us
@@ -201,8 +250,10 @@ class Catalog:
     def _tell_runner(self) -> None:
         """The runner's whole set, once at construction; later changes go by `_on_store_change`."""
         _, checks = self._local()
-        specs = [self._runnable(record) for _, record in sorted(checks.items())]
+        specs = [self._runnable(r, resume=False) for _, r in sorted(checks.items())]
         self.checks.set([s for s in specs if s is not None])
+        for check_id, record in checks.items():
+            self._observe(check_id, record)
 
     def subscribe_local(self, listener: LocalServiceListener) -> None:
         """Call `listener` with this node's changed services after each store change of them."""
@@ -220,6 +271,7 @@ class Catalog:
                 continue
             if entry.kind == KIND_CHECK:
                 check = self._cache.checks.get(entry.key)
+                self._observe(record_id, check)
                 spec = None if check is None else self._runnable(check)
                 if spec is None:
                     removed.append(record_id)
@@ -283,6 +335,7 @@ class Catalog:
                         )
                 stale_services = [i for i in self._sidecars_of(parent) if i not in owners]
                 kept = {c.check_id for c in plan.checks}
+                kept |= {service_maintenance_id(i) for i in owners}
                 stale_checks = [
                     i for i in self._checks_of([*owners, *stale_services]) if i not in kept
                 ]
@@ -335,6 +388,107 @@ class Catalog:
         for service_id in stale:
             removed += self.deregister(service_id)
         return removed
+
+    def register_check(self, check: CheckDefinition, service_id: str = "") -> None:
+        """Add (or replace) a local check: of service `service_id`, else of the node.
+
+        `DefinitionError` (nothing written) for a reserved ID, an unknown
+        service, or an ID that another service's check holds. A replaced check
+        keeps its status unless `check.status` sets one, as a re-registration does.
+        """
+        check_id = check.check_id
+        if is_maintenance(check_id) or check_id == SERF_CHECK_ID:
+            raise DefinitionError(f"check ID {check_id!r} is reserved for the agent")
+        services, checks = self._local()
+        owner = services.get(service_id) if service_id else None
+        if service_id and owner is None:
+            raise DefinitionError(f"service ID {service_id!r} is not registered on this agent")
+        old = checks.get(check_id)
+        if old is not None and old.service_id != service_id:
+            holder = f"service {old.service_id!r}" if old.service_id else "the node"
+            raise RegistrationError(f"check ID {check_id!r} already belongs to {holder}")
+        keep = old is not None and not check.status
+        record = CheckRecord(
+            node=self.node_name,
+            check_id=check_id,
+            status=old.status if old is not None and keep else check.status or INITIAL_STATUS,
+            definition=check,
+            output=old.output if old is not None and keep else "",
+            service_id=service_id,
+            service_name=owner.name if owner is not None else "",
+        )
+        self._put_check(record)
+
+    def deregister_check(self, check_id: str) -> None:
+        """Remove a local check (a service's, the node's or a maintenance one)."""
+        _, checks = self._local()
+        if check_id not in checks:
+            raise UnknownLocalCheck(f"no check with ID {check_id!r} is registered on this agent")
+        self._delete([check_id], [])
+
+    def set_node_maintenance(self, enable: bool, reason: str = "") -> None:
+        """Turn node maintenance on (a critical node check) or off; see maintenance.py."""
+        _, checks = self._local()
+        if not enable:
+            if NODE_MAINTENANCE_ID in checks:
+                self._delete([NODE_MAINTENANCE_ID], [])
+        elif NODE_MAINTENANCE_ID not in checks:
+            self._put_check(node_maintenance_check(self.node_name, reason))
+
+    def set_service_maintenance(self, service_id: str, enable: bool, reason: str = "") -> None:
+        """Turn a local service's maintenance on or off; `UnknownService` for an unknown ID."""
+        services, checks = self._local()
+        if service_id not in services:
+            raise UnknownService(f"no service with ID {service_id!r} is registered on this agent")
+        check_id = service_maintenance_id(service_id)
+        if not enable:
+            if check_id in checks:
+                self._delete([check_id], [])
+        elif check_id not in checks:
+            self._put_check(service_maintenance_check(services[service_id], reason))
+
+    def _put_check(self, record: CheckRecord) -> None:
+        try:
+            self.state.put(
+                KIND_CHECK, record_key(self.node_name, record.check_id), encode_check(record)
+            )
+        except LocalProtocolError as exc:
+            raise RegistrationError(str(exc)) from None
+
+    def _observe(self, check_id: str, record: CheckRecord | None) -> None:
+        """Tell the reaper a local check's state; wake `run_reaper` when its deadline moved."""
+        after_s = 0.0 if record is None else record.definition.deregister_critical_service_after_s
+        if record is None or after_s <= 0:
+            moved = self.reaper.forget(check_id)  # no clock read: most checks have no limit
+        else:
+            moved = self.reaper.observe(
+                check_id, record.service_id, record.status, after_s, self._clock()
+            )
+        if moved:
+            self._reaper_moved.set()
+
+    async def run_reaper(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deregister local services critical for too long (reaper.py), until cancelled."""
+        task_status.started()
+        while True:
+            self._reaper_moved = trio.Event()
+            deadline = self.reaper.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._reaper_moved.wait()
+            for service_id in self.reaper.due(self._clock()):
+                self._reap(service_id)
+
+    def _reap(self, service_id: str) -> None:
+        try:
+            removed = self.deregister(service_id)
+        except UnknownService:
+            return  # deregistered meanwhile
+        except LocalProtocolError as exc:
+            log(_log, "warning", "critical service not reaped", exc_info=exc, service=service_id)
+            return
+        log(_log, "info", "deregistered a service critical for too long", services=removed)
 
     def update_ttl(self, check_id: str, status: str, output: str = "") -> None:
         """A TTL check's new status (Consul's pass/warn/fail/update); runner errors pass up."""
@@ -395,6 +549,14 @@ class Catalog:
                 views.append(ServiceView(node, record, max(1, created), max(1, modified)))
         views.sort(key=lambda v: (v.node.name, v.record.service_id))
         return views
+
+    def _node_checks(self, node: str) -> list[CheckView]:
+        """The node's own checks (no service: maintenance, /v1/agent/check/register), by key."""
+        found = []
+        for key, record in sorted(self._index.checks_by_owner.get((node, ""), {}).items()):
+            created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
+            found.append(CheckView(record, max(1, created), max(1, modified)))
+        return found
 
     def _check_views(self, views: list[ServiceView]) -> dict[tuple[str, str], list[CheckView]]:
         """Checks of the visible services by (node, service ID), in store-key order."""
@@ -474,11 +636,16 @@ class Catalog:
     def _health(self, views: list[ServiceView]) -> list[HealthEntry]:
         checks = self._check_views(views)
         members_index = self.members_index()
+        node_checks: dict[str, list[CheckView]] = {}
+        for v in views:
+            if v.node.name not in node_checks:
+                node_checks[v.node.name] = self._node_checks(v.node.name)
         entries = [
             HealthEntry(
                 v,
                 (
                     serf_check(v.node, members_index),
+                    *node_checks[v.node.name],
                     *checks.get((v.node.name, v.record.service_id), []),
                 ),
             )
@@ -520,8 +687,9 @@ class Catalog:
             if node is None:
                 continue  # reaped: hidden, as in every other read
             worst = 0 if node.healthy else 2
-            for check in owners.get((record.node, record.service_id), {}).values():
-                worst = max(worst, _RANK.get(check.status, 2))
+            for owner in ((record.node, ""), (record.node, record.service_id)):
+                for check in owners.get(owner, {}).values():
+                    worst = max(worst, _RANK.get(check.status, 2))
             found.append(InstanceState(record, node, _BY_RANK[worst]))
         found.sort(key=lambda s: (s.node.name, s.record.service_id))
         return found
@@ -542,7 +710,11 @@ class Catalog:
             return []
         views = self._views(self._index.by_node.get(node, {}))
         checks = self._check_views(views)
-        return [serf_check(info, self.members_index()), *(c for g in checks.values() for c in g)]
+        return [
+            serf_check(info, self.members_index()),
+            *self._node_checks(node),
+            *(c for g in checks.values() for c in g),
+        ]
 
     def health_state(self, state: str) -> list[CheckView]:
         """Every check (serfHealth included) in `state`, or all of them for "any"."""
@@ -553,6 +725,7 @@ class Catalog:
         found = [serf_check(n, members_index) for n in nodes]
         if state == "any":
             found += [c for g in self._check_views(self._views()).values() for c in g]
+            found += [c for n in nodes for c in self._node_checks(n.name)]
         else:  # O(checks in that state), from the index
             found += self._service_checks(
                 self._index.checks_by_status.get(state, {}), {n.name for n in nodes}
@@ -566,13 +739,16 @@ class Catalog:
         """Views of `checks` whose instance is visible (its service exists, its node is known)."""
         found = []
         for key, record in checks.items():
-            owner = self._cache.services.get(record_key(record.node, record.service_id))
-            if owner is None or record.node not in known or owner.node != record.node:
+            if record.node not in known:
                 continue
+            tags: tuple[str, ...] = ()
+            if record.service_id:  # else a node check: visible with its node
+                owner = self._cache.services.get(record_key(record.node, record.service_id))
+                if owner is None or owner.node != record.node:
+                    continue
+                tags = owner.tags
             created, modified = self.state.tracker.entry_indexes(KIND_CHECK, key)
-            found.append(
-                CheckView(record, max(1, created), max(1, modified), service_tags=owner.tags)
-            )
+            found.append(CheckView(record, max(1, created), max(1, modified), service_tags=tags))
         return found
 
     def nodes(self) -> list[NodeInfo]:

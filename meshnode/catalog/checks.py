@@ -6,8 +6,9 @@ Rules that live here:
   unchanged ones keep running with theirs;
 - a TCP or HTTP check runs once soon after it starts, then `interval_s` after
   each run ends; `Thresholds` turns its results into reported statuses;
-- a TTL check is critical until `ttl_update` says otherwise, and critical again
-  when `ttl_s` passes without an update;
+- a TTL check is critical until `ttl_update` says otherwise (or, when its spec
+  has an `initial_status`, that status: a definition's ``Status``), and
+  critical again when `ttl_s` passes without an update;
 - every reported result goes to `report(check_id, status, output)`; the catalog
   decides what to persist. Neither a failing probe nor a failing `report` ever
   stops the runner: both are logged and the checks go on.
@@ -71,6 +72,10 @@ class CheckSpec:
     success_before_passing: int = 0
     failures_before_warning: int = 0
     failures_before_critical: int = 0
+    # ttl: the status to start in until the first update or the TTL's end (a
+    # definition's "Status"); "" is critical. Not part of equality: the catalog
+    # builds specs from records, whose status changes must not restart a check.
+    initial_status: str = field(default="", compare=False)
 
 
 # Consul raises shorter intervals to its MinInterval of 1 s: probing faster
@@ -199,6 +204,8 @@ class _Check:
     @classmethod
     def new(cls, spec: CheckSpec) -> _Check:
         if spec.kind == "ttl":
+            if spec.initial_status in ("passing", "warning"):
+                return cls(spec, status=spec.initial_status)
             return cls(spec, output=TTL_INITIAL_OUTPUT)
         thresholds = Thresholds(
             spec.success_before_passing,

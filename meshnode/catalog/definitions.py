@@ -14,26 +14,32 @@ Rules that live here:
 - Bounds are Consul's: 64 meta pairs, keys of 128 characters, values of 512.
 - Only tcp, http and ttl checks; intervals under 1 s are raised to 1 s, as
   Consul does (a check every few milliseconds would be a load test).
+  ``maintenance`` is a fourth type that no definition may ask for: the
+  catalog writes it for node and service maintenance (Consul's type name).
+- ``DeregisterCriticalServiceAfter`` is kept as given; the catalog raises it
+  to its floor (Consul's one minute) when it reaps.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
 
 from ..durations import parse_duration_s
 
 __all__ = [
     "CHECK_DURATION_MAX_S",
     "CHECK_INTERVAL_MIN_S",
+    "MAINTENANCE",
     "CheckDefinition",
     "DefinitionError",
     "ProxyDefinition",
     "ServiceDefinition",
     "SidecarDefinition",
     "Upstream",
+    "parse_check_registration",
     "parse_config_services",
     "parse_file_definitions",
     "parse_service",
@@ -41,7 +47,9 @@ __all__ = [
     "validate_service_id",
 ]
 
-CheckType = Literal["tcp", "http", "ttl"]
+CheckType = Literal["tcp", "http", "ttl", "maintenance"]
+# The type of the checks node and service maintenance add (Consul's name for it).
+MAINTENANCE: Final = "maintenance"
 
 # Consul's floor for check intervals (lower ones are raised to it).
 CHECK_INTERVAL_MIN_S = 1.0
@@ -49,6 +57,9 @@ CHECK_INTERVAL_MIN_S = 1.0
 CHECK_TIMEOUT_DEFAULT_S = 10.0
 # A day is far beyond any check interval, timeout or TTL; a bound keeps floats sane.
 CHECK_DURATION_MAX_S = 86400.0
+# DeregisterCriticalServiceAfter may be days (a service left down over a
+# weekend); a year is far beyond any use and keeps the float sane.
+DEREGISTER_AFTER_MAX_S = 365 * 86400.0
 NAME_MAX_CHARS = 63  # one DNS label
 ID_MAX_CHARS = 128  # IDs are store keys and URL path segments
 TAGS_MAX = 64  # a tag list longer than this is a mistake (tags are also DNS labels)
@@ -92,6 +103,8 @@ class CheckDefinition:
     success_before_passing: int = 0
     failures_before_warning: int = 0
     failures_before_critical: int = 0
+    # DeregisterCriticalServiceAfter: 0 keeps a critical service registered.
+    deregister_critical_service_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +250,7 @@ class _Fields:
             raise self.fail(norm, f"must be true or false, not {_type_name(value)}")
         return value
 
-    def duration_s(self, norm: str) -> float:
+    def duration_s(self, norm: str, max_s: float = CHECK_DURATION_MAX_S) -> float:
         value = self.values.get(norm)
         if value is None:
             return 0.0
@@ -246,7 +259,7 @@ class _Fields:
                 norm, f'must be a duration string such as "10s", not {_type_name(value)}'
             )
         try:
-            return parse_duration_s(value, max_s=CHECK_DURATION_MAX_S)
+            return parse_duration_s(value, max_s=max_s)
         except ValueError as exc:
             raise self.fail(norm, f"is not valid: {exc}") from None
 
@@ -371,18 +384,15 @@ def _header(f: _Fields) -> dict[str, tuple[str, ...]]:
     return header
 
 
-def _check(f: _Fields) -> CheckDefinition:
-    where = f.where
+def _check(f: _Fields, *, standalone: bool = False) -> CheckDefinition:
+    """A check of a service definition, or (`standalone`) of /v1/agent/check/register."""
+    where = f.where or "check"
     for norm in _UNSUPPORTED_CHECKS:
         if f.has(norm):
             raise f.fail(norm, "is not supported: meshnode runs only tcp, http and ttl checks")
-    if f.has("deregistercriticalserviceafter"):
-        raise f.fail(
-            "deregistercriticalserviceafter",
-            "is not supported: a critical service stays registered until deregistered",
-        )
-    if f.has("serviceid"):
+    if f.has("serviceid") and not standalone:
         raise f.fail("serviceid", "is not allowed in a service's check (it is that service)")
+    deregister_after_s = f.duration_s("deregistercriticalserviceafter", DEREGISTER_AFTER_MAX_S)
     given = [k for k in ("tcp", "http", "ttl") if f.has(k)]
     if len(given) != 1:
         what = "none" if not given else " and ".join(f.name(k) for k in given)
@@ -433,7 +443,35 @@ def _check(f: _Fields) -> CheckDefinition:
         success_before_passing=f.integer("successbeforepassing", 0, 1000),
         failures_before_warning=f.integer("failuresbeforewarning", 0, 1000),
         failures_before_critical=f.integer("failuresbeforecritical", 0, 1000),
+        deregister_critical_service_after_s=deregister_after_s,
     )
+
+
+def parse_check_registration(data: object) -> tuple[CheckDefinition, str]:
+    """A /v1/agent/check/register body: the check (ID defaulting to its name) and its ServiceID.
+
+    Consul's rules: ``Name`` is required; a check with no ``ServiceID`` is a
+    node check, which has no service to deregister, so it may not carry
+    ``DeregisterCriticalServiceAfter``.
+    """
+    f = _Fields(data, "", _CHECK_FIELDS)
+    if not f.has("name"):
+        raise DefinitionError(f"missing field {f.name('name')!r}")
+    check = _check(f, standalone=True)
+    service_id = f.text("serviceid", max_chars=ID_MAX_CHARS)
+    if service_id:
+        validate_service_id(service_id, f"field {f.name('serviceid')!r}:")
+    elif check.deregister_critical_service_after_s > 0:
+        raise f.fail(
+            "deregistercriticalserviceafter", "needs a ServiceID: a node check has no service"
+        )
+    if not check.check_id:
+        try:
+            check_id = validate_check_id(check.name, "the check has no ID and its name")
+        except DefinitionError as exc:
+            raise DefinitionError(f"{exc}; give the check an ID") from None
+        check = replace(check, check_id=check_id)
+    return check, service_id
 
 
 def _checks(f: _Fields) -> tuple[CheckDefinition, ...]:

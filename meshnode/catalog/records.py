@@ -50,6 +50,7 @@ _TEXT_MAX_CHARS = 64 * 1024  # a check's output can be a page of text
 _LIST_MAX = 256
 _MAP_MAX = 256
 _DEPTH_MAX = 5  # record > proxy > upstreams > upstream, and check > header > values
+_CHECK_KINDS = ("tcp", "http", "ttl", "maintenance")
 
 
 class MalformedRecord(RemoteProtocolError):
@@ -172,7 +173,7 @@ def encode_service(record: ServiceRecord) -> bytes:
 
 def _check_value(r: CheckRecord) -> dict[str, Any]:
     d = r.definition
-    return {
+    value: dict[str, Any] = {
         "v": RECORD_VERSION,
         "node": r.node,
         "id": r.check_id,
@@ -196,6 +197,10 @@ def _check_value(r: CheckRecord) -> dict[str, Any]:
         "fbw": d.failures_before_warning,
         "fbc": d.failures_before_critical,
     }
+    if d.deregister_critical_service_after_s > 0:
+        # Absent when unset: records without it stay byte-identical to older ones.
+        value["dcsa"] = float(d.deregister_critical_service_after_s)
+    return value
 
 
 def encode_check(record: CheckRecord) -> bytes:
@@ -331,7 +336,7 @@ def decode_check(key: str, raw: bytes) -> CheckRecord:
     node, check_id = _owned(r, key)
     kind = r.text("type")
     status = r.text("status")
-    if kind not in ("tcp", "http", "ttl") or status not in ("passing", "warning", "critical"):
+    if kind not in _CHECK_KINDS or status not in ("passing", "warning", "critical"):
         _bad(f"check {check_id[:60]!r} has type {kind[:20]!r} and status {status[:20]!r}")
     headers = r.value.get("header")
     if type(headers) is not dict or len(headers) > _MAP_MAX:
@@ -353,6 +358,7 @@ def decode_check(key: str, raw: bytes) -> CheckRecord:
         success_before_passing=r.integer("sbp"),
         failures_before_warning=r.integer("fbw"),
         failures_before_critical=r.integer("fbc"),
+        deregister_critical_service_after_s=r.number("dcsa") if "dcsa" in r.value else 0.0,
     )
     record = CheckRecord(
         node=node,

@@ -9,7 +9,7 @@ import click
 
 from ..client import (
     DEFAULT_HTTP_ADDR,
-    ENV_HTTP_ADDR,
+    ENV_HTTP_ADDRS,
     TOKEN_META_KEY,
     ClientError,
     resolve_http_addr,
@@ -34,7 +34,7 @@ def _keep_token(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def http_addr_option(func: F) -> F:
-    """``--http-addr IP:PORT`` (env MESHNODE_HTTP_ADDR): where the local agent's API is.
+    """``--http-addr IP:PORT`` (env MESHNODE_HTTP_ADDR, CONSUL_HTTP_ADDR): the agent's API.
 
     Also adds ``--token`` (env MESHNODE_HTTP_TOKEN or CONSUL_HTTP_TOKEN), which
     `AgentClient.from_flag` picks up, so commands need no parameter for it.
@@ -45,15 +45,21 @@ def http_addr_option(func: F) -> F:
         default=None,
         expose_value=False,
         callback=_keep_token,
-        help="Token for writes, when the agent has --api-token [env MESHNODE_HTTP_TOKEN].",
+        help=(
+            "Token for writes, when the agent has --api-token"
+            " [env MESHNODE_HTTP_TOKEN or CONSUL_HTTP_TOKEN]."
+        ),
     )(func)
     decorated = click.option(
         "--http-addr",
-        envvar=ENV_HTTP_ADDR,
+        envvar=list(ENV_HTTP_ADDRS),
         metavar="IP:PORT",
         default=None,
         callback=_check_http_addr,
-        help=f"Address of the agent's HTTP API [env {ENV_HTTP_ADDR}; default {DEFAULT_HTTP_ADDR}].",
+        help=(
+            f"Address of the agent's HTTP API [env {' or '.join(ENV_HTTP_ADDRS)};"
+            f" default {DEFAULT_HTTP_ADDR}]."
+        ),
     )(func)
     return decorated
 

@@ -38,6 +38,18 @@ def make_router(catalog: Catalog) -> Router:
     return router
 
 
+async def assert_refused(
+    port: int, catalog: Catalog, path: str, body: bytes, status: int, fragment: str
+) -> None:
+    """A PUT of `body` is refused with `status` and one line holding `fragment`; nothing written."""
+    before = catalog.index()
+    reply = await fetch(port, "PUT", path, body)
+    assert reply.status == status
+    message = reply.json()["error"]
+    assert fragment in message and "\n" not in message
+    assert catalog.index() == before
+
+
 @pytest.fixture
 def catalog_and_nodes() -> tuple[Catalog, StaticNodes]:
     return make_catalog()
@@ -167,12 +179,7 @@ async def test_bad_registrations_are_one_line_and_change_nothing(
     fragment: str,
 ) -> None:
     catalog, _ = catalog_and_nodes
-    before = catalog.index()
-    reply = await fetch(port, "PUT", "/v1/agent/service/register", body)
-    assert reply.status == status
-    message = reply.json()["error"]
-    assert fragment in message and "\n" not in message
-    assert catalog.index() == before
+    await assert_refused(port, catalog, "/v1/agent/service/register", body, status, fragment)
     assert catalog.local_services() == []
 
 

@@ -295,3 +295,33 @@ async def test_the_real_runner_reports_ttl_expiry(autojump_clock: trio.testing.M
         assert check.record.status == "critical"
         assert check.record.output.startswith("TTL expired")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_ttl_check_starts_in_its_registered_status_until_its_ttl(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Consul's rule, in the docs: a check starts critical unless its Status says otherwise.
+
+    The runner used to start every TTL check critical, whatever the registration said.
+    """
+    state = LocalState("n1")
+    nodes = StaticNodes([NodeInfo("n1", "10.0.0.1", "alive")], state.tracker)
+    catalog = Catalog(state, nodes, node_name="n1", datacenter="dc1")
+    await nursery.start(catalog.checks.run)
+    start = trio.current_time()
+    catalog.register(parse_service({"Name": "web", "Check": {"TTL": "30s", "Status": "passing"}}))
+    catalog.register(parse_service({"Name": "db", "Check": {"TTL": "30s"}}))
+
+    def statuses(of: Catalog) -> dict[str, str]:
+        return {c.record.check_id: c.record.status for c in of.local_checks()}
+
+    await trio.sleep_until(start + 29.9)
+    assert statuses(catalog) == {"service:web": "passing", "service:db": "critical"}
+    await trio.sleep_until(start + 30.1)
+    assert statuses(catalog)["service:web"] == "critical"  # no update within the TTL
+    catalog.update_ttl("service:web", "passing")
+    # A restarted agent does not know how long it was down: critical until updated.
+    again = Catalog(state, nodes, node_name="n1", datacenter="dc1")
+    await nursery.start(again.checks.run)
+    await trio.sleep(0.1)
+    assert statuses(again)["service:web"] == "critical"

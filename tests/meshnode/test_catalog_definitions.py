@@ -139,8 +139,8 @@ def test_services_list_and_config_pairs() -> None:
         ({"Name": "web", "Check": {"HTTP": "ftp://x", "Interval": "1s"}}, "http:// or https://"),
         ({"Name": "web", "Check": {"Args": ["true"], "Interval": "1s"}}, "only tcp, http and ttl"),
         (
-            {"Name": "web", "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "1m"}},
-            "stays registered",
+            {"Name": "web", "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "soon"}},
+            "'Check.DeregisterCriticalServiceAfter' is not valid",
         ),
         ({"Name": "web", "Check": {"TTL": "1s", "Status": "ok"}}, "'Check.Status' must be one of"),
         ({"Name": "web", "Checks": [{"TTL": "1s", "ID": "x"}, {"TTL": "2s", "ID": "x"}]}, "differ"),

@@ -69,7 +69,7 @@ checks = st.builds(
     status=st.sampled_from(["passing", "warning", "critical"]),
     definition=st.builds(
         CheckDefinition,
-        kind=st.sampled_from(["tcp", "http", "ttl"]),
+        kind=st.sampled_from(["tcp", "http", "ttl", "maintenance"]),
         name=_text,
         notes=_text,
         tcp=_text,
@@ -84,6 +84,7 @@ checks = st.builds(
         success_before_passing=st.integers(0, 10),
         failures_before_warning=st.integers(0, 10),
         failures_before_critical=st.integers(0, 10),
+        deregister_critical_service_after_s=st.sampled_from([0.0, 60.0, 90.5]),
     ),
     output=_text,
     service_id=_text,
@@ -148,10 +149,28 @@ def test_malformed_service_values(raw: bytes, fragment: str) -> None:
 def test_malformed_check_values() -> None:
     good = CheckRecord("n1", "c1", "passing", CheckDefinition(kind="ttl", check_id="c1"))
     value = cbor2.loads(encode_check(good))
-    for field, bad in [("status", "ok"), ("type", "script"), ("interval", 1), ("header", [])]:
+    for field, bad in [
+        ("status", "ok"),
+        ("type", "script"),
+        ("interval", 1),
+        ("header", []),
+        ("dcsa", 60),  # an integer: not what we write
+        ("dcsa", -1.0),
+        ("dcsa", 0.0),  # we leave it out when unset, so 0.0 is a form we never write
+    ]:
         raw = bytes(cbor2.dumps({**value, field: bad}, canonical=True))
         with pytest.raises(MalformedRecord):
             decode_check("n1/c1", raw)
+
+
+def test_a_check_without_a_deregistration_limit_encodes_as_before() -> None:
+    """Records without DeregisterCriticalServiceAfter stay byte-identical to older agents'."""
+    plain = CheckRecord("n1", "c1", "passing", CheckDefinition(kind="ttl", check_id="c1"))
+    assert "dcsa" not in cbor2.loads(encode_check(plain))
+    limited = replace(
+        plain, definition=replace(plain.definition, deregister_critical_service_after_s=60.0)
+    )
+    assert cbor2.loads(encode_check(limited))["dcsa"] == 60.0
 
 
 @given(st.binary(max_size=200))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import itertools
@@ -725,3 +726,21 @@ async def test_changed_ttl_spec_starts_over(
     assert reports.of("t1")[-1] == ("critical", TTL_INITIAL_OUTPUT)
     await trio.sleep(2)
     assert reports.of("t1")[-1] == ("critical", "TTL expired")
+
+
+async def test_a_ttl_check_starts_in_its_initial_status(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    reports = Reports()
+    runner = CheckRunner(reports, rng=random.Random(0))
+    await nursery.start(runner.run)
+    started = dataclasses.replace(ttl_spec(), initial_status="passing")
+    runner.set([started])
+    await trio.sleep(9.9)
+    assert reports.of("t1") == [("passing", "")]
+    await trio.sleep(0.2)
+    assert reports.of("t1")[-1][0] == "critical"  # the TTL ran out without an update
+    # The initial status is not part of a spec's identity: the same check, not a restart.
+    assert started == ttl_spec()
+    runner.update([dataclasses.replace(ttl_spec(), initial_status="warning")], [])
+    assert runner.statuses()["t1"][0] == "critical"

@@ -198,9 +198,10 @@ def test_main_returns_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         (["-node", "n1"], ["--node", "n1"]),
         (["-node=n1", "-dev"], ["--node=n1", "--dev"]),
         (["-tag", "-node"], ["--tag", "-node"]),  # a value is never rewritten
-        (["-x", "-unknown"], ["-x", "-unknown"]),
-        (["--node", "a", "--", "-node"], ["--node", "a", "--", "-node"]),
+        (["-x"], ["-x"]),  # one letter: click's own short option (or its error)
+        (["--node", "a", "--", "-node", "-unknown"], ["--node", "a", "--", "-node", "-unknown"]),
         (["-n", "a"], ["-n", "a"]),
+        (["-nvalue"], ["-nvalue"]),  # a short option with its value attached, as click reads it
     ],
 )
 def test_rewrite_single_dash(args: list[str], expected: list[str]) -> None:
@@ -208,17 +209,38 @@ def test_rewrite_single_dash(args: list[str], expected: list[str]) -> None:
     assert rewrite_single_dash(args, names, {"--node", "--tag", "-n"}) == expected
 
 
-def test_single_dash_on_any_command() -> None:
-    @click.command(cls=type(cli).command_class)
-    @click.option("--retry-join", multiple=True)
-    @click.option("--dev", is_flag=True)
-    def probe(retry_join: tuple[str, ...], dev: bool) -> None:
-        click.echo(f"{retry_join} {dev}")
+@pytest.mark.parametrize(
+    ("args", "reported", "hint"),
+    [
+        (["-wan"], "-wan", None),  # click alone would say '-w'
+        (["-tga", "a"], "-tga", "-tag"),
+        (["--dev", "-tgas"], "-tgas", "-tag"),
+    ],
+)
+def test_unknown_single_dash_word_is_reported_whole(
+    args: list[str], reported: str, hint: str | None
+) -> None:
+    names = {"--node", "--dev", "--tag", "-n"}
+    with pytest.raises(click.NoSuchOption) as caught:
+        rewrite_single_dash(args, names, {"--node", "--tag", "-n"})
+    assert caught.value.option_name == reported
+    assert caught.value.possibilities == ([hint] if hint else [])
 
-    result = CliRunner().invoke(probe, ["-retry-join", "a", "-retry-join=b", "-dev"])
-    assert result.stdout.strip() == "('a', 'b') True"
-    assert run("-help").exit_code == 0
-    assert "Usage: meshnode members" in run("members", "-help").stdout
+
+def test_cli_reports_a_whole_unknown_option() -> None:
+    """What a Consul user typing `meshnode members -wan` sees: the option, whole, in one line."""
+    for args, reported in (
+        (["members", "-wan"], "-wan"),
+        (["-wan"], "-wan"),
+        (["members", "-htp-addr", "x"], "-htp-addr"),
+    ):
+        proc = subprocess.run(
+            [str(MESHNODE), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1
+        assert f"No such option '{reported}'" in proc.stderr
+    assert "Did you mean '-http-addr'?" in proc.stderr
 
 
 def test_console_script_keygen() -> None:
@@ -261,3 +283,33 @@ def test_console_script_against_the_api(threaded_api_port: int) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["Node", "db1", "web1"]
+
+
+def test_console_script_honours_consul_http_addr(threaded_api_port: int) -> None:
+    """A shell set up for Consul's tools (CONSUL_HTTP_ADDR) drives meshnode; ours comes first."""
+    good = f"127.0.0.1:{threaded_api_port}"
+    dead = f"127.0.0.1:{free_port()}"
+
+    def members(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(MESHNODE), "members", "-status", "alive"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
+
+    consul_only = members({"CONSUL_HTTP_ADDR": f"http://{good}"})
+    assert consul_only.returncode == 0, consul_only.stderr
+    assert [line.split()[0] for line in consul_only.stdout.splitlines()] == ["Node", "db1", "web1"]
+    ours_first = members({"MESHNODE_HTTP_ADDR": dead, "CONSUL_HTTP_ADDR": good})
+    assert ours_first.returncode == 1
+    assert f"cannot reach the agent at {dead}" in ours_first.stderr
+    flag_first = subprocess.run(
+        [str(MESHNODE), "members", "-http-addr", good],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "CONSUL_HTTP_ADDR": dead},
+    )
+    assert flag_first.returncode == 0, flag_first.stderr

@@ -87,6 +87,7 @@ def test_deeply_nested_json_is_400(agent: AgentProc) -> None:
     for body in (b"[" * 3000 + b"]" * 3000, b'{"a":' * 2000 + b"1" + b"}" * 2000):
         assert _status(agent, "POST", "/v1/connect/intentions", body) == 400
         assert _status(agent, "PUT", "/v1/agent/service/register", body) == 400
+        assert _status(agent, "PUT", "/v1/agent/check/register", body) == 400
 
 
 def test_a_json_number_past_the_digit_limit_is_400(agent: AgentProc) -> None:
@@ -141,10 +142,19 @@ _PATHS = st.sampled_from(
         b"/v1/event/fire/",
         b"/v1/operator/keyring",
         b"/v1/agent/connect/ca/leaf/",
+        b"/v1/agent/check/register",
+        b"/v1/agent/check/deregister/",
+        b"/v1/agent/maintenance",
+        b"/v1/agent/service/maintenance/",
+        b"/v1/status/leader",
+        b"/v1/catalog/register",
     ]
 )
 _QUERY_NAMES = st.sampled_from(
-    [b"index", b"wait", b"limit", b"recurse", b"keys", b"raw", b"separator", b"token", b"pem"]
+    [
+        *(b"index", b"wait", b"limit", b"recurse", b"keys", b"raw", b"separator", b"token"),
+        *(b"pem", b"enable", b"reason"),
+    ]
 )
 _TRICKY = st.sampled_from(
     [b"%ff", b"%C2%B2", b"%D9%A1", b"9" * 4400, b"-1", b"1e9", b"%00", b"..%2f", b"5s", b"1"]
