@@ -10,26 +10,41 @@ trust bundle, while `meshnode ca rotate` keeps working.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 
+from meshnode.agent.ca_wiring import ANCHOR_FILE, load_pin, pin_saver
+from meshnode.agent.errors import AgentStartError
 from meshnode.ca import BuiltinProvider, RootCA, generate_key, make_csr
+from meshnode.ca.anchor import (
+    PIN_MAX_BYTES,
+    Anchor,
+    AnchorFileError,
+    encode_pin,
+    normalize_fingerprint,
+)
 from meshnode.ca.leaf_manager import Roots
 from meshnode.ca.records import (
     CONFIG_KEY,
+    DEFAULT_LEAF_TTL_S,
     KIND,
     CAConfigRecord,
     RootRecord,
+    decode_config,
     encode_config,
     encode_root,
     root_key,
+    sign_config,
 )
-from meshnode.ca.service import CASettings
+from meshnode.ca.service import CASettings, ConfigChange
 from meshnode.ca.spiffe import ServiceID, trust_domain_for
-from tests.ca.conftest import issue_leaf, make_intermediate, openssl_verify
+from meshnode.config import ConfigError, load_config
+from tests.ca.conftest import NOW, issue_leaf, make_intermediate, openssl_verify
 from tests.ca.test_service import Mesh
 
 # Past any trust-on-first-use window the agents open at bootstrap.
@@ -147,3 +162,144 @@ async def test_config_settings_written_without_the_root_key_are_ignored(
 
 def csr_for_td(trust_domain: str) -> str:
     return make_csr(generate_key(), ServiceID(trust_domain, "dc1", "web").uri)
+
+
+async def test_a_forged_config_is_written_back_signed_by_the_best_signer(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = await settled_mesh(tmp_path, nursery)
+    config = mesh.ca["n2"].view.config
+    assert config is not None
+    mesh.state.put(KIND, CONFIG_KEY, encode_config(replace(config, ca_signers=64)))
+    await mesh.reconcile()  # n1 (the best signer) writes the trusted one back
+    stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
+    assert stored.ca_signers == config.ca_signers and stored.signature
+    assert mesh.counters["n1"].values["ca.config.resigned"] == 1
+    assert mesh.counters["n2"].values["ca.malformed_records"] >= 1
+
+
+async def test_rotation_is_trusted_the_pin_advances_and_a_pruned_root_stays_out(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = await settled_mesh(tmp_path, nursery)
+    pin_path = tmp_path / "n2" / "ca" / ANCHOR_FILE
+    mesh.ca["n2"]._save_pin = pin_saver(pin_path)
+    old = mesh.ca["n2"].view.active
+    assert old is not None and mesh.ca["n2"].anchors() == (Anchor(old.id, old.cert_pem),)
+
+    new_id = await mesh.ca["n2"].configure(ConfigChange(rotate=True))  # forwarded to n1
+    roots = mesh.ca["n2"].roots()
+    assert roots is not None and roots.active_id == new_id and len(roots.pems) == 2
+    config = mesh.ca["n2"].view.config
+    assert config is not None and config.root_id == new_id  # re-signed by the new root
+    assert not pin_path.exists()  # the old root is still in the store: still the pin
+
+    mesh.clock.now_s += 2 * DEFAULT_LEAF_TTL_S + 1  # the old root's leaves have expired
+    await mesh.reconcile()  # n1 prunes it; every agent pins the new root
+    roots = mesh.ca["n2"].roots()
+    assert roots is not None and [roots.active_id] == [new_id] and len(roots.pems) == 1
+    assert load_pin(pin_path) == mesh.ca["n2"].anchors()[0]
+    assert mesh.ca["n2"].anchors()[0].root_id == new_id
+    assert pin_path.stat().st_mode & 0o777 == 0o600
+
+    # A gossip-key holder that kept the old record puts it back: it stays out.
+    mesh.state.put(KIND, root_key(old.id), encode_root(old))
+    await mesh.ca["n2"].reconcile()
+    roots = mesh.ca["n2"].roots()
+    assert roots is not None and old.cert_pem not in roots.pems
+
+
+async def test_first_use_follows_the_store_for_a_window_then_pins(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
+    pin_path = tmp_path / "n2" / "ca" / ANCHOR_FILE
+    mesh.ca["n2"]._save_pin = pin_saver(pin_path)
+    await mesh.start()
+    active = mesh.ca["n2"].view.active
+    assert active is not None
+    assert mesh.ca["n2"].anchors() == () and not pin_path.exists()  # provisional
+    mesh.clock.now_s += CASettings().first_use_window_s
+    await mesh.reconcile()
+    assert load_pin(pin_path) == Anchor(active.id, active.cert_pem)
+
+
+async def test_a_new_agent_with_the_operators_fingerprint_ignores_a_replaced_store(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = Mesh(
+        tmp_path, nursery, ["n1", "n2", "n3"], {"n1"}, settings=CASettings(bootstrap_wait_s=0)
+    )
+    await mesh.start()
+    real = mesh.ca["n1"].view.active
+    assert real is not None
+    # The attacker replaces the config and adds its root before n2 and n3 pin anything.
+    cluster_id = str(uuid.uuid4())
+    root = rogue_root(mesh, trust_domain_for(cluster_id))
+    record = RootRecord(root.id, cluster_id, root.cert_pem, 99, mesh.clock.now_s, "rogue")
+    mesh.state.put(KIND, root_key(root.id), encode_root(record))
+    config = CAConfigRecord(cluster_id, trust_domain_for(cluster_id))
+    mesh.state.put(KIND, CONFIG_KEY, encode_config(sign_config(config, root.id, root.key_pem)))
+    mesh.ca["n3"]._operator_root_id = real.id
+    mesh.ca["n3"]._refresh()
+    mesh.ca["n2"]._refresh()
+    n3_roots, n2_roots = mesh.ca["n3"].roots(), mesh.ca["n2"].roots()
+    assert n3_roots is not None and n3_roots.pems == (real.cert_pem,)
+    # Without a fingerprint, first use trusts the store (docs/security.md, residual risks).
+    assert n2_roots is not None and n2_roots.pems == (root.cert_pem,)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("AB" * 32, ":".join(["ab"] * 32)),
+        (":".join(["Ab"] * 32), ":".join(["ab"] * 32)),
+        ("sha256 Fingerprint=" + ":".join(["0F"] * 32), ":".join(["0f"] * 32)),
+        ("ab" * 31, None),
+        ("zz" * 32, None),
+        ("", None),
+    ],
+)
+def test_a_root_fingerprint_is_sha256_in_any_common_spelling(
+    text: str, expected: str | None
+) -> None:
+    if expected is None:
+        with pytest.raises(AnchorFileError, match="not a SHA-256 root fingerprint"):
+            normalize_fingerprint(text)
+    else:
+        assert normalize_fingerprint(text) == expected
+
+
+def test_a_damaged_pin_stops_the_agent_with_one_line(tmp_path: Path) -> None:
+    root = BuiltinProvider().generate_root("c1.mesh", now=NOW)
+    other = BuiltinProvider().generate_root("c1.mesh", now=NOW)
+    path = tmp_path / ANCHOR_FILE
+    assert load_pin(path) is None
+    pin_saver(path)(Anchor(root.id, root.cert_pem))
+    assert load_pin(path) == Anchor(root.id, root.cert_pem)
+    # A certificate that is not the pinned root's, a foreign file, an oversized one.
+    for text in (
+        encode_pin(Anchor(root.id, other.cert_pem)),
+        "hello\n",
+        encode_pin(Anchor(root.id, "x" * PIN_MAX_BYTES)),
+    ):
+        path.write_text(text)
+        with pytest.raises(AgentStartError, match=r"CA root pin .* is damaged") as caught:
+            load_pin(path)
+        assert "\n" not in str(caught.value)
+
+
+def test_the_root_fingerprint_is_read_from_the_flag_and_the_config_file(tmp_path: Path) -> None:
+    fingerprint = ":".join(["ab"] * 32)
+    base: dict[str, object] = {"dev": True, "data_dir": str(tmp_path)}
+    assert load_config({**base, "ca_root_fingerprint": "AB" * 32}).ca_root_fingerprint == (
+        fingerprint
+    )
+    config_file = tmp_path / "agent.json"
+    config_file.write_text(json.dumps({"connect": {"ca_root_fingerprint": fingerprint}}))
+    assert load_config(base, [str(config_file)]).ca_root_fingerprint == (fingerprint)
+    with pytest.raises(ConfigError, match="--ca-root-fingerprint: 'nope' is not a SHA-256"):
+        load_config({**base, "ca_root_fingerprint": "nope"})
+    config_file.write_text(json.dumps({"connect": {"ca_root_fingerprint": 7}}))
+    with pytest.raises(ConfigError, match=r"connect\.ca_root_fingerprint"):
+        load_config(base, [str(config_file)])
