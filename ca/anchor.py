@@ -23,7 +23,8 @@ store is only a claim. Rules that live here:
 
 from __future__ import annotations
 
-import functools
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,6 +54,9 @@ __all__ = [
 PIN_MAX_BYTES = 16 * 1024
 _PIN_HEADER = "meshnode ca anchor v1"
 _FINGERPRINT_BYTES = 32
+# The CA kind's entry cap in the store (gossip/store.py): room for every record.
+_CROSS_CACHE_MAX = 4096
+_cross_cache: OrderedDict[bytes, bool] = OrderedDict()
 
 
 class AnchorFileError(ValueError):
@@ -111,9 +115,22 @@ def decode_pin(text: str) -> Anchor:
     return Anchor(root_id, cert_pem)
 
 
-@functools.lru_cache(maxsize=256)
 def _cross_ok(cross_pem: str, cert_pem: str, issuer_pem: str) -> bool:
-    """Cached: the view is re-read on every CA change; roots rarely change."""
+    """Cached by digest: the view is re-read on every CA change, and a gossip-key
+    holder may fill the CA's room with forged roots; each is verified once."""
+    digest = hashlib.sha256("\0".join((cross_pem, cert_pem, issuer_pem)).encode()).digest()
+    found = _cross_cache.get(digest)
+    if found is not None:
+        _cross_cache.move_to_end(digest)
+        return found
+    found = _verify_cross(cross_pem, cert_pem, issuer_pem)
+    _cross_cache[digest] = found
+    if len(_cross_cache) > _CROSS_CACHE_MAX:
+        _cross_cache.popitem(last=False)
+    return found
+
+
+def _verify_cross(cross_pem: str, cert_pem: str, issuer_pem: str) -> bool:
     try:
         cross, cert, issuer = load_cert(cross_pem), load_cert(cert_pem), load_cert(issuer_pem)
     except MalformedCARecord:
