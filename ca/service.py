@@ -299,9 +299,10 @@ class CAService:
             self.counters.add("ca.malformed_records")
             log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=exc)
         self._store_config_ok = view.config is not None
-        if view.config is None and view.config_written and self.view.config is not None:
-            # A config nobody trusted overwrote it: keep the last trusted one
-            # (the best signer writes it back, signed).
+        overwritten = view.config_written or bool(self.anchors())
+        if view.config is None and overwritten and self.view.config is not None:
+            # An untrusted config replaced it, or (once pinned) it was deleted:
+            # keep the last trusted one; the best signer writes it back, signed.
             view = replace(view, config=self.view.config)
         self.view = view
         if view.config is not None:

@@ -145,7 +145,7 @@ async def test_a_root_claiming_to_rotate_from_the_real_one_is_not_trusted(
     assert forged_leaf_rejected(tmp_path, mesh, root, after.trust_domain, after)
 
 
-async def test_config_settings_written_without_the_root_key_are_ignored(
+async def test_config_settings_written_without_the_root_key_are_ignored_and_written_back(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
@@ -154,28 +154,19 @@ async def test_config_settings_written_without_the_root_key_are_ignored(
     # Same cluster, but a ten-year leaf and every member may sign.
     tampered = replace(config, leaf_ttl_s=10 * 365 * 24 * 3600, ca_signers=64, updated_by="rogue")
     mesh.state.put(KIND, CONFIG_KEY, encode_config(tampered))
-    await mesh.reconcile()
+    await mesh.reconcile("n2")
     seen = mesh.ca["n2"].view.config
     assert seen is not None
     assert (seen.leaf_ttl_s, seen.ca_signers) == (config.leaf_ttl_s, config.ca_signers)
+    assert mesh.counters["n2"].values["ca.malformed_records"] >= 1
+    await mesh.reconcile("n1")  # n1 (the best signer) writes the trusted one back
+    stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
+    assert stored.ca_signers == config.ca_signers and stored.signature
+    assert mesh.counters["n1"].values["ca.config.resigned"] == 1
 
 
 def csr_for_td(trust_domain: str) -> str:
     return make_csr(generate_key(), ServiceID(trust_domain, "dc1", "web").uri)
-
-
-async def test_a_forged_config_is_written_back_signed_by_the_best_signer(
-    tmp_path: Path, nursery: trio.Nursery
-) -> None:
-    mesh = await settled_mesh(tmp_path, nursery)
-    config = mesh.ca["n2"].view.config
-    assert config is not None
-    mesh.state.put(KIND, CONFIG_KEY, encode_config(replace(config, ca_signers=64)))
-    await mesh.reconcile()  # n1 (the best signer) writes the trusted one back
-    stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
-    assert stored.ca_signers == config.ca_signers and stored.signature
-    assert mesh.counters["n1"].values["ca.config.resigned"] == 1
-    assert mesh.counters["n2"].values["ca.malformed_records"] >= 1
 
 
 async def test_rotation_is_trusted_the_pin_advances_and_a_pruned_root_stays_out(
@@ -303,3 +294,35 @@ def test_the_root_fingerprint_is_read_from_the_flag_and_the_config_file(tmp_path
     config_file.write_text(json.dumps({"connect": {"ca_root_fingerprint": 7}}))
     with pytest.raises(ConfigError, match=r"connect\.ca_root_fingerprint"):
         load_config(base, [str(config_file)])
+
+
+async def test_a_deleted_config_is_written_back_and_no_second_ca_is_made(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = await settled_mesh(tmp_path, nursery)
+    config = mesh.ca["n2"].view.config
+    assert config is not None
+    mesh.state.delete_many(KIND, [CONFIG_KEY])
+    await mesh.reconcile()
+    assert mesh.counters["n1"].values.get("ca.bootstrapped", 0) == 1  # the first one only
+    stored = mesh.state.store.get(KIND, CONFIG_KEY)
+    assert stored is not None and not stored.tombstone
+    assert decode_config(stored.value).cluster_id == config.cluster_id
+    roots = mesh.ca["n2"].roots()
+    assert roots is not None and roots.trust_domain == config.trust_domain
+
+
+async def test_a_config_written_before_signed_configs_is_trusted_on_first_use_then_signed(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
+    await mesh.start()
+    config = mesh.ca["n2"].view.config
+    assert config is not None
+    # What an older agent wrote: no root id, no signature.
+    mesh.state.put(KIND, CONFIG_KEY, encode_config(replace(config, root_id="", signature=b"")))
+    assert mesh.ca["n2"].view.config == replace(config, root_id="", signature=b"")
+    await mesh.reconcile()
+    stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
+    active = mesh.ca["n2"].view.active
+    assert active is not None and stored.root_id == active.id and stored.signature
