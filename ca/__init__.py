@@ -5,8 +5,9 @@ Sans-IO (no trio, no socket, no clock, no global random; time comes in as
 `csr`, `pem`, `provider`, `election`, `records` (the replicated CA records
 and the views decoded from them), `signer` (the signing decisions: rate
 limit, ownership, who signs, when to renew), `approval` (signer requests
-and approvals signed by a root), `sealing` (a secret sealed to one node's
-identity key) and `fields` (strict readers of replicated values).
+and approvals signed by a root), `anchor` (which roots are trusted: the
+pinned one and roots cross-signed from it), `sealing` (a secret sealed to
+one node's identity key) and `fields` (strict readers of replicated values).
 
 Trio drivers around them: `service` (the agent's part in the CA: bootstrap,
 root keys, intermediates, answering peers), `rpc` (agent-to-agent CA RPC on

@@ -60,6 +60,7 @@ __all__ = [
     "identity_public_key",
     "public_der",
     "request_key",
+    "root_signed",
     "sign_approval",
     "token_proof",
     "token_proof_ok",
@@ -187,7 +188,7 @@ def sign_approval(
 
 def approval_verifies(approval: SignerApproval, root_cert_pem: str) -> bool:
     """Whether `approval` is signed by the key of the root certificate `root_cert_pem`."""
-    return _verifies(
+    return root_signed(
         root_cert_pem,
         _signed_bytes(
             approval.node,
@@ -202,8 +203,11 @@ def approval_verifies(approval: SignerApproval, root_cert_pem: str) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _verifies(root_cert_pem: str, message: bytes, signature: bytes) -> bool:
-    """Cached: the view is re-read on every CA change, approvals rarely change."""
+def root_signed(root_cert_pem: str, message: bytes, signature: bytes) -> bool:
+    """Whether the root's key signed `message` (ECDSA, SHA-256): approvals and the config.
+
+    Cached: the view is re-read on every CA change, signed records rarely change.
+    """
     public = load_cert(root_cert_pem).public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         return False

@@ -4,8 +4,9 @@ Rules that live here:
 
 - Five kinds of key, all public material; a private key is never in the store:
   - ``config``: the cluster id, trust domain and cluster-wide CA settings
-    (leaf TTL, CSR rate, how many signers). One last-writer-wins register:
-    two bootstraps at once resolve to the higher store version.
+    (leaf TTL, CSR rate, how many signers), signed by the key of a root
+    (``root_id``, ``signature``). One last-writer-wins register: two
+    bootstraps at once resolve to the higher store version.
   - ``root/<id>``: one root certificate, written once by the eligible node
     that made it, with its *generation* (1 at bootstrap, +1 per rotation),
     its creation wall time, and for a rotated-in root the certificate of the
@@ -14,10 +15,13 @@ Rules that live here:
     signer, written by that signer, for the root it was issued under.
   - ``signer-request/<node>`` and ``signer/<node>``: a node's request to
     be a signer and its approval, signed by a root (`ca/approval.py`).
-- The active root is the live root of *this* cluster (same cluster id as
-  ``config``) with the highest (generation, id); roots are never edited, so
-  a rotation and a prune can never overwrite each other. A root from a
-  losing bootstrap (another cluster id) is ignored and then deleted.
+- Every holder of the gossip key can write these records, so the view
+  keeps only the roots this agent trusts (`ca/anchor.py`: its pinned root
+  and roots cross-signed from it) and a ``config`` signed by one of them.
+  The active root is the trusted root with the highest (generation, id);
+  roots are never edited, so a rotation and a prune can never overwrite
+  each other. Any other root (a losing bootstrap's, a forgery) is stray:
+  ignored, then deleted.
 - A root that is no longer active stays trusted until ``2 x leaf TTL`` after
   the root that replaced it was made, so every leaf issued under it has
   expired by then; after that it is pruned.
@@ -34,14 +38,16 @@ Rules that live here:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..store.state import NodeInfo, ReplicatedState
+from .anchor import Anchor, chain_origin, trusted_roots
 from .approval import (
     APPROVAL_PREFIX,
     REQUEST_PREFIX,
@@ -50,12 +56,14 @@ from .approval import (
     approval_verifies,
     decode_approval,
     decode_request,
+    root_signed,
 )
 from .election import signer_set
 from .fields import (
     PEM_MAX_CHARS,
     TEXT_MAX_CHARS,
     MalformedCARecord,
+    blob,
     dump,
     integer,
     load_cert,
@@ -65,7 +73,7 @@ from .fields import (
     optional_text,
     text,
 )
-from .pem import colon_hex
+from .pem import colon_hex, key_from_pem
 
 __all__ = [
     "CONFIG_KEY",
@@ -82,6 +90,7 @@ __all__ = [
     "RootRecord",
     "approved_nodes",
     "cert_id",
+    "config_verifies",
     "decode_config",
     "decode_intermediate",
     "decode_root",
@@ -93,6 +102,7 @@ __all__ = [
     "read_view",
     "rfc3339",
     "root_key",
+    "sign_config",
     "signers_for",
 ]
 
@@ -126,6 +136,9 @@ class CAConfigRecord:
     intermediate_ttl_s: int = DEFAULT_INTERMEDIATE_TTL_S
     updated_by: str = ""
     updated_at_s: float = 0.0
+    # The root whose key signed the fields above, and its ECDSA signature.
+    root_id: str = ""
+    signature: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,19 +183,49 @@ def cert_id(cert_pem: str) -> str:
     return colon_hex(load_cert(cert_pem).fingerprint(hashes.SHA256()))
 
 
+_CONFIG_SIGNED_WHAT = "meshnode ca config v1"
+# An ECDSA P-256 signature is at most 72 bytes in DER.
+_SIGNATURE_MAX_BYTES = 160
+
+
+def _config_fields(record: CAConfigRecord) -> dict[str, Any]:
+    return {
+        "cluster_id": record.cluster_id,
+        "trust_domain": record.trust_domain,
+        "leaf_ttl_s": record.leaf_ttl_s,
+        "csr_max_per_second": float(record.csr_max_per_second),
+        "ca_signers": record.ca_signers,
+        "intermediate_ttl_s": record.intermediate_ttl_s,
+        "updated_by": record.updated_by,
+        "updated_at_s": float(record.updated_at_s),
+    }
+
+
+def _config_signed_bytes(record: CAConfigRecord, root_id: str) -> bytes:
+    return dump({"what": _CONFIG_SIGNED_WHAT, "root_id": root_id, **_config_fields(record)})
+
+
+def sign_config(record: CAConfigRecord, root_id: str, root_key_pem: str) -> CAConfigRecord:
+    """`record` signed with the key of root `root_id`: what agents accept as the config."""
+    message = _config_signed_bytes(record, root_id)
+    signature = key_from_pem(root_key_pem).sign(message, ec.ECDSA(hashes.SHA256()))
+    return replace(record, root_id=root_id, signature=signature)
+
+
+def config_verifies(record: CAConfigRecord, root_cert_pem: str) -> bool:
+    """Whether `record` is signed by the key of the root certificate `root_cert_pem`."""
+    if not record.signature:
+        return False
+    message = _config_signed_bytes(record, record.root_id)
+    return root_signed(root_cert_pem, message, record.signature)
+
+
 def encode_config(record: CAConfigRecord) -> bytes:
-    return dump(
-        {
-            "cluster_id": record.cluster_id,
-            "trust_domain": record.trust_domain,
-            "leaf_ttl_s": record.leaf_ttl_s,
-            "csr_max_per_second": float(record.csr_max_per_second),
-            "ca_signers": record.ca_signers,
-            "intermediate_ttl_s": record.intermediate_ttl_s,
-            "updated_by": record.updated_by,
-            "updated_at_s": float(record.updated_at_s),
-        }
-    )
+    value = _config_fields(record)
+    if record.signature:
+        value["root_id"] = record.root_id
+        value["signature"] = record.signature
+    return dump(value)
 
 
 def encode_root(record: RootRecord) -> bytes:
@@ -222,6 +265,10 @@ def decode_config(data: bytes) -> CAConfigRecord:
         intermediate_ttl_s=integer(value, "intermediate_ttl_s", 3600, 20 * 365 * 24 * 3600),
         updated_by=optional_text(value, "updated_by", TEXT_MAX_CHARS),
         updated_at_s=number(value, "updated_at_s", 0, 1e12),
+        root_id=optional_text(value, "root_id", 128),
+        signature=(
+            blob(value, "signature", 1, _SIGNATURE_MAX_BYTES) if "signature" in value else b""
+        ),
     )
 
 
@@ -268,8 +315,8 @@ class CAView:
     """Everything the store says about the CA, decoded; `stray` roots belong to no cluster."""
 
     config: CAConfigRecord | None = None
-    roots: tuple[RootRecord, ...] = ()  # this cluster's, highest rank first
-    stray_roots: tuple[RootRecord, ...] = ()  # from a bootstrap that lost
+    roots: tuple[RootRecord, ...] = ()  # trusted ones, highest rank first
+    stray_roots: tuple[RootRecord, ...] = ()  # untrusted: a losing bootstrap's, a forgery
     intermediates: tuple[IntermediateRecord, ...] = ()
     # Approvals whose signature verifies against one of `roots`; requests as claimed.
     approvals: tuple[SignerApproval, ...] = ()
@@ -278,6 +325,10 @@ class CAView:
     # the best signer deletes them (one under a root not seen yet is kept).
     bad_approvals: tuple[str, ...] = ()
     malformed: int = 0
+    # Whether the store holds a ``config`` at all, trusted or not (no bootstrap then).
+    config_written: bool = False
+    # What this agent pins: the oldest trusted root still in the store.
+    pin: Anchor | None = None
     _by_id: dict[str, RootRecord] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -327,8 +378,43 @@ class CAView:
         return found
 
 
-def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, MalformedCARecord]]]:
-    """Decode every live CA entry; the skipped ones come back with their reason."""
+def _first_use_roots(config: CAConfigRecord | None, roots: list[RootRecord]) -> list[RootRecord]:
+    """With no anchor: the chain of the root that signed the config, as the store has it."""
+    if config is None:
+        return []
+    by_id = {r.id: r for r in roots}
+    signer = by_id.get(config.root_id)
+    start: RootRecord | None = None
+    if signer is not None and config_verifies(config, signer.cert_pem):
+        start = signer
+    elif not config.signature:
+        # Written before configs were signed: the cluster's highest root, as then.
+        ours = [r for r in roots if r.cluster_id == config.cluster_id]
+        start = max(ours, key=lambda r: r.rank) if ours else None
+    if start is None:
+        return []
+    return trusted_roots(roots, [chain_origin(roots, start)])
+
+
+def _config_trusted(
+    config: CAConfigRecord | None, trusted: list[RootRecord], anchors: Sequence[Anchor]
+) -> bool:
+    if config is None:
+        return False
+    certs = {a.root_id: a.cert_pem for a in anchors if a.cert_pem}
+    certs.update((r.id, r.cert_pem) for r in trusted)
+    cert_pem = certs.get(config.root_id)
+    return cert_pem is not None and config_verifies(config, cert_pem)
+
+
+def read_view(
+    state: ReplicatedState, anchors: Sequence[Anchor] = ()
+) -> tuple[CAView, list[tuple[str, MalformedCARecord]]]:
+    """Decode every live CA entry and keep what `anchors` make trusted (first use: none).
+
+    The skipped entries come back with their reason; an untrusted ``config``
+    is skipped (`config` is None), untrusted roots are `stray_roots`.
+    """
     config: CAConfigRecord | None = None
     roots: list[RootRecord] = []
     intermediates: list[IntermediateRecord] = []
@@ -351,10 +437,21 @@ def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, Malformed
                 malformed(f"unknown key {entry.key[:80]!r}")
         except MalformedCARecord as exc:
             skipped.append((entry.key, exc))
-    cluster = config.cluster_id if config is not None else None
-    ours = sorted((r for r in roots if r.cluster_id == cluster), key=lambda r: r.rank, reverse=True)
-    stray = tuple(r for r in roots if r.cluster_id != cluster)
+    config_written = config is not None
+    if anchors:
+        trusted = trusted_roots(roots, anchors)
+        if not _config_trusted(config, trusted, anchors):
+            config = None
+    else:
+        trusted = _first_use_roots(config, roots)
+        if not trusted:
+            config = None
+    if config_written and config is None:
+        why = "the config is not signed by a root this agent trusts"
+        skipped.append((CONFIG_KEY, MalformedCARecord(f"malformed CA record: {why}")))
+    ours = sorted(trusted, key=lambda r: r.rank, reverse=True)
     by_id = {r.id: r for r in ours}
+    stray = tuple(r for r in roots if r.id not in by_id)
     verified: list[SignerApproval] = []
     bad: list[str] = []
     stray_ids = {r.id for r in stray}
@@ -377,6 +474,8 @@ def read_view(state: ReplicatedState) -> tuple[CAView, list[tuple[str, Malformed
             requests=tuple(sorted(requests, key=lambda r: r.node)),
             bad_approvals=tuple(bad),
             malformed=len(skipped),
+            config_written=config_written,
+            pin=Anchor(ours[-1].id, ours[-1].cert_pem) if ours else None,
             _by_id=by_id,
         ),
         skipped,

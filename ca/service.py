@@ -50,6 +50,7 @@ from ..intentions.rules import IntentionError, validate_name
 from ..logs import log
 from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from . import rpc as ca_rpc
+from .anchor import Anchor
 from .approval import (
     SignerApproval,
     SignerRequest,
@@ -84,6 +85,7 @@ from .records import (
     intermediate_key,
     read_view,
     root_key,
+    sign_config,
     signers_for,
 )
 from .rpc import (
@@ -162,6 +164,11 @@ class CASettings:
     # Decisions are re-made on every store or member change; this bounds the
     # delay of the time-driven ones (pruning, intermediate renewal, retries).
     reconcile_interval_s: float = 5.0
+    # With no pinned root, the agent trusts the root the store shows (first
+    # use) for this long before pinning it: long enough for two concurrent
+    # bootstraps to converge on one config by gossip (well under a second on
+    # a LAN), short because the store is all a first-use agent has to go on.
+    first_use_window_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,9 @@ class CAService:
         wall_clock: Callable[[], float],
         clock: Callable[[], float] = trio.current_time,
         connect: ca_rpc.Connect | None = None,
+        pinned: Anchor | None = None,
+        operator_root_id: str | None = None,
+        save_pin: Callable[[Anchor], None] | None = None,
     ) -> None:
         self.state = state
         self.nodes = nodes
@@ -251,6 +261,13 @@ class CAService:
         )
         self._listeners: list[Callable[[], None]] = []
         self._wakeup = trio.Event()
+        # The trust anchor (ca/anchor.py): the pinned root, the operator's, and
+        # since when this agent trusts the store's root on first use.
+        self._pinned = pinned
+        self._operator_root_id = operator_root_id
+        self._save_pin = save_pin
+        self._first_use_since_s: float | None = None
+        self._store_config_ok = False
         self.view = CAView()
         self._refresh()
         state.tracker.subscribe(KIND, self._on_change)
@@ -267,14 +284,48 @@ class CAService:
             listener()
         self._wakeup.set()
 
+    def anchors(self) -> tuple[Anchor, ...]:
+        """The roots this agent trusts without the store; () while on first use."""
+        found: tuple[Anchor, ...] = () if self._pinned is None else (self._pinned,)
+        if self._operator_root_id is not None:
+            found += (Anchor(self._operator_root_id),)
+        return found
+
     def _refresh(self) -> None:
-        view, skipped = read_view(self.state)
+        view, skipped = read_view(self.state, self.anchors())
+        if self._update_pin(view):
+            view, skipped = read_view(self.state, self.anchors())
         for key, exc in skipped:
             self.counters.add("ca.malformed_records")
             log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=exc)
+        self._store_config_ok = view.config is not None
+        overwritten = view.config_written or bool(self.anchors())
+        if view.config is None and overwritten and self.view.config is not None:
+            # An untrusted config replaced it, or (once pinned) it was deleted:
+            # keep the last trusted one; the best signer writes it back, signed.
+            view = replace(view, config=self.view.config)
         self.view = view
         if view.config is not None:
             self._bucket.set_rate(view.config.csr_max_per_second)
+
+    def _update_pin(self, view: CAView) -> bool:
+        """Pin the view's oldest trusted root when it changed; True when the anchors did."""
+        candidate = view.pin
+        if candidate is None or candidate == self._pinned:
+            return False
+        if self._pinned is None and self._operator_root_id is None:
+            now_s = self._wall_clock()
+            if self._first_use_since_s is None:
+                self._first_use_since_s = now_s
+                log(_log, "info", "trusting the CA root on first use", root=candidate.root_id)
+            if now_s - self._first_use_since_s < self.settings.first_use_window_s:
+                return False
+        self._pinned = candidate
+        if self._save_pin is not None:
+            self._save_pin(candidate)
+        self._count("root.pinned")
+        log(_log, "info", "pinned the CA root", root=candidate.root_id)
+        return True
 
     def index(self) -> int:
         """The blocking-query index of CA reads (at least 1)."""
@@ -379,8 +430,13 @@ class CAService:
 
     async def reconcile(self) -> None:
         """Re-make every decision from the store and the member list."""
+        if self._update_pin(self.view):
+            self._refresh()
         if self.view.config is None:
-            if not (self.settings.eligible and self._bootstrap_due()):
+            # A pinned root or any config in the store means the cluster has a
+            # CA: never make another one beside it.
+            fresh = not self.anchors() and not self.view.config_written
+            if not (fresh and self.settings.eligible and self._bootstrap_due()):
                 return
             self.bootstrap()
         view = self.view
@@ -397,6 +453,7 @@ class CAService:
         if signers and signers[0] == self.node_name:
             self._housekeeping(self.view, set(signers))
             self._resign_approvals(self.view)
+            self._keep_config_signed(self.view)
 
     # --- bootstrap ---------------------------------------------------------------------------
 
@@ -435,6 +492,7 @@ class CAService:
             updated_by=self.node_name,
             updated_at_s=now_s,
         )
+        config = sign_config(config, root.id, root.key_pem)
         self.state.put(KIND, root_key(root.id), encode_root(record))
         self.state.put(KIND, CONFIG_KEY, encode_config(config))
         # The first signer approves itself with the root it just made.
@@ -557,6 +615,17 @@ class CAService:
             self._write_approval(held[1], held[0], replace(request, proof=b""))
             self._count("signer.approved")
             log(_log, "info", "signer approved", node=request.node[:80], by="signer token")
+
+    def _keep_config_signed(self, view: CAView) -> None:
+        """Write the config back signed by the active root: after a forgery, or an old root's."""
+        held, config = self._active_key(view), view.config
+        if held is None or config is None:
+            return
+        if self._store_config_ok and config.root_id == held[0]:
+            return
+        self.state.put(KIND, CONFIG_KEY, encode_config(sign_config(config, held[0], held[1])))
+        self._count("config.resigned")
+        log(_log, "info", "config re-signed with the active root", root=held[0][:23])
 
     def _resign_approvals(self, view: CAView) -> None:
         """Re-sign approvals made under an older root, before that root is pruned."""
@@ -870,9 +939,15 @@ class CAService:
             csr_max_per_second=request.csr_max_per_second or config.csr_max_per_second,
             ca_signers=request.ca_signers or config.ca_signers,
         )
-        if changed != config:
+        if changed != config or request.rotate:
+            # Signed by the active root (the new one after a rotation): agents
+            # accept no config that a trusted root's key did not sign.
+            key_pem = self.keystore.load(active.id)
+            if key_pem is None:
+                return Refusal("no_key", f"{self.node_name} does not hold the active root key")
             stamped = replace(changed, updated_by=self.node_name, updated_at_s=self._wall_clock())
-            self.state.put(KIND, CONFIG_KEY, encode_config(stamped))
+            signed = sign_config(stamped, active.id, key_pem)
+            self.state.put(KIND, CONFIG_KEY, encode_config(signed))
         return Configured(active.id)
 
     async def configure(self, change: ConfigChange) -> str:

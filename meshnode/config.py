@@ -19,6 +19,7 @@ from typing import Any
 
 from .addr import AddressError, format_host_port, parse_host_port, parse_ip
 from .agent.keys import KeyFormatError, decode_key
+from .ca.anchor import normalize_fingerprint
 from .dns.config import DnsConfig
 from .dns.errors import DnsConfigError
 from .durations import GO_DURATION_MAX_S, DurationError, DurationRangeError
@@ -137,6 +138,11 @@ class AgentConfig:
     # requests that prove it. None: approvals come from `meshnode ca signers
     # approve` alone. The gossip key is not enough to become a signer.
     ca_signer_token: str | None = field(default=None, repr=False)
+    # The cluster's root CA fingerprint (--ca-root-fingerprint,
+    # connect.ca_root_fingerprint; SHA-256, colon-hex): trust it and roots
+    # cross-signed from it, not what the store shows on first use. None:
+    # trust on first use, then the pin in <data-dir>/ca/anchor.pin.
+    ca_root_fingerprint: str | None = None
     # Cluster-wide CA settings written by the node that bootstraps the CA
     # (connect.ca_config); later changes go through /v1/connect/ca/configuration.
     # Consul's defaults: 3 signers survive two failures, 50 CSRs/s per signer,
@@ -512,7 +518,8 @@ _CA_CONFIG_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
 def _apply_connect(
     b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
 ) -> None:
-    """``connect``: ``ca_signer``, ``signer_token``, ``ca_config``, ``leaf_reissue_jitter``."""
+    """``connect``: ``ca_signer``, ``signer_token``, ``ca_root_fingerprint``, ``ca_config``,
+    ``leaf_reissue_jitter``."""
     for sub, value in obj.items():
         name = f"connect.{sub}"
         try:
@@ -522,6 +529,8 @@ def _apply_connect(
                 b.ca["ca_signer"] = value
             elif sub == "signer_token":
                 b.ca["ca_signer_token"] = _token(_str(value))
+            elif sub == "ca_root_fingerprint":
+                b.ca["ca_root_fingerprint"] = normalize_fingerprint(_str(value))
             elif sub == "leaf_reissue_jitter":
                 b.ca["ca_reissue_jitter_s"] = _jitter_s(value)
             elif sub == "ca_config":
@@ -656,6 +665,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
         b.ca["ca_signer"] = bool(value)
     elif name == "signer_token":
         b.ca["ca_signer_token"] = _token(value)
+    elif name == "ca_root_fingerprint":
+        b.ca["ca_root_fingerprint"] = normalize_fingerprint(value)
     elif name == "ca_signers":
         b.ca["ca_signers"] = _positive_int(value, 64)
     elif name == "csr_max_per_second":

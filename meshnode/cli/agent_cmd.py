@@ -57,6 +57,11 @@ from .app import cli
     metavar="TOKEN",
     help="Secret for signer hosts: signers holding it approve -signer agents that present it.",
 )
+@click.option(
+    "--ca-root-fingerprint",
+    metavar="SHA256",
+    help="Trust only this root CA (and roots it cross-signs) instead of trusting on first use.",
+)
 @click.option("--ca-signers", type=int, metavar="N", help="CA signers to elect [default: 3].")
 @click.option(
     "--csr-max-per-second", type=float, metavar="N", help="CSRs a signer accepts per second [50]."

@@ -37,6 +37,7 @@ __all__ = [
     "open_private_append",
     "prepare_data_dir",
     "restrict_umask",
+    "write_private_file",
 ]
 
 _log = logging.getLogger("meshnode.datadir")
@@ -122,6 +123,26 @@ def create_private_file(path: Path) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, mode 0600 whatever the umask.
+
+    Written to a sibling temporary file, fsynced and renamed over `path`, so
+    a crash leaves the old content or the new, never half of either.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # a leftover temporary file kept its mode
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def open_private_append(path: Path) -> IO[str]:
