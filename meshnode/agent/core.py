@@ -184,7 +184,10 @@ class Agent:
             if config.dns is None
             else DnsServer(
                 CatalogDnsView(self.catalog, config.dns_service_ttls),
-                config.dns,
+                # Answers name the local datacenter and this agent as the zone's NS.
+                dataclasses.replace(
+                    config.dns, datacenter=config.datacenter, node_name=config.node_name
+                ),
                 rng=child_rng(rng),
             )
         )
