@@ -217,7 +217,7 @@ class Agent:
             local_addr=lambda: self.transport.local_addr,
         )
         self.kv = AgentKv(self.replicator)
-        self._gossip_events = GossipEventRouter(
+        self.gossip_events = GossipEventRouter(
             replicator=self.replicator,
             known_peers=self.known_peers,
             events=self.events,
@@ -264,7 +264,7 @@ class Agent:
 
     def _on_event(self, event: Event) -> None:
         # The router is built after the driver, which needs this callback first.
-        self._gossip_events(event)
+        self.gossip_events(event)
 
     # ------------------------------------------------------------------ running
 
