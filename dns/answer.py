@@ -3,14 +3,22 @@
 Rules that live here (Consul's DNS semantics, on our zone `mesh.`):
 - `<svc>.service`, `<tag>.<svc>.service`, `_<svc>._<tag>.service` (RFC 2782;
   `_tcp` means no tag), `<svc>.connect`, `<node>.node`, `<hex-ip>.addr`.
+- Each may name the datacenter after its kind label, as `<dc>` or `<dc>.dc`
+  (`web.service.dc1.mesh`, `web.service.dc1.dc.mesh`); the kind label
+  nearest the zone wins, as in Consul. Only the local datacenter answers:
+  another is NXDOMAIN (there is no WAN federation).
 - Only healthy instances: critical never, warning unless `only_passing`.
 - A/AAAA by address family; SRV with priority 1, the instance's weight, its
-  port and a target whose address goes in the additional section; TXT for
-  node metadata; ANY is A + AAAA + SRV (services) or A + AAAA + TXT (nodes).
+  port and a target in the datacenter form (`<node>.node.<dc>.mesh.` or
+  `<hex>.addr.<dc>.mesh.`) whose address goes in the additional section;
+  TXT for node metadata; ANY is A + AAAA + SRV (services) or A + AAAA + TXT
+  (nodes).
+- The apex: SOA, and NS naming this agent (`<node>.node.<dc>.mesh.`) with
+  its address as glue; SOA answers carry the NS in the authority section.
 - A name with no healthy instance is NXDOMAIN, a name with no record of the
   asked type NOERROR with no answer (NODATA); both carry the zone's SOA.
-- PTR for node and healthy instance addresses; other reverse names are
-  outside the zone.
+- PTR for node and healthy instance addresses, named in the datacenter
+  form; other reverse names are outside the zone.
 Ordering, caching and truncation are the responder's business, not this module's.
 """
 
@@ -29,6 +37,7 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Labels = tuple[bytes, ...]
 
 _SRV_PRIORITY = 1  # one tier: every healthy instance is equally preferred
+_KINDS = frozenset((b"service", b"connect", b"node", b"addr"))
 
 
 @dataclass(slots=True)
@@ -60,6 +69,27 @@ def _labels_of(name: str) -> Labels | None:
     return labels
 
 
+def _fits(labels: Labels) -> bool:
+    """Whether `labels` encode as a name within DNS's 255 bytes."""
+    return len(wire.encode_name_plain(labels)) <= wire.MAX_NAME_BYTES
+
+
+def _locate(rest: Labels) -> tuple[bytes, Labels, bytes | None] | None:
+    """(kind, the labels before it, datacenter label or None) of a name in the zone.
+
+    After the kind label come nothing, `<dc>` or `<dc>.dc`. Trying the last
+    three labels from the right is Consul's rule that the kind label nearest
+    the zone wins: `a.service.node.mesh` is the node `a.service`.
+    """
+    if rest and rest[-1] in _KINDS:
+        return rest[-1], rest[:-1], None
+    if len(rest) >= 2 and rest[-2] in _KINDS:
+        return rest[-2], rest[:-2], rest[-1]
+    if len(rest) >= 3 and rest[-1] == b"dc" and rest[-3] in _KINDS:
+        return rest[-3], rest[:-3], rest[-2]
+    return None
+
+
 def _text(labels: Labels) -> str | None:
     try:
         return b".".join(labels).decode("ascii")
@@ -87,6 +117,7 @@ class Answerer:
     def __init__(self, catalog: DnsCatalog, config: DnsConfig) -> None:
         self._catalog = catalog
         self._config = config
+        self._dc = config.datacenter.encode("ascii")
         self._primary = wire.name_labels(config.domain)
         zones = [self._primary]
         if config.alt_domain:
@@ -114,40 +145,74 @@ class Answerer:
         if query.qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
             return Reply(rcode=wire.RCODE_REFUSED, authoritative=False)
         if not rest:
-            if query.qtype in (wire.TYPE_SOA, wire.TYPE_ANY):
-                return Reply(answers=[soa])
-            return Reply(authority=[soa])
-        kind = rest[-1]
+            return self._apex(query, enc, apex, soa)
+        located = _locate(rest)
         reply: Reply | None = None
-        if kind == b"service" and len(rest) in (2, 3):
-            reply = self._service_form(query, enc, rest, apex)
-        elif kind == b"connect" and len(rest) == 2:
-            name = _text(rest[:1])
-            if name is not None:
-                instances = self._catalog.connect_instances(name)
-                reply = self._instances(query, enc, instances, None, apex)
-        elif kind == b"node" and len(rest) >= 2:
-            reply = self._node(query, enc, rest[:-1])
-        elif kind == b"addr" and len(rest) == 2:
-            reply = self._addr(query, enc, rest[0])
+        if located is not None and located[2] in (None, self._dc):
+            kind, parts, _ = located
+            reply = self._kind(query, enc, kind, parts, apex)
         if reply is None:
             return Reply(rcode=wire.RCODE_NXDOMAIN, authority=[soa])
         if not reply.answers:
             reply.authority.append(soa)
         return reply
 
+    def _kind(
+        self, query: wire.Query, enc: wire.NameEncoder, kind: bytes, parts: Labels, apex: Labels
+    ) -> Reply | None:
+        """The records for `parts` under one kind label; None means NXDOMAIN."""
+        if kind == b"service" and len(parts) in (1, 2):
+            return self._service_form(query, enc, parts, apex)
+        if kind == b"connect" and len(parts) == 1:
+            name = _text(parts)
+            if name is None:
+                return None
+            return self._instances(query, enc, self._catalog.connect_instances(name), None, apex)
+        if kind == b"node" and parts:
+            return self._node(query, enc, parts)
+        if kind == b"addr" and len(parts) == 1:
+            return self._addr(query, enc, parts[0])
+        return None
+
+    def _apex(self, query: wire.Query, enc: wire.NameEncoder, apex: Labels, soa: bytes) -> Reply:
+        """The zone's own name: SOA, and NS for this agent with its address as glue."""
+        qtype = query.qtype
+        ns, glue = self._nameserver(enc, apex)
+        if qtype == wire.TYPE_SOA:
+            return Reply(answers=[soa], authority=ns, additional=glue)
+        if qtype == wire.TYPE_NS and ns:
+            return Reply(answers=ns, additional=glue)
+        if qtype == wire.TYPE_ANY:
+            return Reply(answers=[soa, *ns], additional=glue)
+        return Reply(authority=[soa])
+
+    def _nameserver(self, enc: wire.NameEncoder, apex: Labels) -> tuple[list[bytes], list[bytes]]:
+        """([NS], [glue]) naming this agent, as Consul names its servers; empty when
+        the agent's name or address cannot be one."""
+        node_name = self._config.node_name
+        node = self._catalog.node(node_name.lower()) if node_name else None
+        labels = _labels_of(node_name)
+        ip = None if node is None else _ip(node.address)
+        if labels is None or ip is None:
+            return [], []
+        target = (*labels, b"node", self._dc, *apex)
+        if not _fits(target):
+            return [], []
+        ttl_s = self._config.node_ttl_s
+        return [enc.pointer(apex, wire.TYPE_NS, ttl_s, target)], [enc.address(target, ip, ttl_s)]
+
     def _service_form(
-        self, query: wire.Query, enc: wire.NameEncoder, rest: Labels, apex: Labels
+        self, query: wire.Query, enc: wire.NameEncoder, parts: Labels, apex: Labels
     ) -> Reply | None:
         tag: bytes | None = None
-        if len(rest) == 2:
-            service = rest[0]
-        elif rest[0].startswith(b"_") and rest[1].startswith(b"_"):
-            service, tag = rest[0][1:], rest[1][1:]
+        if len(parts) == 1:
+            service = parts[0]
+        elif parts[0].startswith(b"_") and parts[1].startswith(b"_"):
+            service, tag = parts[0][1:], parts[1][1:]
             if tag == b"tcp":
                 tag = None
         else:
-            tag, service = rest[0], rest[1]
+            tag, service = parts[0], parts[1]
         name = _text((service,))
         tag_text = None if tag is None else _text((tag,))
         if name is None or (tag is not None and tag_text is None):
@@ -211,10 +276,10 @@ class Answerer:
             node = self._catalog.node(inst.node)
             node_labels = _labels_of(inst.node)
             if node is not None and node.address == inst.address and node_labels is not None:
-                target = (*node_labels, b"node", *apex)
+                target = (*node_labels, b"node", self._dc, *apex)
             else:
-                target = (ip.packed.hex().encode(), b"addr", *apex)
-        if target is None or len(wire.encode_name_plain(target)) > wire.MAX_NAME_BYTES:
+                target = (ip.packed.hex().encode(), b"addr", self._dc, *apex)
+        if target is None or not _fits(target):
             return
         weight = min(max(inst.weight, 0), 0xFFFF)
         if ("srv", target, inst.port, weight) in seen:
@@ -273,18 +338,20 @@ class Answerer:
         O(nodes and instances at that address): asked of the catalog's indexes,
         never by walking every service (issue 5).
         """
-        apex = self._primary
+        suffix = (self._dc, *self._primary)
         found: list[tuple[Labels, int]] = []
         for node in sorted(self._catalog.nodes_at(ip), key=lambda n: n.name):
             labels = _labels_of(node.name)
-            if labels is not None:
-                found.append(((*labels, b"node", *apex), self._config.node_ttl_s))
+            if labels is not None and _fits((*labels, b"node", *suffix)):
+                found.append(((*labels, b"node", *suffix), self._config.node_ttl_s))
         for service, inst in sorted(self._catalog.instances_at(ip), key=lambda p: p[0]):
             labels = _labels_of(service)
             if labels is None or not self._is_healthy(inst):
                 continue
+            if not _fits((*labels, b"service", *suffix)):
+                continue
             ttl_s = self._config.service_ttl_s if inst.ttl_s is None else inst.ttl_s
-            target = ((*labels, b"service", *apex), ttl_s)
+            target = ((*labels, b"service", *suffix), ttl_s)
             if target not in found:
                 found.append(target)
         return found

@@ -1,8 +1,13 @@
 """The DNS listener's settings (Consul's `ports.dns`, `addresses.dns`, `domain`,
-`alt_domain`, `recursors` and `dns_config.*`), validated once at start."""
+`alt_domain`, `recursors` and `dns_config.*`), validated once at start.
+
+`datacenter` and `node_name` are not DNS options: the agent copies its own
+so that answers can name the local datacenter and this agent as the
+zone's name server."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from meshnode.addr import AddressError, parse_host_port, parse_ip
@@ -11,6 +16,7 @@ from .errors import DnsConfigError
 
 __all__ = ["DnsConfig", "normalize_domain"]
 
+_DATACENTER = re.compile(r"[a-z0-9_-]{1,63}")
 _MAX_DOMAIN_BYTES = 200  # leaves room under DNS's 255-byte names for <tag>.<svc>.service.
 
 
@@ -75,6 +81,12 @@ class DnsConfig:
     cache_entries_max: int = 10_000
     # Recursions in flight at once; beyond that a query gets SERVFAIL at once.
     forwards_max: int = 256
+    # The local datacenter: `<svc>.service.<dc>.mesh` answers for it alone,
+    # and SRV and PTR targets name it, as Consul's do.
+    datacenter: str = "dc1"
+    # This agent's node name: `mesh. NS` names it (`<node>.node.<dc>.mesh.`,
+    # with its address as glue). Empty: the zone has no NS records.
+    node_name: str = ""
     recursor_addrs: tuple[tuple[str, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +95,13 @@ class DnsConfig:
             object.__setattr__(self, "alt_domain", normalize_domain(self.alt_domain))
             if self.alt_domain == self.domain:
                 raise DnsConfigError(f"alt_domain {self.alt_domain!r} is the same as domain")
+        datacenter = self.datacenter.lower()
+        if not _DATACENTER.fullmatch(datacenter):
+            raise DnsConfigError(
+                f"bad datacenter {self.datacenter!r} for DNS: not one label of 1-63 letters,"
+                " digits, '-', '_'"
+            )
+        object.__setattr__(self, "datacenter", datacenter)
         try:
             object.__setattr__(self, "host", parse_ip(self.host))
         except AddressError as exc:

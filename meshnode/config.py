@@ -48,7 +48,8 @@ DEFAULT_HTTP_PORT = 8500
 KV_MAX_MIB_LIMIT = 4096
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# One DNS label (63 bytes at most): DNS names it, `web.service.<dc>.mesh`.
+_DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _META_VALUE_MAX_CHARS = 512  # Consul's node_meta value limit
 _META_MAX_PAIRS = 64  # Consul's node_meta pair limit
@@ -574,7 +575,7 @@ def _config_dir_files(path: Path) -> list[Path]:
 
 def _datacenter(value: str) -> str:
     if not _DATACENTER.match(value):
-        raise ValueError(f"{value!r} must be 1-64 letters, digits, '-' or '_'")
+        raise ValueError(f"{value!r} must be 1-63 letters, digits, '-' or '_'")
     return value.lower()
 
 

@@ -4,7 +4,8 @@
 # nothing. Needs root or passwordless sudo for the first run.
 set -euo pipefail
 
-packages=(openssl bind9-dnsutils iproute2 procps nftables)
+# prometheus: for promtool, which checks /v1/agent/metrics?format=prometheus.
+packages=(openssl bind9-dnsutils iproute2 procps nftables prometheus)
 if [[ "${1:-}" == "bench" ]]; then
     packages+=(serf dnsperf dnsmasq stunnel4 iperf3)
 fi

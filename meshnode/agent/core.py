@@ -188,7 +188,10 @@ class Agent:
             if config.dns is None
             else DnsServer(
                 CatalogDnsView(self.catalog, config.dns_service_ttls),
-                config.dns,
+                # Answers name the local datacenter and this agent as the zone's NS.
+                dataclasses.replace(
+                    config.dns, datacenter=config.datacenter, node_name=config.node_name
+                ),
                 rng=child_rng(rng),
             )
         )
@@ -218,7 +221,7 @@ class Agent:
             local_addr=lambda: self.transport.local_addr,
         )
         self.kv = AgentKv(self.replicator)
-        self._gossip_events = GossipEventRouter(
+        self.gossip_events = GossipEventRouter(
             replicator=self.replicator,
             known_peers=self.known_peers,
             events=self.events,
@@ -265,7 +268,7 @@ class Agent:
 
     def _on_event(self, event: Event) -> None:
         # The router is built after the driver, which needs this callback first.
-        self._gossip_events(event)
+        self.gossip_events(event)
 
     # ------------------------------------------------------------------ running
 

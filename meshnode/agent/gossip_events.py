@@ -4,6 +4,8 @@ Member changes wake blocking health queries, mark the saved peer list for
 saving, and start a store exchange with a member returning from failure.
 User messages go to the first protocol that claims them: store replication,
 user events, then keyring operations; a malformed one is counted and dropped.
+Member changes are counted as serf counts them (`MemberEventCounts`), for
+the metrics.
 """
 
 from __future__ import annotations
@@ -28,9 +30,47 @@ from .keyring_ops import KeyringQueryError
 from .keyring_service import ClusterKeyring
 from .known_peers import KnownPeers
 
-__all__ = ["GossipEventRouter"]
+__all__ = ["FLAP_WINDOW_S", "GossipEventRouter", "MemberEventCounts"]
 
 _log = logging.getLogger("meshnode.agent")
+
+# serf's FlapTimeout: a member that comes back this soon after failing flapped.
+FLAP_WINDOW_S = 60.0
+
+
+class MemberEventCounts:
+    """Member changes seen since start: serf's member.join/failed/left/update/flap.
+
+    A flap is a join within `FLAP_WINDOW_S` of the same member's failure, by
+    the gossip core's state-change times. Failure times are kept only for
+    members that are failed now, so the table is bounded by the member list.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = dict.fromkeys(
+            ("joined", "failed", "left", "updated", "flapped"), 0
+        )
+        self._failed_at_s: dict[str, float] = {}
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case MemberJoined(member=m):
+                self.values["joined"] += 1
+                failed_at_s = self._failed_at_s.pop(m.name, None)
+                if failed_at_s is not None and m.state_change_s - failed_at_s < FLAP_WINDOW_S:
+                    self.values["flapped"] += 1
+            case MemberFailed(member=m):
+                self.values["failed"] += 1
+                self._failed_at_s[m.name] = m.state_change_s
+            case MemberLeft(member=m):
+                self.values["left"] += 1
+                self._failed_at_s.pop(m.name, None)
+            case MemberReaped(name=name):
+                self._failed_at_s.pop(name, None)
+            case MemberUpdated():
+                self.values["updated"] += 1
+            case _:
+                pass
 
 
 class GossipEventRouter:
@@ -50,9 +90,11 @@ class GossipEventRouter:
         self._events = events
         self._keyring = keyring
         self._driver = driver
+        self.member_counts = MemberEventCounts()
 
     def __call__(self, event: Event) -> None:
         if not isinstance(event, UserMessage):
+            self.member_counts.observe(event)
             # Health answers depend on member states: wake blocking queries.
             self._replicator.tracker.touch(TOPIC_MEMBERS)
             # A member returning from failure may hold writes we lack: a round.

@@ -80,6 +80,7 @@ def metrics(agent: Agent) -> dict[str, Any]:
     counters = dict(agent.driver.counters.values)
     counters.update({f"core.{k}": v for k, v in core.counters.items()})
     counters.update({f"events.{k}": v for k, v in agent.events.counters().items()})
+    counters.update({f"member.{k}": v for k, v in agent.gossip_events.member_counts.values.items()})
     runner = agent.event_runner
     counters.update(
         {

@@ -1,4 +1,5 @@
-"""/v1/agent/{join,members,leave,force-leave,self,metrics} with Consul's paths and JSON."""
+"""/v1/agent/{join,members,leave,force-leave,self,metrics} with Consul's paths and JSON
+(metrics also as Prometheus text, `?format=prometheus`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from ..addr import AddressError, parse_host_port
 from ..http import HttpError, Request, Response, Router
 from .errors import facade_errors
 from .facade import AgentFacade, MemberView
+from .metrics_format import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from .metrics_format import prometheus_text
 
 __all__ = ["PROTOCOL_VERSION", "member_json", "register_agent_routes"]
 
@@ -75,8 +78,17 @@ def register_agent_routes(router: Router, agent: AgentFacade) -> None:
             return Response.json(agent.self_info())
 
     async def metrics(request: Request) -> Response:
+        form = request.query_value("format")
+        if form not in (None, "", "prometheus"):
+            raise HttpError(
+                400, f"unknown metrics format {form[:40]!r}: use format=prometheus or leave it out"
+            )
         with facade_errors():
-            return Response.json(agent.metrics())
+            data = agent.metrics()
+        if form == "prometheus":
+            body = prometheus_text(data).encode("utf-8")
+            return Response(body=body, content_type=PROMETHEUS_CONTENT_TYPE)
+        return Response.json(data)
 
     router.add("PUT", "/v1/agent/join/{addr}", join)
     router.add("GET", "/v1/agent/members", members)

@@ -77,9 +77,13 @@ async def test_ptr_of_a_node_address_lists_the_node_and_its_services(
     # (i % 4 != 0) answer at the node's address: names svc3, svc53 (i % 100).
     ptr = await dig(port, "-x", "10.1.0.4")
     assert ptr.status == "NOERROR"
-    assert _ptr_names(ptr.answer) == ["n3.node.mesh.", "svc3.service.mesh.", "svc53.service.mesh."]
+    assert _ptr_names(ptr.answer) == [
+        "n3.node.dc1.mesh.",
+        "svc3.service.dc1.mesh.",
+        "svc53.service.dc1.mesh.",
+    ]
     own = await dig(port, "-x", "10.9.0.100")  # s100 only: svc0 on n0
-    assert _ptr_names(own.answer) == ["svc0.service.mesh."]
+    assert _ptr_names(own.answer) == ["svc0.service.dc1.mesh."]
     nothing = await dig(port, "-x", "10.200.0.1")
     assert nothing.status == "REFUSED" and nothing.answer == []
 
@@ -87,14 +91,14 @@ async def test_ptr_of_a_node_address_lists_the_node_and_its_services(
 async def test_ptr_follows_deregistrations_checks_and_members(nursery: trio.Nursery) -> None:
     catalog, state, nodes = _catalog()
     port = await _serve(nursery, catalog)
-    assert _ptr_names((await dig(port, "-x", "10.9.0.100")).answer) == ["svc0.service.mesh."]
+    assert _ptr_names((await dig(port, "-x", "10.9.0.100")).answer) == ["svc0.service.dc1.mesh."]
     # A remote deregistration (a tombstone, as gossip brings it).
     state.merge([tombstone(KIND_SERVICE, "n0", "s100", 2)])
     gone = await dig(port, "-x", "10.9.0.100")
     assert gone.status == "REFUSED" and gone.answer == []
 
     # A failing check hides s104 (svc4 on n4, at its own 10.9.0.104).
-    assert _ptr_names((await dig(port, "-x", "10.9.0.104")).answer) == ["svc4.service.mesh."]
+    assert _ptr_names((await dig(port, "-x", "10.9.0.104")).answer) == ["svc4.service.dc1.mesh."]
     check = CheckRecord(
         "n4", "c104", "critical", CheckDefinition(kind="ttl", check_id="c104"), service_id="s104"
     )
@@ -103,9 +107,9 @@ async def test_ptr_follows_deregistrations_checks_and_members(nursery: trio.Nurs
 
     # A failed member: its services leave PTR answers, the node itself stays.
     nodes.set(NodeInfo("n3", "10.1.0.4", "failed"))
-    assert _ptr_names((await dig(port, "-x", "10.1.0.4")).answer) == ["n3.node.mesh."]
+    assert _ptr_names((await dig(port, "-x", "10.1.0.4")).answer) == ["n3.node.dc1.mesh."]
 
     # A new local registration with its own address answers at once.
     catalog.register(parse_service({"Name": "fresh", "Port": 81, "Address": "10.9.9.9"}))
     fresh = await dig(port, "-x", "10.9.9.9")
-    assert _ptr_names(fresh.answer) == ["fresh.service.mesh."]
+    assert _ptr_names(fresh.answer) == ["fresh.service.dc1.mesh."]

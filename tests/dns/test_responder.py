@@ -9,7 +9,15 @@ from typing import Any
 import dnslib
 import pytest
 
-from meshnode.dns import DnsConfig, DnsInstance, DnsNode, Forward, Responder, StaticCatalog
+from meshnode.dns import (
+    DnsConfig,
+    DnsConfigError,
+    DnsInstance,
+    DnsNode,
+    Forward,
+    Responder,
+    StaticCatalog,
+)
 from tests.dns.conftest import instance
 
 QTYPE = dnslib.QTYPE
@@ -71,10 +79,10 @@ def test_names_are_case_insensitive_and_the_question_is_echoed(catalog: StaticCa
 def test_srv_has_weight_port_node_target_and_additional_address(catalog: StaticCatalog) -> None:
     answer = ask(make(catalog), query("web.service.mesh", "SRV"))
     records = sorted((rr.rdata.port, rr.rdata.weight, str(rr.rdata.target)) for rr in answer.rr)
-    assert records == [(80, 5, "n1.node.mesh."), (8080, 2, "n2.node.mesh.")]
+    assert records == [(80, 5, "n1.node.dc1.mesh."), (8080, 2, "n2.node.dc1.mesh.")]
     assert all(rr.rdata.priority == 1 for rr in answer.rr)
     additional = sorted((str(rr.rname), str(rr.rdata)) for rr in answer.ar)
-    assert additional == [("n1.node.mesh.", "10.0.0.1"), ("n2.node.mesh.", "10.0.0.2")]
+    assert additional == [("n1.node.dc1.mesh.", "10.0.0.1"), ("n2.node.dc1.mesh.", "10.0.0.2")]
 
 
 def test_srv_target_is_an_addr_name_when_the_service_has_its_own_address() -> None:
@@ -83,9 +91,9 @@ def test_srv_target_is_an_addr_name_when_the_service_has_its_own_address() -> No
     catalog.set_service("api", [instance("n1", "10.9.0.7", 9000)])
     responder = make(catalog)
     answer = ask(responder, query("api.service.mesh", "SRV"))
-    assert str(answer.rr[0].rdata.target) == "0a090007.addr.mesh."
+    assert str(answer.rr[0].rdata.target) == "0a090007.addr.dc1.mesh."
     assert [(str(rr.rname), str(rr.rdata)) for rr in answer.ar] == [
-        ("0a090007.addr.mesh.", "10.9.0.7")
+        ("0a090007.addr.dc1.mesh.", "10.9.0.7")
     ]
     assert rdatas(ask(responder, query("0a090007.addr.mesh"))) == ["10.9.0.7"]
 
@@ -161,11 +169,14 @@ def test_connect_names_the_proxies_or_nxdomain(catalog: StaticCatalog) -> None:
 def test_ptr_for_node_and_service_addresses(catalog: StaticCatalog) -> None:
     responder = make(catalog)
     answer = ask(responder, query("1.0.0.10.in-addr.arpa", "PTR"))
-    assert sorted(rdatas(answer)) == ["n1.node.mesh.", "web.service.mesh."]
+    assert sorted(rdatas(answer)) == ["n1.node.dc1.mesh.", "web.service.dc1.mesh."]
     v6 = ".".join(reversed("fd000000000000000000000000000006")) + ".ip6.arpa"
-    assert sorted(rdatas(ask(responder, query(v6, "PTR")))) == ["db.service.mesh.", "v6.node.mesh."]
+    assert sorted(rdatas(ask(responder, query(v6, "PTR")))) == [
+        "db.service.dc1.mesh.",
+        "v6.node.dc1.mesh.",
+    ]
     # The critical instance's address names its node only.
-    assert rdatas(ask(responder, query("3.0.0.10.in-addr.arpa", "PTR"))) == ["n3.node.mesh."]
+    assert rdatas(ask(responder, query("3.0.0.10.in-addr.arpa", "PTR"))) == ["n3.node.dc1.mesh."]
     unknown = ask(responder, query("9.9.9.10.in-addr.arpa", "PTR"))
     assert unknown.header.rcode == dnslib.RCODE.REFUSED
 
@@ -282,3 +293,108 @@ def test_a_catalog_failure_is_servfail_not_a_crash(catalog: StaticCatalog) -> No
 
     answer = ask(make(Broken()), query("web.service.mesh"))
     assert answer.header.rcode == dnslib.RCODE.SERVFAIL
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "web.service.dc1.mesh",
+        "web.service.dc1.dc.mesh",
+        "WEB.Service.DC1.Dc.mesh",
+        "primary.web.service.dc1.mesh",
+        "_web._primary.service.dc1.dc.mesh",
+    ],
+)
+def test_service_names_with_the_local_datacenter(catalog: StaticCatalog, name: str) -> None:
+    expected = ["10.0.0.1"] if "primary" in name else ["10.0.0.1", "10.0.0.2"]
+    assert sorted(rdatas(ask(make(catalog), query(name)))) == expected
+
+
+def test_node_addr_and_connect_names_with_the_local_datacenter(catalog: StaticCatalog) -> None:
+    catalog.set_connect("web", [instance("n1", "10.0.0.1", 21000)])
+    responder = make(catalog, datacenter="east")
+    for name in ("n1.node.east.mesh", "n1.node.east.dc.mesh", "0a000001.addr.east.dc.mesh"):
+        assert rdatas(ask(responder, query(name))) == ["10.0.0.1"], name
+    txt = ask(responder, query("n1.node.east.dc.mesh", "TXT"))
+    assert sorted(rdatas(txt)) == ['"rack=a"', '"role=web"']
+    assert rdatas(ask(responder, query("web.connect.east.mesh"))) == ["10.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "web.service.dc2.mesh",
+        "web.service.dc2.dc.mesh",
+        "n1.node.dc2.mesh",
+        "0a000001.addr.dc2.dc.mesh",
+        "web.service.dc1.ns.mesh",  # a pair other than `<dc>.dc`
+        "web.service.a.b.dc.mesh",  # too many labels after the kind
+    ],
+)
+def test_another_datacenter_is_nxdomain_with_soa(catalog: StaticCatalog, name: str) -> None:
+    answer = ask(make(catalog), query(name))
+    assert answer.header.rcode == dnslib.RCODE.NXDOMAIN and answer.rr == []
+    assert [rr.rtype for rr in answer.auth] == [QTYPE.SOA]
+
+
+def test_the_kind_label_nearest_the_zone_wins() -> None:
+    """As in Consul: `service.node.mesh` is a node named `service`, and a
+    datacenter may be called `dc` (`x.service.dc.mesh`)."""
+    catalog = StaticCatalog()
+    catalog.add_node(DnsNode("service", "10.0.0.9", "dc"))
+    catalog.set_service("node", [instance("service", "10.0.0.9")])
+    responder = make(catalog, datacenter="dc")
+    assert rdatas(ask(responder, query("service.node.mesh"))) == ["10.0.0.9"]
+    assert rdatas(ask(responder, query("node.service.dc.mesh"))) == ["10.0.0.9"]
+    assert rdatas(ask(responder, query("service.node.dc.dc.mesh"))) == ["10.0.0.9"]
+
+
+def test_srv_and_ptr_targets_name_the_configured_datacenter(catalog: StaticCatalog) -> None:
+    responder = make(catalog, datacenter="East")  # stored lowercased, as the agent's is
+    srv = ask(responder, query("web.service.mesh", "SRV"))
+    assert sorted(str(rr.rdata.target) for rr in srv.rr) == [
+        "n1.node.east.mesh.",
+        "n2.node.east.mesh.",
+    ]
+    ptr = ask(responder, query("1.0.0.10.in-addr.arpa", "PTR"))
+    assert sorted(rdatas(ptr)) == ["n1.node.east.mesh.", "web.service.east.mesh."]
+
+
+def test_ns_names_this_agent_with_glue(catalog: StaticCatalog) -> None:
+    responder = make(catalog, node_name="N1", node_ttl_s=7)
+    ns = ask(responder, query("mesh", "NS"))
+    assert ns.header.rcode == dnslib.RCODE.NOERROR and ns.header.aa == 1
+    assert [(str(rr.rname), rr.rtype, str(rr.rdata), rr.ttl) for rr in ns.rr] == [
+        ("mesh.", QTYPE.NS, "n1.node.dc1.mesh.", 7)
+    ]
+    assert [(str(rr.rname), str(rr.rdata)) for rr in ns.ar] == [("n1.node.dc1.mesh.", "10.0.0.1")]
+    # The NS target resolves, in the zone, to the glue address.
+    assert rdatas(ask(responder, query("n1.node.dc1.mesh"))) == ["10.0.0.1"]
+    soa = ask(responder, query("mesh", "SOA"))
+    assert [rr.rtype for rr in soa.rr] == [QTYPE.SOA]
+    assert [str(rr.rdata) for rr in soa.auth] == ["n1.node.dc1.mesh."]
+    assert [str(rr.rdata) for rr in soa.ar] == ["10.0.0.1"]
+    assert sorted(rr.rtype for rr in ask(responder, query("mesh", "ANY")).rr) == [
+        QTYPE.NS,
+        QTYPE.SOA,
+    ]
+
+
+def test_ns_on_the_alt_domain_and_for_an_ipv6_agent(catalog: StaticCatalog) -> None:
+    responder = make(catalog, node_name="v6", alt_domain="corp.example")
+    ns = ask(responder, query("corp.example", "NS"))
+    assert rdatas(ns) == ["v6.node.dc1.corp.example."]
+    assert [(rr.rtype, str(rr.rdata)) for rr in ns.ar] == [(QTYPE.AAAA, "fd00::6")]
+
+
+def test_ns_is_nodata_when_the_agent_is_not_in_the_catalog(catalog: StaticCatalog) -> None:
+    for node_name in ("", "ghost"):
+        answer = ask(make(catalog, node_name=node_name), query("mesh", "NS"))
+        assert answer.header.rcode == dnslib.RCODE.NOERROR and answer.rr == []
+        assert [rr.rtype for rr in answer.auth] == [QTYPE.SOA]
+
+
+@pytest.mark.parametrize("datacenter", ["", "dc.1", "d c", "é", "x" * 64])
+def test_a_datacenter_that_is_not_one_label_is_refused(datacenter: str) -> None:
+    with pytest.raises(DnsConfigError, match="bad datacenter"):
+        DnsConfig(datacenter=datacenter)

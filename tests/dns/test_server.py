@@ -86,12 +86,12 @@ async def test_a_and_aaaa(port: int) -> None:
 async def test_srv_with_additional_addresses(port: int) -> None:
     srv = await dig(port, "web.service.mesh", "SRV")
     assert sorted(line.split()[-4:] for line in srv.answer) == [
-        ["1", "2", "8080", "n2.node.mesh."],
-        ["1", "5", "80", "n1.node.mesh."],
+        ["1", "2", "8080", "n2.node.dc1.mesh."],
+        ["1", "5", "80", "n1.node.dc1.mesh."],
     ]
     assert sorted(srv.additional) == [
-        "n1.node.mesh. 0 IN A 10.0.0.1",
-        "n2.node.mesh. 0 IN A 10.0.0.2",
+        "n1.node.dc1.mesh. 0 IN A 10.0.0.1",
+        "n2.node.dc1.mesh. 0 IN A 10.0.0.2",
     ]
 
 
@@ -107,12 +107,40 @@ async def test_tags_rfc_2782_and_nodes(port: int) -> None:
     assert sorted(line.split()[-1] for line in txt.answer) == ['"rack=a"', '"role=web"']
 
 
-async def test_nxdomain_with_soa_and_ptr(port: int) -> None:
-    missing = await dig(port, "nope.service.mesh")
+async def assert_nxdomain_with_soa(port: int, name: str) -> None:
+    missing = await dig(port, name)
     assert missing.status == "NXDOMAIN" and missing.answer == []
     assert len(missing.authority) == 1 and " SOA ns.mesh. hostmaster.mesh. " in missing.authority[0]
+
+
+def last_fields(lines: list[str]) -> list[str]:
+    """The record data of one-name records (PTR, NS, SRV's target), sorted."""
+    return sorted(line.split()[-1] for line in lines)
+
+
+async def test_nxdomain_with_soa_and_ptr(port: int) -> None:
+    await assert_nxdomain_with_soa(port, "nope.service.mesh")
     ptr = await dig(port, "-x", "10.0.0.1")
-    assert sorted(line.split()[-1] for line in ptr.answer) == ["n1.node.mesh.", "web.service.mesh."]
+    assert last_fields(ptr.answer) == ["n1.node.dc1.mesh.", "web.service.dc1.mesh."]
+
+
+async def test_datacenter_forms_and_ns_with_glue(
+    nursery: trio.Nursery, catalog: StaticCatalog
+) -> None:
+    port = await start(nursery, catalog, datacenter="east", node_name="n1")
+    for name in ("web.service.east.mesh", "web.service.east.dc.mesh"):
+        assert addresses((await dig(port, name)).answer) == ["10.0.0.1", "10.0.0.2"], name
+    assert addresses((await dig(port, "n2.node.east.dc.mesh")).answer) == ["10.0.0.2"]
+    assert addresses((await dig(port, "0a000002.addr.east.mesh")).answer) == ["10.0.0.2"]
+    await assert_nxdomain_with_soa(port, "web.service.west.mesh")
+    srv = await dig(port, "web.service.east.mesh", "SRV")
+    assert last_fields(srv.answer) == ["n1.node.east.mesh.", "n2.node.east.mesh."]
+    ns = await dig(port, "mesh", "NS")
+    assert ns.status == "NOERROR" and "aa" in ns.flags
+    assert ns.answer == ["mesh. 0 IN NS n1.node.east.mesh."]
+    assert ns.additional == ["n1.node.east.mesh. 0 IN A 10.0.0.1"]
+    soa = await dig(port, "mesh", "SOA")
+    assert soa.authority == ["mesh. 0 IN NS n1.node.east.mesh."]
 
 
 async def test_truncated_over_udp_then_complete_over_tcp(port: int) -> None:

@@ -59,8 +59,14 @@ def test_dns_on_real_agents(cluster: Cluster) -> None:
     srv = short(a3, "_db._tcp.service.mesh", "SRV")
     assert sorted(line.split()[2] for line in srv) == ["5432", "5433"]
     full = dig(a3, "db.service.mesh", "SRV")
-    assert "ADDITIONAL SECTION" in full and "n1.node.mesh." in full
+    assert "ADDITIONAL SECTION" in full and "n1.node.dc1.mesh." in full
     assert short(a3, "n2.node.mesh") == [a2.ip]
+    # The agent's datacenter (dc1) in both of Consul's forms, and the NS: a3 itself.
+    assert short(a3, "db.service.dc1.mesh") == sorted([a1.ip, a2.ip])
+    assert short(a3, "n2.node.dc1.dc.mesh") == [a2.ip]
+    assert "status: NXDOMAIN" in dig(a3, "db.service.dc2.mesh")
+    assert short(a3, "mesh", "NS") == ["n3.node.dc1.mesh."]
+    assert f"n3.node.dc1.mesh. 0 IN A {a3.ip}" in " ".join(dig(a3, "mesh", "NS").split())
     missing = dig(a3, "nope.service.mesh")
     assert "status: NXDOMAIN" in missing and "SOA" in missing
     assert "status: REFUSED" in dig(a3, "example.com")

@@ -149,6 +149,7 @@ def test_a_stored_keyring_replaces_the_key_on_restart(tmp_path: Path) -> None:
         ({"log_level": "loud"}, "field 'log_level': unknown log level 'loud'"),
         ({"node_meta": {"a b": "x"}}, "tag key 'a b' must be"),
         ({"datacenter": "dc 1"}, "field 'datacenter'"),
+        ({"datacenter": "d" * 64}, "field 'datacenter': 'ddd"),  # not one DNS label
         ({"data_dir": True}, "field 'data_dir': must be a string, not a boolean"),
     ],
 )
