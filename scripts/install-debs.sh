@@ -4,7 +4,7 @@
 # nothing. Needs root or passwordless sudo for the first run.
 set -euo pipefail
 
-packages=(openssl bind9-dnsutils iproute2 procps nftables)
+packages=(openssl bind9-dnsutils iproute2 procps nftables chromium)
 if [[ "${1:-}" == "bench" ]]; then
     packages+=(serf dnsperf dnsmasq stunnel4 iperf3)
 fi

@@ -18,6 +18,8 @@ from ..api.catalog_endpoints import register_catalog_routes
 from ..api.event_endpoints import register_event_routes
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
+from ..api.ui_endpoints import register_ui_routes
+from ..ca.service import owned_service_names
 from ..http.router import Router
 from .revocation_wiring import register_revocations
 
@@ -51,5 +53,13 @@ def agent_router(agent: Agent) -> Router:
         agent.leaves,
         agent.catalog.local_services,
         wall_clock=agent.clock.wall_s,
+    )
+    register_ui_routes(
+        router,
+        node_name=agent.config.node_name,
+        datacenter=agent.config.datacenter,
+        current_token=lambda: agent.config.api_token,
+        local_leaf_names=lambda: owned_service_names(agent.catalog.local_services()),
+        cached_leaf=agent.leaves.cached,
     )
     return router
