@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from meshnode.testutil import AgentProc, Cluster, keep_logs, wait_for
 from tests.integration.test_proxy_agents import _Echo, app, free_port, register
@@ -26,6 +26,7 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's; scripts/install-debs.sh installs it
 API_TOKEN = "ui-test-token"
 SIGNER_TOKEN = "ui-test-signers"
 WAIT_MS = 10_000  # a bound on every wait for the page: live updates take well under 1 s
+expect.set_options(timeout=WAIT_MS)
 
 
 @dataclass
