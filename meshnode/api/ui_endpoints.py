@@ -27,7 +27,7 @@ from ..ca.records import rfc3339
 from ..http import HttpError, Request, Response, Router
 from .auth import request_token
 
-__all__ = ["UI_CSP", "load_static", "register_ui_routes"]
+__all__ = ["UI_CSP", "load_static", "register_ui_routes", "ui_url"]
 
 UI_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -60,6 +60,14 @@ def load_static() -> dict[str, tuple[bytes, str]]:
         if entry.is_file() and suffix in _TYPES:
             files[entry.name] = (entry.read_bytes(), _TYPES[suffix])
     return files
+
+
+def ui_url(host: str, port: int) -> str:
+    """The UI's address for the startup log: what `make run` shows a user to open."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/ui/"
 
 
 def _leaf_json(leaf: Leaf) -> dict[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from meshnode.testutil import AgentProc, Cluster, keep_logs, wait_for
 from tests.integration.test_proxy_agents import _Echo, app, free_port, register
@@ -107,7 +107,12 @@ def page(browser: Browser) -> Iterator[Page]:
     problems: list[str] = []
     tab.on("console", lambda m: problems.append(m.text) if _problem(m.type, m.text) else None)
     tab.on("pageerror", lambda e: problems.append(str(e)))
-    tab.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+
+    def on_dialog(dialog: Dialog) -> None:  # alert(1) from injected markup would land here
+        problems.append(f"dialog: {dialog.message}")
+        dialog.dismiss()
+
+    tab.on("dialog", on_dialog)
     yield tab
     context.close()
     assert not problems, f"the page reported: {problems}"

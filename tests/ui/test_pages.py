@@ -24,7 +24,9 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 def _api(mesh: Mesh, i: int, method: str, path: str, body: object = None) -> None:
-    data = body.encode() if isinstance(body, str) else None if body is None else json.dumps(body).encode()
+    data: bytes | None = None
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     req = urllib.request.Request(
         f"http://{mesh.agents[i].http}{path}",
         data=data,
@@ -53,8 +55,13 @@ def test_markup_in_names_tags_meta_and_values_renders_as_text(mesh: Mesh, page: 
     definition = {"Name": "xss", "Port": 1, "Tags": [XSS], "Meta": {"m": XSS}, "Check": check}
     _api(mesh, 0, "PUT", "/v1/agent/service/register", definition)
     _api(mesh, 0, "PUT", f"/v1/agent/check/warn/service:xss?note={urllib.parse.quote(XSS)}")
-    _api(mesh, 0, "PUT", "/v1/connect/intentions/exact?source=xss&destination=db",
-         {"Action": "allow", "Description": XSS})
+    _api(
+        mesh,
+        0,
+        "PUT",
+        "/v1/connect/intentions/exact?source=xss&destination=db",
+        {"Action": "allow", "Description": XSS},
+    )
     _api(mesh, 0, "PUT", f"/v1/kv/xss/{urllib.parse.quote(XSS)}", XSS)
     try:
         for where, testid in (

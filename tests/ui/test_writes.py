@@ -8,6 +8,7 @@ the page holds on n1.
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import pytest
@@ -104,3 +105,15 @@ def test_kv_edit_in_the_ui_is_read_by_another_agent(mesh: Mesh, page: Page) -> N
     wait_for(lambda: raw(0) == b"replicas = 5", 10.0, "n3's KV write on n1")
     page.locator("[data-key='app/config']").click()
     expect(page.get_by_test_id("kv-value")).to_have_value("replicas = 5")
+
+
+def test_a_node_leaving_shows_on_the_nodes_page_live(mesh: Mesh, page: Page) -> None:
+    """Last in the module: n3 leaves the shared cluster for good."""
+    page.goto(mesh.ui(0, "nodes"))
+    expect(page.locator("tr[data-node='n3']")).to_contain_text("alive")
+    mesh.agents[2].cli("leave")
+    expect(page.locator("tr[data-node='n3']")).to_contain_text("left")
+    # Through "leaving" when a refresh falls between the two states.
+    expect(page.get_by_test_id("history")).to_contain_text(
+        re.compile(r"n3: (alive|leaving) → left")
+    )

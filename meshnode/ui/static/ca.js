@@ -30,7 +30,7 @@ export function caPage(main, ctx) {
         h("tr", { title: r.ID },
           h("td", {}, r.Name), h("td", {}, h("code", {}, short(r.ID))),
           h("td", {}, r.Active ? badge("active", "passing") : badge("trusted", "kind")),
-          h("td", {}, r.NotBefore), h("td", {}, `${r.NotAfter} (${expiry(r.NotAfter)})`),
+          h("td", { class: "time" }, r.NotBefore), h("td", { class: "time" }, `${r.NotAfter} (${expiry(r.NotAfter)})`),
           h("td", {}, String((r.IntermediateCerts || []).length))))),
     ] : h("p", { class: "muted" }, "The cluster has no CA yet: it starts when a signer is approved."));
     try {
@@ -59,7 +59,7 @@ export function caPage(main, ctx) {
     put(leaves, mine.length ? table(["Service", "Serial", "Valid from", "Expires", "SPIFFE ID"],
       mine.map((l) => h("tr", { "data-leaf": l.Service },
         h("td", {}, l.Service), h("td", {}, h("code", {}, short(l.SerialNumber))),
-        h("td", {}, l.ValidAfter), h("td", {}, `${l.ValidBefore} (${expiry(l.ValidBefore)})`),
+        h("td", { class: "time" }, l.ValidAfter), h("td", { class: "time" }, `${l.ValidBefore} (${expiry(l.ValidBefore)})`),
         h("td", {}, h("code", {}, l.ServiceURI)))))
       : h("p", { class: "muted" }, "No leaf issued on this agent yet."));
   }, ctx.report("signers"));

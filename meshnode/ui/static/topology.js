@@ -44,26 +44,29 @@ function edgeShape(e, pos) {
   const bend = 28;
   const c = { x: mx - ((p2.y - p1.y) / len) * bend, y: my + ((p2.x - p1.x) / len) * bend };
   const kind = e.allowed ? "allow" : "deny";
+  const d = `M ${p1.x} ${p1.y} Q ${c.x} ${c.y} ${p2.x} ${p2.y}`;
   const g = s("g", { class: `edge ${kind}`, "data-edge": `${e.src}=>${e.dst}` },
+    // Live connections: a wide blue band under the arrow.
+    e.live ? s("path", { d, fill: "none", stroke: COLORS.live, "stroke-width": 8,
+      "stroke-opacity": 0.3, "stroke-linecap": "round" }) : null,
     s("path", {
-      d: `M ${p1.x} ${p1.y} Q ${c.x} ${c.y} ${p2.x} ${p2.y}`,
-      fill: "none", stroke: COLORS[kind], "stroke-width": 2,
+      d, fill: "none", stroke: COLORS[kind], "stroke-width": 2,
       "stroke-dasharray": e.declared ? null : "6 5",
       "marker-end": `url(#arrow-${kind})`,
     }));
-  if (e.live) {
-    g.append(s("path", { d: `M ${p1.x} ${p1.y} Q ${c.x} ${c.y} ${p2.x} ${p2.y}`, fill: "none",
-      stroke: COLORS.live, "stroke-width": 6, "stroke-opacity": 0.35 }));
-  }
   const labels = [];
   if (e.live) labels.push([`${e.live} live`, COLORS.live, "live"]);
   if (e.denied) labels.push([`✕ ${e.denied} denied`, COLORS.deny, "denied"]);
   if (!e.allowed && !e.denied) labels.push(["deny", COLORS.deny, "rule"]);
-  // The curve's midpoint is halfway between the chord's middle and the control point.
-  const lx = (mx + c.x) / 2, ly = (my + c.y) / 2;
+  // Labels sit at the control point, one bend beyond the curve, on the side it bows to.
+  const nx = (c.x - mx) / bend, ny = (c.y - my) / bend;
+  const sideways = Math.abs(nx) > Math.abs(ny);
+  const anchor = !sideways ? "middle" : nx > 0 ? "start" : "end";
   labels.forEach(([text, color, kindName], i) => {
-    g.append(s("text", { x: lx, y: ly + i * 15, fill: color, class: `edge-label ${kindName}`,
-      "text-anchor": "middle" }, text));
+    let y = c.y + 4 + (i - (labels.length - 1) / 2) * 15;
+    if (!sideways) y = ny > 0 ? c.y + 12 + i * 15 : c.y - 4 - (labels.length - 1 - i) * 15;
+    g.append(s("text", { x: c.x + (sideways ? nx * 4 : 0), y, fill: color,
+      class: `edge-label ${kindName}`, "text-anchor": anchor }, text));
   });
   return g;
 }
