@@ -15,6 +15,7 @@ from ..api.audit_endpoints import register_audit_routes
 from ..api.auth import token_guard
 from ..api.ca_endpoints import register_ca_routes
 from ..api.catalog_endpoints import register_catalog_routes
+from ..api.cross_site import cross_site_guard
 from ..api.event_endpoints import register_event_routes
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
@@ -30,8 +31,9 @@ __all__ = ["agent_router"]
 
 
 def agent_router(agent: Agent) -> Router:
-    """The agent's router, guarded by its API token."""
+    """The agent's router, guarded against other sites' pages and by its API token."""
     router = build_router(agent)
+    router.add_guard(cross_site_guard())
     router.add_guard(token_guard(lambda: agent.config.api_token))
     register_intention_routes(router, agent.intentions, agent.audit)
     register_audit_routes(router, agent.audit)

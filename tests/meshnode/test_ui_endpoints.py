@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from meshnode.api.auth import token_guard
-from meshnode.api.ui_endpoints import UI_CSP, register_ui_routes, ui_url
+from meshnode.api.ui_endpoints import UI_CSP, load_static, register_ui_routes, ui_url
 from meshnode.ca.leaf_manager import Leaf
 from meshnode.http import Request, Response, Router
 
@@ -103,3 +103,12 @@ def test_ui_url_names_an_address_a_browser_can_open() -> None:
     assert ui_url("127.0.0.1", 8500) == "http://127.0.0.1:8500/ui/"
     assert ui_url("0.0.0.0", 8500) == "http://127.0.0.1:8500/ui/"
     assert ui_url("::1", 8501) == "http://[::1]:8501/ui/"
+
+
+def test_no_ui_module_parses_strings_as_markup_or_code() -> None:
+    """The XSS promise (docs/security.md) rests on this: data only ever becomes text."""
+    for name, (body, _) in load_static().items():
+        text = body.decode()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in text, f"{name} uses {sink}"
+        assert "style=" not in text or name.endswith(".css"), f"{name}: inline style"

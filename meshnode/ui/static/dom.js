@@ -1,5 +1,5 @@
 // Building the page without ever parsing data as markup: every text from the
-// API goes through createTextNode (textContent), never innerHTML.
+// API goes through createTextNode (textContent), never through an HTML parser.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
