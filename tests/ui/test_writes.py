@@ -12,7 +12,7 @@ import re
 import urllib.request
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from meshnode.testutil import wait_for
 from tests.ui.conftest import API_TOKEN, Mesh
@@ -105,6 +105,31 @@ def test_kv_edit_in_the_ui_is_read_by_another_agent(mesh: Mesh, page: Page) -> N
     wait_for(lambda: raw(0) == b"replicas = 5", 10.0, "n3's KV write on n1")
     page.locator("[data-key='app/config']").click()
     expect(page.get_by_test_id("kv-value")).to_have_value("replicas = 5")
+
+
+def test_a_form_on_another_site_cannot_make_the_agent_act(mesh: Mesh, browser: Browser) -> None:
+    """CSRF: a text/plain form POST needs no CORS preflight; the agent refuses it by its origin.
+
+    Its own context: the 403 this test expects is logged as a console error.
+    """
+    context = browser.new_context()
+    page = context.new_page()
+    agent = mesh.agents[0].http
+    field = '{"SourceName":"evil","DestinationName":"db","Action":"allow","Description":"'
+    evil = (
+        f'<form method="POST" action="http://{agent}/v1/connect/intentions" enctype="text/plain">'
+        f"<input name='{field}' value='\"}}'><button>go</button></form>"
+    )
+    page.route(
+        "http://evil.test/",
+        lambda route: route.fulfill(body=evil, content_type="text/html"),
+    )
+    page.goto("http://evil.test/")
+    with page.expect_navigation():
+        page.locator("button").click()
+    expect(page.locator("body")).to_contain_text("a page of another origin (http://evil.test)")
+    context.close()
+    assert mesh.agents[0].cli("intention", "get", "evil", "db", check=False).returncode != 0
 
 
 def test_a_node_leaving_shows_on_the_nodes_page_live(mesh: Mesh, page: Page) -> None:
