@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -42,7 +43,9 @@ def test_without_the_token_write_controls_say_why(mesh: Mesh, page: Page) -> Non
     expect(page.get_by_test_id("create-submit")).to_be_enabled()
 
 
-def test_a_deny_made_in_the_ui_takes_effect_on_another_agent(mesh: Mesh, page: Page) -> None:
+def test_a_deny_made_in_the_ui_takes_effect_on_another_agent(
+    mesh: Mesh, page: Page, shots: Path
+) -> None:
     page.goto(mesh.ui(0, "intentions"))
     _use_token(page, API_TOKEN)
     page.get_by_test_id("create-source").fill("web")
@@ -65,7 +68,11 @@ def test_a_deny_made_in_the_ui_takes_effect_on_another_agent(mesh: Mesh, page: P
     expect(page.get_by_test_id("check-result")).to_contain_text(
         "Denied web ⇒ db: decided by web ⇒ db (deny), precedence 9"
     )
+    page.screenshot(path=shots / "intentions-check.png", full_page=True)
 
+    row.get_by_test_id("delete").click()  # arms it: one stray click deletes nothing
+    expect(row.get_by_test_id("delete")).to_have_text("Confirm delete")
+    assert cli_denies()
     row.get_by_test_id("delete").click()
     expect(row).to_have_count(0)
     wait_for(lambda: not cli_denies(), 10.0, "n3's CLI to see the delete")
@@ -105,6 +112,11 @@ def test_kv_edit_in_the_ui_is_read_by_another_agent(mesh: Mesh, page: Page) -> N
     wait_for(lambda: raw(0) == b"replicas = 5", 10.0, "n3's KV write on n1")
     page.locator("[data-key='app/config']").click()
     expect(page.get_by_test_id("kv-value")).to_have_value("replicas = 5")
+
+    page.get_by_test_id("kv-delete").click()
+    page.get_by_test_id("kv-delete").click()
+    expect(page.locator("[data-key='app/config']")).to_have_count(0)
+    wait_for(lambda: raw(2) is None, 10.0, "the UI's KV delete on n3")
 
 
 def test_a_form_on_another_site_cannot_make_the_agent_act(mesh: Mesh, browser: Browser) -> None:

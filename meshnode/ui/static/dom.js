@@ -68,3 +68,24 @@ export function ago(seconds) {
   if (m) return `${m}m ${s % 60}s`;
   return `${s}s`;
 }
+
+/**
+ * A button that acts on a second click within a few seconds ("Delete" then
+ * "Confirm delete"): one stray click never removes a rule or a key.
+ */
+export function confirmButton(label, attrs, action) {
+  const button = h("button", { type: "button", class: "danger", ...attrs }, label);
+  let armed = null;
+  button.addEventListener("click", () => {
+    if (armed) {
+      clearTimeout(armed);
+      armed = null;
+      button.textContent = label;
+      action();
+      return;
+    }
+    button.textContent = `Confirm ${label.toLowerCase()}`;
+    armed = setTimeout(() => { armed = null; button.textContent = label; }, 4000);
+  });
+  return button;
+}

@@ -1,7 +1,7 @@
 // Intentions: the list in precedence order (as the agent evaluates them),
 // create allow/deny, delete, and "may A talk to B?" with the rule that decides.
 import { get, q, request, watch } from "./api.js";
-import { badge, h, put, table } from "./dom.js";
+import { badge, confirmButton, h, put, table } from "./dom.js";
 import { matchedRules } from "./catalog.js";
 
 const exact = (src, dst) =>
@@ -68,8 +68,7 @@ export function intentionsPage(main, ctx) {
   watch("/v1/connect/intentions", ctx.signal, (data) => {
     intentions = data || [];
     const rows = intentions.map((i) => {
-      const del = h("button", { class: "danger", "data-testid": "delete" }, "Delete");
-      del.addEventListener("click", () => ctx.write("delete", () =>
+      const del = confirmButton("Delete", { "data-testid": "delete" }, () => ctx.write("delete", () =>
         request("DELETE", exact(i.SourceName, i.DestinationName))));
       if (ctx.writeBlock) {
         del.disabled = true;

@@ -1,6 +1,6 @@
 // KV: browse by folder ("/"-separated), view, edit, create and delete keys.
 import { q, request, watch } from "./api.js";
-import { h, put } from "./dom.js";
+import { confirmButton, h, put } from "./dom.js";
 
 const keyPath = (key) => `/v1/kv/${key.split("/").map(q).join("/")}`;
 
@@ -16,7 +16,9 @@ export function kvPage(main, ctx) {
   const keyInput = h("input", { placeholder: "key", required: true, "data-testid": "kv-key", value: prefix });
   const value = h("textarea", { rows: 8, "data-testid": "kv-value" });
   const save = h("button", { type: "submit", "data-testid": "kv-save" }, "Save");
-  const del = h("button", { type: "button", class: "danger", "data-testid": "kv-delete" }, "Delete");
+  const del = confirmButton("Delete", { "data-testid": "kv-delete" }, async () => {
+    if (await ctx.write("kv", () => request("DELETE", keyPath(keyInput.value)))) value.value = "";
+  });
   const editor = h("form", { class: "editor", "data-testid": "kv-editor" }, keyInput, value, h("div", {}, save, del));
 
   async function open(key) {
@@ -27,9 +29,6 @@ export function kvPage(main, ctx) {
   editor.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     await ctx.write("kv", () => request("PUT", keyPath(keyInput.value), { body: value.value }));
-  });
-  del.addEventListener("click", async () => {
-    if (await ctx.write("kv", () => request("DELETE", keyPath(keyInput.value)))) value.value = "";
   });
 
   const crumbs = [h("a", { href: "#/kv" }, "(root)")];
