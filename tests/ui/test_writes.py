@@ -9,6 +9,7 @@ the page holds on n1.
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def test_a_cli_deny_appears_in_the_open_page_without_a_reload(mesh: Mesh, page: 
     # A marker on the window: a reload would lose it.
     page.evaluate("window.__sameDocument = true")
     mesh.agents[2].cli("intention", "deny", "api", "web")
+    written_at = time.monotonic()
     expect(page.locator("tr[data-intention='api=>web']")).to_contain_text("deny")
+    print(f"a CLI deny on n3 was in the page on n1 {time.monotonic() - written_at:.2f} s later")
     assert page.evaluate("window.__sameDocument") is True
     mesh.agents[2].cli("intention", "delete", "api", "web")
     expect(page.locator("tr[data-intention='api=>web']")).to_have_count(0)
