@@ -68,6 +68,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 20.0,
                 "db's sidecar passing",
             )
+            # The pages show three elected signers and db's leaf: wait for them
+            # here rather than against each page's timeout.
+            wait_for(
+                lambda: len(agents[0].api("/v1/connect/ca/signers") or []) == 3, 20.0, "3 signers"
+            )
+            wait_for(
+                lambda: any(
+                    x["Service"] == "db" for x in agents[1].api("/v1/internal/ui/leaves") or []
+                ),
+                20.0,
+                "db's leaf on n2",
+            )
             yield Mesh(agents, web_up, api_up, held)
         finally:
             for conn in held:

@@ -113,7 +113,16 @@ def test_topology_draws_live_connections_and_recent_denials(
     mesh.held.append(live)
     live.sendall(b"hello")
     assert live.recv(5) == b"hello"
-    assert round_trip(mesh.api_upstream) == b""  # refused by db's sidecar, audited on n2
+
+    def api_refused_and_audited() -> bool:
+        # Until api's sidecar holds its leaf, a refusal may be its own and not
+        # reach db's sidecar: retry until n2's audit log has the refusal.
+        if round_trip(mesh.api_upstream) != b"":
+            return False
+        denied = mesh.agents[1].api("/v1/agent/connect/audit?denied") or []
+        return any(e["Source"] == "api" and e["Destination"] == "db" for e in denied)
+
+    wait_for(api_refused_and_audited, 30.0, "api -> db refused at db's sidecar")
 
     page.goto(mesh.ui(1, "topology"))  # n2 runs db's sidecar: it sees both
     expect(page.locator("[data-edge='web=>db'] .edge-label.live")).to_have_text("1 live")
