@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # prometheus: for promtool, which checks /v1/agent/metrics?format=prometheus.
-packages=(openssl bind9-dnsutils iproute2 procps nftables prometheus)
+# chromium: the browser the web UI's tests drive (tests/ui).
+packages=(openssl bind9-dnsutils iproute2 procps nftables prometheus chromium)
 if [[ "${1:-}" == "bench" ]]; then
     packages+=(serf dnsperf dnsmasq stunnel4 iperf3)
 fi

@@ -30,6 +30,7 @@ import trio
 
 from .. import __version__
 from ..api.facade import KeyringReport, KvEntry, MemberView
+from ..api.ui_endpoints import ui_url
 from ..ca.records import META_SIGNER
 from ..ca.revocation_replica import RevocationReplica
 from ..catalog.catalog import Catalog
@@ -315,6 +316,7 @@ class Agent:
                 id=self.node_id,
                 gossip=str(self.transport.local_addr),
                 encrypted=self.keyring is not None,
+                ui=ui_url(self.config.http[0], self.http_port),
             )
             await self.membership.join_at_start(
                 nursery,

@@ -16,10 +16,13 @@ from ..api.auth import token_guard
 from ..api.ca_endpoints import register_ca_routes
 from ..api.catalog_endpoints import register_catalog_routes
 from ..api.check_endpoints import register_check_routes
+from ..api.cross_site import cross_site_guard
 from ..api.event_endpoints import register_event_routes
 from ..api.intention_endpoints import register_intention_routes
 from ..api.proxy_endpoints import register_proxy_routes
 from ..api.status_endpoints import register_status_routes
+from ..api.ui_endpoints import register_ui_routes
+from ..ca.service import owned_service_names
 from ..http.router import Router
 from .revocation_wiring import register_revocations
 
@@ -36,8 +39,9 @@ def _signer_addresses(agent: Agent) -> list[str]:
 
 
 def agent_router(agent: Agent) -> Router:
-    """The agent's router, guarded by its API token."""
+    """The agent's router, guarded against other sites' pages and by its API token."""
     router = build_router(agent)
+    router.add_guard(cross_site_guard())
     router.add_guard(token_guard(lambda: agent.config.api_token))
     register_intention_routes(router, agent.intentions, agent.audit)
     register_audit_routes(router, agent.audit)
@@ -66,5 +70,13 @@ def agent_router(agent: Agent) -> Router:
         agent.leaves,
         agent.catalog.local_services,
         wall_clock=agent.clock.wall_s,
+    )
+    register_ui_routes(
+        router,
+        node_name=agent.config.node_name,
+        datacenter=agent.config.datacenter,
+        current_token=lambda: agent.config.api_token,
+        local_leaf_names=lambda: owned_service_names(agent.catalog.local_services()),
+        cached_leaf=agent.leaves.cached,
     )
     return router
