@@ -53,7 +53,7 @@ from ..intentions.audit import AuditLog
 from ..intentions.replica import IntentionState
 from ..logs import log
 from ..sidecars.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
-from ..sidecars.manager import SidecarManager
+from ..sidecars.manager import SidecarManager, SidecarProbe
 from ..store.persist import Persistence
 from ..store.replication import ReplicationConfig, Replicator
 from . import status
@@ -134,13 +134,14 @@ class Agent:
             service_from_uri=lambda uri: self.ca.service_from_uri(uri),
         )
         self.revocations = RevocationReplica(self.replicator)
+        sidecar_probe = SidecarProbe()  # sidecar checks ask the sidecar, not the port
         self.catalog = Catalog(
             self.replicator,
             self.nodes,
             node_name=config.node_name,
             datacenter=config.datacenter,
             node_address=advertise.host,
-            runner=functools.partial(CheckRunner, rng=child_rng(rng)),
+            runner=functools.partial(CheckRunner, rng=child_rng(rng), probe=sidecar_probe),
             clock=clock.monotonic_s,
         )
         self.ca, self.leaves = build_ca(
@@ -177,7 +178,9 @@ class Agent:
             rng=child_rng(rng),
             audit=self.audit,
             revocations=self.revocations,
+            move_port=self.catalog.move_sidecar_port,
         )
+        sidecar_probe.manager = self.sidecars
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
             None
