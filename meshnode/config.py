@@ -47,6 +47,7 @@ DEFAULT_HTTP_PORT = 8500
 KV_MAX_MIB_LIMIT = 4096
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_CLUSTER_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _META_VALUE_MAX_CHARS = 512  # Consul's node_meta value limit
@@ -107,6 +108,11 @@ class AgentConfig:
     # Base64 32-byte gossip key (AES-256-GCM). None is only allowed with dev,
     # or when the data dir already holds a keyring (a restart).
     encrypt_key: str | None = None
+    # Gossip cluster label (memberlist's, gossip.cluster_label): carried in every
+    # gossip packet and stream frame, authenticated with the key; traffic with
+    # another label is dropped, so two clusters sharing a key never merge.
+    # "" sends no label (and accepts only unlabelled traffic).
+    cluster_label: str = ""
     # Development mode: loopback, temporary data dir, plain-text gossip allowed.
     dev: bool = False
     # "debug" | "info" | "warning" | "error"; info shows joins, failures and leaves.
@@ -245,6 +251,7 @@ class _Builder:
         self.retry_join: list[str] = []
         self.retry_join_interval_s: float | None = None
         self.encrypt_key: str | None = None
+        self.cluster_label: str | None = None
         self.dev = False
         self.log_level: str | None = None
         self.tags: dict[str, str] = {}
@@ -370,6 +377,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             b.audit_log = Path(_str(value))
         elif key == "limits":
             _apply_limits(b, _object(value), fail)
+        elif key == "gossip":
+            _apply_gossip(b, _object(value), fail)
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -410,6 +419,28 @@ def _apply_limits(
             b.http_max_conns_per_client = _positive_int(value, 100_000)
         except ValueError as exc:
             raise fail(name, exc) from None
+
+
+def _apply_gossip(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    """``gossip``: only ``cluster_label`` is understood."""
+    for sub, value in obj.items():
+        name = f"gossip.{sub}"
+        if sub != "cluster_label":
+            raise fail(name, "unknown field (only gossip.cluster_label is supported)")
+        try:
+            b.cluster_label = _cluster_label(_str(value))
+        except ValueError as exc:
+            raise fail(name, exc) from None
+
+
+def _cluster_label(value: str) -> str:
+    if not _CLUSTER_LABEL.match(value):
+        raise ValueError(
+            f"{value[:80]!r} is not a cluster label (1-128 letters, digits, '-', '_', '.')"
+        )
+    return value
 
 
 def _apply_acl(
@@ -627,6 +658,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
     elif name == "encrypt":
         decode_key(value)
         b.encrypt_key = value.strip()
+    elif name == "cluster_label":
+        b.cluster_label = _cluster_label(value)
     elif name == "dev":
         b.dev = bool(value)
     elif name == "log_level":
@@ -723,6 +756,7 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         join=tuple(dict.fromkeys(b.join)),
         retry_join=tuple(dict.fromkeys(b.retry_join)),
         encrypt_key=b.encrypt_key,
+        cluster_label=b.cluster_label or "",
         dev=b.dev,
         log_level=b.log_level or "info",
         tags=dict(b.tags),
@@ -746,7 +780,7 @@ def load_config(
     """Merge `config_files` (in order), the `*.json` of `config_dirs`, then `cli_overrides`.
 
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
-    http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
+    http_addr, data_dir, join, retry_join, retry_interval, encrypt, cluster_label, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
     signer, signer_token, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
     tombstone_ttl, kv_max_mib, audit_log;

@@ -40,6 +40,7 @@ from ..config import AgentConfig
 from ..dns import DnsBound, DnsServer
 from ..events.handler import EventHandlerRunner
 from ..events.user_events import UserEvents
+from ..gossip.config import GossipConfig
 from ..gossip.driver import GossipDriver
 from ..gossip.errors import LocalProtocolError
 from ..gossip.events import Event
@@ -113,14 +114,15 @@ class Agent:
         }
         if config.ca_signer:
             self._meta[META_SIGNER] = True
+        self.wire = Wire(self.keyring, label=config.cluster_label)
         self.core = Membership(
             name=config.node_name,
             addr=self.transport.local_addr,
             meta=encode_meta(self._meta),
+            config=self.wire.packing(GossipConfig()),
             rng=child_rng(rng),
             now=clock.monotonic_s(),
         )
-        self.wire = Wire(self.keyring)
         self.driver = GossipDriver(
             self.core, self.wire, self.transport, on_event=self._on_event, clock=clock.monotonic_s
         )
