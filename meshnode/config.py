@@ -407,32 +407,44 @@ def _apply_nested(
             raise fail(name, exc) from None
 
 
+def _only_field(
+    section: str,
+    only: str,
+    obj: dict[str, Any],
+    fail: Callable[[str, object], ConfigError],
+    parse: Callable[[object], Any],
+) -> Any:
+    """The parsed value of `section.only`, the one field that section has; None if absent."""
+    parsed: Any = None
+    for sub, value in obj.items():
+        name = f"{section}.{sub}"
+        if sub != only:
+            raise fail(name, f"unknown field (only {section}.{only} is supported)")
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise fail(name, exc) from None
+    return parsed
+
+
 def _apply_limits(
     b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
 ) -> None:
     """``limits``: only ``http_max_conns_per_client`` (Consul's name) is understood."""
-    for sub, value in obj.items():
-        name = f"limits.{sub}"
-        if sub != "http_max_conns_per_client":
-            raise fail(name, "unknown field (only limits.http_max_conns_per_client is supported)")
-        try:
-            b.http_max_conns_per_client = _positive_int(value, 100_000)
-        except ValueError as exc:
-            raise fail(name, exc) from None
+    value = _only_field(
+        "limits", "http_max_conns_per_client", obj, fail, lambda v: _positive_int(v, 100_000)
+    )
+    if value is not None:
+        b.http_max_conns_per_client = value
 
 
 def _apply_gossip(
     b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
 ) -> None:
     """``gossip``: only ``cluster_label`` is understood."""
-    for sub, value in obj.items():
-        name = f"gossip.{sub}"
-        if sub != "cluster_label":
-            raise fail(name, "unknown field (only gossip.cluster_label is supported)")
-        try:
-            b.cluster_label = _cluster_label(_str(value))
-        except ValueError as exc:
-            raise fail(name, exc) from None
+    value = _only_field("gossip", "cluster_label", obj, fail, lambda v: _cluster_label(_str(v)))
+    if value is not None:
+        b.cluster_label = value
 
 
 def _cluster_label(value: str) -> str:

@@ -30,6 +30,11 @@ async def make(tmp_path: Path, nursery: trio.Nursery) -> tuple[Mesh, LeafManager
     mesh.ca["n1"].bootstrap()
     await mesh.reconcile()
     mesh.register("n2", "web")
+    return mesh, await n2_leaves(mesh, nursery)
+
+
+async def n2_leaves(mesh: Mesh, nursery: trio.Nursery) -> LeafManager:
+    """n2's leaf manager over its CA service, following the bundle, running."""
     ca = mesh.ca["n2"]
     leaves = LeafManager(
         issue=ca.issue,
@@ -42,7 +47,7 @@ async def make(tmp_path: Path, nursery: trio.Nursery) -> tuple[Mesh, LeafManager
     )
     ca.on_view_change(leaves.roots_changed)
     await nursery.start(leaves.run)
-    return mesh, leaves
+    return leaves
 
 
 async def test_leaves_renew_between_60_and_90_percent_and_reissue_after_a_rotation(
@@ -152,17 +157,7 @@ async def test_a_first_leaf_waits_for_the_ca_and_comes_at_once_when_it_arrives(
     """A service registered before the cluster has a CA gets its leaf when the CA appears."""
     mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
     mesh.register("n2", "web")
-    ca = mesh.ca["n2"]
-    leaves = LeafManager(
-        issue=ca.issue,
-        spiffe_id=ca.spiffe_id,
-        roots=ca.roots,
-        is_local=lambda s: s in owned_service_names(mesh.catalogs["n2"].local_services()),
-        rng=random.Random(1),
-        wall_clock=mesh.clock,
-    )
-    ca.on_view_change(leaves.roots_changed)
-    await nursery.start(leaves.run)
+    leaves = await n2_leaves(mesh, nursery)
     got: list[float] = []
 
     async def ask() -> None:

@@ -21,22 +21,6 @@ from tests.integration.test_proxy_agents import _Echo, app, free_port, register,
 pytestmark = pytest.mark.slow
 
 
-class _SameHostAgent(AgentProc):
-    """An agent on another agent's IP: its gossip, HTTP and DNS ports are shifted by one."""
-
-    @property
-    def http(self) -> str:
-        return f"{self.ip}:8501"
-
-    @property
-    def dns(self) -> str:
-        return f"{self.ip}:8601"
-
-    @property
-    def gossip(self) -> str:
-        return f"{self.ip}:7947"
-
-
 def _sidecar(agent: AgentProc, service: str) -> dict[str, object] | None:
     found = agent.api(f"/v1/health/service/{service}-sidecar-proxy") or []
     mine = [e for e in found if e["Node"]["Node"] == agent.name]
@@ -65,7 +49,8 @@ def test_two_agents_on_one_address_get_different_sidecar_ports(
 ) -> None:
     signer = ("-signer", "-signer-token", "t-signers")
     first = cluster.agent(1).start(*signer)
-    second = _SameHostAgent(cluster, "n2", first.ip, tmp_path / "n2")
+    second = AgentProc(cluster, "n2", first.ip, tmp_path / "n2")
+    second.port_offset = 1  # the same address as the first agent, its own API ports
     cluster.agents.append(second)
     second.start(*signer)
     second.cli("join", first.gossip)
