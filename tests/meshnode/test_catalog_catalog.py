@@ -134,7 +134,7 @@ def test_sidecar_expansion_and_port_allocation() -> None:
 def test_a_moved_sidecar_port_rewrites_the_record_and_its_check_and_is_kept() -> None:
     """The sidecar found its port taken on the host: the catalog follows where it listens."""
     catalog, _, _ = make()
-    sidecar = {"SidecarService": {}}
+    sidecar: dict[str, Any] = {"SidecarService": {}}
     catalog.register(svc(Connect=sidecar))
     catalog.move_sidecar_port("web-sidecar-proxy", SIDECAR_PORT_MIN + 7)
     ports = {r.service_id: r.port for r in catalog.local_services()}
