@@ -12,6 +12,12 @@ Rules that live here:
   (30 s), so a rotation does not send every agent's CSRs in the same second.
 - A failed renewal keeps the current leaf (it is still valid) and retries
   with a doubling delay from 1 s to 30 s.
+- A service's *first* leaf is retried at once by `get`, for at most
+  `first_leaf_retry_s` (5 s): every 100 ms doubling to 1 s, and straight
+  away when the trust bundle changes. In a new cluster the CA, or the
+  catalog record that proves the service is ours, reaches the signer a few
+  hundred milliseconds after the registration: a service registered at
+  start has its leaf then, not after the caller's own back-off.
 - Waiting: every new leaf gets the next *generation* (one counter for the
   manager, so it can serve as a blocking-query index). `wait_changed` and
   `wait_roots_changed` return when a newer generation exists, so the proxy
@@ -42,6 +48,8 @@ __all__ = ["Issued", "Leaf", "LeafError", "LeafManager", "Roots", "UnknownLocalS
 _EXPIRY_MARGIN_S = 5.0
 _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 30.0
+_FIRST_RETRY_MIN_S = 0.1
+_FIRST_RETRY_MAX_S = 1.0
 
 
 class LeafError(Exception):
@@ -115,6 +123,7 @@ class LeafManager:
         clock: Callable[[], float] = trio.current_time,
         reissue_jitter_s: float = 30.0,
         renew_fraction: tuple[float, float] = (0.6, 0.9),
+        first_leaf_retry_s: float = 5.0,
     ) -> None:
         self._issue = issue
         self._spiffe_id = spiffe_id
@@ -125,6 +134,7 @@ class LeafManager:
         self._clock = clock
         self.reissue_jitter_s = reissue_jitter_s
         self._renew_fraction = renew_fraction
+        self.first_leaf_retry_s = first_leaf_retry_s
         self._leaves: dict[str, Leaf] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._due: dict[str, float] = {}  # service -> trio time of the next renewal
@@ -166,7 +176,25 @@ class LeafManager:
             leaf = self._leaves.get(service)
             if leaf is not None and self._usable(leaf):
                 return leaf
-            return await self._renew_now(service)
+            if leaf is not None:
+                return await self._renew_now(service)
+            return await self._first_leaf(service)
+
+    async def _first_leaf(self, service: str) -> Leaf:
+        """Issue the first leaf, retrying briefly while the cluster catches up (module doc)."""
+        give_up_at = self._clock() + self.first_leaf_retry_s
+        delay_s = _FIRST_RETRY_MIN_S
+        while True:
+            roots_generation = self._roots_generation
+            try:
+                return await self._renew_now(service)
+            except LeafError:
+                left_s = give_up_at - self._clock()
+                if left_s <= 0 or not self._is_local(service):
+                    raise
+            # Early when the bundle changes (the CA has just reached us).
+            await self.wait_roots_changed(roots_generation, min(delay_s, left_s))
+            delay_s = min(_FIRST_RETRY_MAX_S, delay_s * 2)
 
     async def wait_changed(self, service: str, since_generation: int, timeout_s: float) -> int:
         """Block until `service` has a leaf newer than `since_generation`, or the timeout.

@@ -16,6 +16,10 @@ class GossipConfig:
     # Three ping-req helpers make a false positive from one lossy path rare
     # while keeping the cost of a probe round constant.
     indirect_checks: int = 3
+    # memberlist #37: when the UDP ping goes unanswered, also ping the target
+    # over TCP; a member that answers is not suspected. A firewall dropping
+    # UDP between two hosts then costs a warning, not a false failure.
+    tcp_fallback_probe: bool = True
     # Lifeguard: suspicion lasts suspicion_mult * log10(N) probe intervals,
     # enough for the suspect to hear of it and refute.
     suspicion_mult: int = 4

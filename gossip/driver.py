@@ -1,7 +1,9 @@
 """The trio driver: one loop around the sans-IO membership core.
 
 It waits for a packet, a push/pull stream or the core's next timer, feeds the
-core with the current time, then sends what the core returns. Remote errors
+core with the current time, then sends what the core returns. It also carries
+the core's TCP fallback pings (memberlist #37): a stream that starts with
+`STREAM_PING`, then one sealed frame each way (the ping, the ack). Remote errors
 (bad bytes, failed authentication, replays, refused connections) are logged,
 counted and dropped here; they never end the driver.
 """
@@ -17,7 +19,7 @@ import trio
 from . import codec
 from .errors import RemoteProtocolError
 from .events import Event
-from .membership import Membership
+from .membership import Membership, TcpPing
 from .messages import Addr, PushPull
 from .transport import Transport
 from .wire import FrameReader, Wire
@@ -31,6 +33,11 @@ _READ_CHUNK_BYTES = 65536
 # Rejected input is logged at most once per kind and source in this interval.
 _LOG_EVERY_S = 10.0
 _LOG_SOURCES_MAX = 10_000
+# First byte of a TCP ping stream (push/pull frames start with 0x00; the store
+# and the CA took 0xA5 and 0xA6).
+STREAM_PING = 0xA7
+# A ping or an ack is one small packet; anything bigger is not one.
+_PING_FRAME_MAX_BYTES = 4096
 
 
 @dataclass
@@ -67,7 +74,7 @@ class GossipDriver:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._max_frame_bytes = core.config.push_pull_max_bytes + 64
-        self._stream_handlers: dict[int, StreamHandler] = {}
+        self._stream_handlers: dict[int, StreamHandler] = {STREAM_PING: self._serve_tcp_ping}
 
     def add_stream_handler(self, first_byte: int, handler: StreamHandler) -> None:
         """Serve incoming TCP streams that start with `first_byte` with `handler`.
@@ -142,6 +149,9 @@ class GossipDriver:
         for addr, join in self.core.push_pulls_to_start():
             if self._nursery is not None:
                 self._nursery.start_soon(self._push_pull, addr, join)
+        for ping in self.core.tcp_pings_to_start():
+            if self._nursery is not None:
+                self._nursery.start_soon(self._tcp_ping, ping)
         while (event := self.core.next_event()) is not None:
             if self._on_event is not None:
                 self._on_event(event)
@@ -210,6 +220,37 @@ class GossipDriver:
         self._flush()
         return True
 
+    # ------------------------------------------------------------------ TCP ping
+
+    async def _tcp_ping(self, ping: TcpPing) -> None:
+        """Send the core's fallback ping over TCP and report whether its ack came in time."""
+        self.counters.add("tcp_ping.sent")
+        acked = False
+        with trio.move_on_after(max(0.0, ping.deadline_s - self._clock())):
+            try:
+                stream = await self.transport.connect_stream(ping.addr)
+                async with stream:
+                    await stream.send_all(bytes((STREAM_PING,)) + self.wire.frame(ping.payload))
+                    reply = await self._read_frame(stream, _PING_FRAME_MAX_BYTES)
+                acked = self.core.tcp_ping_answered(ping.seq, reply, self._clock())
+            except (OSError, trio.BrokenResourceError) as exc:
+                log.debug("TCP ping to %s failed: %s", ping.addr, exc or type(exc).__name__)
+            except RemoteProtocolError as exc:
+                self._count_remote_error(exc, ping.addr, "tcp")
+        if acked:
+            self.counters.add("tcp_ping.acked")
+        else:
+            self.core.tcp_ping_failed(ping.seq, self._clock())
+        self._flush()
+
+    async def _serve_tcp_ping(self, stream: trio.abc.Stream, peer: Addr, first: bytes) -> None:
+        """Answer a peer's TCP ping with an ack (bounded in time and size)."""
+        with trio.fail_after(self.core.config.probe_interval_s * 2):
+            request = await self._read_frame(stream, _PING_FRAME_MAX_BYTES, first[1:])
+            reply = self.core.answer_tcp_ping(request)
+            await self._send_frame(stream, reply)
+        self.counters.add("tcp_ping.answered")
+
     async def _serve_push_pull(self, stream: trio.abc.Stream, peer: Addr) -> None:
         handler: StreamHandler | None = None
         first = b""
@@ -239,14 +280,21 @@ class GossipDriver:
         self.counters.add("tcp.sent_bytes", len(framed))
 
     async def _read_push_pull(self, stream: trio.abc.Stream, initial: bytes = b"") -> PushPull:
-        reader = FrameReader(self.wire, max_frame_bytes=self._max_frame_bytes)
+        frame = await self._read_frame(stream, self._max_frame_bytes, initial)
+        return codec.decode_push_pull(frame, max_bytes=self._max_frame_bytes)
+
+    async def _read_frame(
+        self, stream: trio.abc.Stream, max_frame_bytes: int, initial: bytes = b""
+    ) -> bytes:
+        """One opened frame from `stream` (`initial`: bytes already read from it)."""
+        reader = FrameReader(self.wire, max_frame_bytes=max_frame_bytes)
         if initial:
             self.counters.add("tcp.recv_bytes", len(initial))
             reader.feed(initial)
         while True:
             frame = reader.next_frame(self._clock())
             if frame is not None:
-                return codec.decode_push_pull(frame, max_bytes=self._max_frame_bytes)
+                return frame
             chunk = await stream.receive_some(_READ_CHUNK_BYTES)
             if not chunk:
                 raise trio.BrokenResourceError("peer closed the stream mid-frame")

@@ -24,6 +24,10 @@ class AuthError(RemoteProtocolError):
     """A packet failed authentication under every key of the keyring."""
 
 
+class LabelError(RemoteProtocolError):
+    """A packet or frame carries another cluster's label (or none where we have one)."""
+
+
 class ReplayError(RemoteProtocolError):
     """An authenticated packet was seen before (same nonce within the window)."""
 

@@ -5,6 +5,13 @@ Rules that live here (memberlist's `state.go`):
   ping, then ping-req through `indirect_checks` helpers after the probe
   timeout, then suspicion at the end of the interval; a ping to a suspect
   carries the suspicion (Lifeguard's buddy system);
+- TCP fallback (memberlist #37): with the ping-reqs, one ping over TCP to the
+  target (`tcp_pings_to_start`, answered by `tcp_ping_answered` or
+  `tcp_ping_failed`); if it is answered before the interval ends, the UDP
+  failure is counted (`tcp_fallback_saves`) and the target is not suspected.
+  A TCP ping still unanswered at the end counts as failed. The stream itself
+  is the driver's; the core makes the ping, checks the ack and answers
+  others' TCP pings (`answer_tcp_ping`);
 - incarnation numbers order every claim about a member; only the member
   itself raises its own incarnation, to refute suspicion or death, and it
   answers any packet accusing it (even with an older incarnation) with its
@@ -19,8 +26,9 @@ Rules that live here (memberlist's `state.go`):
 - dead and left members are remembered, then reaped.
 
 Inputs: `receive_packet(data, src, now)`, `receive_push_pull(msg, now)`,
-`merge_remote_state(msg, now)`, `handle_timer(now)` and the commands. Outputs:
-`packets_to_send()`, `push_pulls_to_start()`, `next_event()` and `get_timer()`.
+`merge_remote_state(msg, now)`, `tcp_ping_answered/failed`, `handle_timer(now)`
+and the commands. Outputs: `packets_to_send()`, `push_pulls_to_start()`,
+`tcp_pings_to_start()`, `next_event()` and `get_timer()`.
 It never reads a clock, a socket or the global random generator.
 """
 
@@ -108,6 +116,16 @@ def _record(name: str, addr: Addr, meta: bytes, incarnation: int, state: State) 
     return NodeState(name, addr, meta, incarnation, state)
 
 
+@dataclass(frozen=True, slots=True)
+class TcpPing:
+    """A ping the driver should send over TCP: `payload` (a packet) to `addr` by `deadline_s`."""
+
+    addr: Addr
+    seq: int
+    payload: bytes
+    deadline_s: float
+
+
 @dataclass(slots=True)
 class _Probe:
     target: str
@@ -117,6 +135,7 @@ class _Probe:
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    tcp_answered: bool = False
 
 
 @dataclass(slots=True)
@@ -196,6 +215,9 @@ class Membership:
         self._seq = rng.randrange(_SEQ_MODULUS)
         self._out: list[tuple[Addr, bytes]] = []
         self._push_pulls: list[tuple[Addr, bool]] = []
+        # At most one: a probe's TCP ping, replaced by the next probe's if the
+        # driver never took it (the simulator has no TCP).
+        self._tcp_ping: TcpPing | None = None
         self._events: deque[Event] = deque()
         self._leaving = False
         self._leave_done = False
@@ -332,6 +354,11 @@ class Membership:
         """Full-state exchanges the driver should open over TCP: (peer, is_join)."""
         out, self._push_pulls = self._push_pulls, []
         return out
+
+    def tcp_pings_to_start(self) -> list[TcpPing]:
+        """The TCP fallback ping the driver should send now (see the module doc)."""
+        out, self._tcp_ping = self._tcp_ping, None
+        return [] if out is None else [out]
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -554,6 +581,36 @@ class Membership:
                 error = error or exc
         if error is not None:
             raise error
+
+    def tcp_ping_answered(self, seq: int, data: bytes, now: float) -> bool:
+        """The plain reply to TCP ping `seq`; True when it is its ack (the target is up).
+
+        Raises `RemoteProtocolError` for bytes that do not decode.
+        """
+        messages = codec.decode_packet(data, max_bytes=65507)
+        acked = any(isinstance(m, Ack) and m.seq == seq for m in messages)
+        probe = self._probe
+        if acked and probe is not None and probe.seq == seq:
+            probe.tcp_answered = True
+        return acked
+
+    def tcp_ping_failed(self, seq: int, now: float) -> None:
+        """TCP ping `seq` got no ack in time; the probe's end decides as without it."""
+        self._count("tcp_ping_failures")
+
+    def answer_tcp_ping(self, data: bytes) -> bytes:
+        """The plain reply (an ack packet) to a plain TCP ping packet from a peer.
+
+        Raises `RemoteProtocolError` when it is not exactly one ping for us.
+        """
+        messages = codec.decode_packet(data, max_bytes=65507)
+        if len(messages) != 1 or not isinstance(messages[0], Ping):
+            raise RemoteProtocolError("a TCP ping stream must carry exactly one ping")
+        ping = messages[0]
+        if ping.target != self.name:
+            self._count("ping_misdirected")
+            raise RemoteProtocolError(f"TCP ping for {ping.target!r} reached {self.name!r}")
+        return codec.encode_packet([codec.encode_message(Ack(ping.seq))])
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
@@ -895,6 +952,14 @@ class Membership:
         for helper in helpers:
             self._send(self._addr_of(helper), [msg])
         probe.expected_nacks = len(helpers)
+        if self.config.tcp_fallback_probe:
+            ping = Ping(probe.seq, probe.target, self.name, self.local_addr)
+            self._tcp_ping = TcpPing(
+                self._addr_of(target),
+                probe.seq,
+                codec.encode_packet([codec.encode_message(ping)]),
+                probe.end_at_s,
+            )
 
     def _finish_failed_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -905,6 +970,11 @@ class Membership:
         else:
             self._awareness.apply(1)
         s = self._lookup(probe.target)
+        if probe.tcp_answered:
+            # UDP is blocked or lossy between us, yet the member is up: a
+            # network problem to report, not a failure (memberlist #37).
+            self._count("tcp_fallback_saves")
+            return
         if s is not None and self._state[s] in _LIVE:
             # Already suspect: our failed probe is an independent confirmation,
             # which is what shortens the Lifeguard timer.

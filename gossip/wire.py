@@ -6,6 +6,13 @@ Rules that live here:
   `0x00` plaintext (dev clusters only), `0x01` AES-256-GCM. Encrypted data is
   `0x01 | nonce(12) | ciphertext | tag(16)` under the keyring's primary key,
   with the envelope byte as associated data.
+- A cluster label (memberlist #246) puts `0x02 | length(1) | label` before
+  that envelope, and the whole label header joins the associated data: a
+  label cannot be stripped or swapped without failing authentication. Data
+  whose label is not ours (a labelled cluster hearing an unlabelled one, or
+  the other way round) is refused with `LabelError` before any decryption,
+  so two clusters that share a key by accident never merge. Without a label
+  the bytes are exactly as before.
 - A keyed agent refuses plaintext and a plain agent refuses ciphertext: mixed
   clusters fail loudly instead of half-working.
 - An exact replay (same nonce) of an authenticated packet within
@@ -24,12 +31,16 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
-from .errors import AuthError, DecodeError, ReplayError
+from .config import GossipConfig
+from .errors import AuthError, DecodeError, LabelError, ReplayError
 from .keyring import NONCE_BYTES, TAG_BYTES, Keyring
 
 ENVELOPE_PLAIN = 0x00
 ENVELOPE_AES_GCM = 0x01
+ENVELOPE_LABEL = 0x02
+LABEL_MAX_BYTES = 255  # one length byte
 _AAD = bytes((ENVELOPE_AES_GCM,))
 FRAME_HEADER_BYTES = 4
 
@@ -44,7 +55,17 @@ class Wire:
         nonce_source: Callable[[int], bytes] = os.urandom,
         replay_window_s: float = 120.0,
         max_replay_entries: int = 200_000,
+        label: str = "",
     ) -> None:
+        raw_label = label.encode("utf-8")
+        if len(raw_label) > LABEL_MAX_BYTES:
+            raise ValueError(f"a cluster label is at most {LABEL_MAX_BYTES} bytes")
+        self.label = label
+        self._label = raw_label
+        self._label_header = (
+            bytes((ENVELOPE_LABEL, len(raw_label))) + raw_label if raw_label else b""
+        )
+        self._aad = _AAD + self._label_header
         self._keyring = keyring
         self._nonce_source = nonce_source
         self._replay_window_s = replay_window_s
@@ -57,21 +78,43 @@ class Wire:
     @property
     def overhead_bytes(self) -> int:
         """What `seal` adds to a payload, so the core packs messages under the MTU."""
+        label_bytes = len(self._label_header)
         if self._keyring is None:
-            return 1
-        return 1 + NONCE_BYTES + TAG_BYTES
+            return label_bytes + 1
+        return label_bytes + 1 + NONCE_BYTES + TAG_BYTES
+
+    def packing(self, config: GossipConfig) -> GossipConfig:
+        """`config` with room for our label header in every packet the core packs."""
+        extra_bytes = len(self._label_header)
+        return replace(config, envelope_overhead_bytes=config.envelope_overhead_bytes + extra_bytes)
 
     def seal(self, plaintext: bytes) -> bytes:
         """The envelope for one datagram or frame payload."""
         if self._keyring is None:
-            return bytes((ENVELOPE_PLAIN,)) + plaintext
+            return self._label_header + bytes((ENVELOPE_PLAIN,)) + plaintext
         nonce = self._nonce_source(NONCE_BYTES)
-        return _AAD + nonce + self._keyring.encrypt(plaintext, nonce, aad=_AAD)
+        sealed = self._keyring.encrypt(plaintext, nonce, aad=self._aad)
+        return self._label_header + _AAD + nonce + sealed
+
+    def _strip_label(self, data: bytes) -> bytes:
+        """`data` after its label header, which must carry our label (or none if we have none)."""
+        label = b""
+        if data[0] == ENVELOPE_LABEL:
+            if len(data) < 2 or data[1] == 0 or len(data) < 2 + data[1] + 1:
+                raise DecodeError("label header truncated or empty")
+            label = data[2 : 2 + data[1]]
+            data = data[2 + data[1] :]
+        if label != self._label:
+            theirs = label.decode("utf-8", "replace")[:64] if label else "none"
+            ours = self.label[:64] if self._label else "none"
+            raise LabelError(f"cluster label {theirs!r} is not ours ({ours!r})")
+        return data
 
     def open(self, data: bytes, now: float) -> bytes:
         """The payload inside `data`, or a `RemoteProtocolError` saying why not."""
         if not data:
             raise DecodeError("empty envelope")
+        data = self._strip_label(data)
         envelope = data[0]
         if envelope == ENVELOPE_PLAIN:
             if self._keyring is not None:
@@ -86,7 +129,7 @@ class Wire:
         nonce = data[1 : 1 + NONCE_BYTES]
         # Authenticate before touching the replay cache, so forged nonces cannot
         # fill it or evict real ones.
-        plaintext = self._keyring.decrypt(data[1 + NONCE_BYTES :], nonce, aad=_AAD)
+        plaintext = self._keyring.decrypt(data[1 + NONCE_BYTES :], nonce, aad=self._aad)
         self._check_replay(nonce, now)
         return plaintext
 

@@ -48,6 +48,7 @@ DEFAULT_HTTP_PORT = 8500
 KV_MAX_MIB_LIMIT = 4096
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_CLUSTER_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # One DNS label (63 bytes at most): DNS names it, `web.service.<dc>.mesh`.
 _DATACENTER = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -109,6 +110,11 @@ class AgentConfig:
     # Base64 32-byte gossip key (AES-256-GCM). None is only allowed with dev,
     # or when the data dir already holds a keyring (a restart).
     encrypt_key: str | None = None
+    # Gossip cluster label (memberlist's, gossip.cluster_label): carried in every
+    # gossip packet and stream frame, authenticated with the key; traffic with
+    # another label is dropped, so two clusters sharing a key never merge.
+    # "" sends no label (and accepts only unlabelled traffic).
+    cluster_label: str = ""
     # Development mode: loopback, temporary data dir, plain-text gossip allowed.
     dev: bool = False
     # "debug" | "info" | "warning" | "error"; info shows joins, failures and leaves.
@@ -252,6 +258,7 @@ class _Builder:
         self.retry_join: list[str] = []
         self.retry_join_interval_s: float | None = None
         self.encrypt_key: str | None = None
+        self.cluster_label: str | None = None
         self.dev = False
         self.log_level: str | None = None
         self.tags: dict[str, str] = {}
@@ -377,6 +384,8 @@ def _apply_file_key(b: _Builder, key: str, value: Any, where: Callable[[str], st
             b.audit_log = Path(_str(value))
         elif key == "limits":
             _apply_limits(b, _object(value), fail)
+        elif key == "gossip":
+            _apply_gossip(b, _object(value), fail)
         else:
             raise fail(key, "unknown field")
     except (ValueError, AddressError, KeyFormatError) as exc:
@@ -405,18 +414,52 @@ def _apply_nested(
             raise fail(name, exc) from None
 
 
+def _only_field(
+    section: str,
+    only: str,
+    obj: dict[str, Any],
+    fail: Callable[[str, object], ConfigError],
+    parse: Callable[[object], Any],
+) -> Any:
+    """The parsed value of `section.only`, the one field that section has; None if absent."""
+    parsed: Any = None
+    for sub, value in obj.items():
+        name = f"{section}.{sub}"
+        if sub != only:
+            raise fail(name, f"unknown field (only {section}.{only} is supported)")
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise fail(name, exc) from None
+    return parsed
+
+
 def _apply_limits(
     b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
 ) -> None:
     """``limits``: only ``http_max_conns_per_client`` (Consul's name) is understood."""
-    for sub, value in obj.items():
-        name = f"limits.{sub}"
-        if sub != "http_max_conns_per_client":
-            raise fail(name, "unknown field (only limits.http_max_conns_per_client is supported)")
-        try:
-            b.http_max_conns_per_client = _positive_int(value, 100_000)
-        except ValueError as exc:
-            raise fail(name, exc) from None
+    value = _only_field(
+        "limits", "http_max_conns_per_client", obj, fail, lambda v: _positive_int(v, 100_000)
+    )
+    if value is not None:
+        b.http_max_conns_per_client = value
+
+
+def _apply_gossip(
+    b: _Builder, obj: dict[str, Any], fail: Callable[[str, object], ConfigError]
+) -> None:
+    """``gossip``: only ``cluster_label`` is understood."""
+    value = _only_field("gossip", "cluster_label", obj, fail, lambda v: _cluster_label(_str(v)))
+    if value is not None:
+        b.cluster_label = value
+
+
+def _cluster_label(value: str) -> str:
+    if not _CLUSTER_LABEL.match(value):
+        raise ValueError(
+            f"{value[:80]!r} is not a cluster label (1-128 letters, digits, '-', '_', '.')"
+        )
+    return value
 
 
 def _apply_acl(
@@ -637,6 +680,8 @@ def _apply_flag(b: _Builder, name: str, value: Any) -> None:
     elif name == "encrypt":
         decode_key(value)
         b.encrypt_key = value.strip()
+    elif name == "cluster_label":
+        b.cluster_label = _cluster_label(value)
     elif name == "dev":
         b.dev = bool(value)
     elif name == "log_level":
@@ -735,6 +780,7 @@ def _build(b: _Builder, *, has_stored_keyring: Callable[[Path], bool]) -> AgentC
         join=tuple(dict.fromkeys(b.join)),
         retry_join=tuple(dict.fromkeys(b.retry_join)),
         encrypt_key=b.encrypt_key,
+        cluster_label=b.cluster_label or "",
         dev=b.dev,
         log_level=b.log_level or "info",
         tags=dict(b.tags),
@@ -758,7 +804,7 @@ def load_config(
     """Merge `config_files` (in order), the `*.json` of `config_dirs`, then `cli_overrides`.
 
     `cli_overrides` uses the agent command's option names: node, bind, advertise,
-    http_addr, data_dir, join, retry_join, retry_interval, encrypt, dev, log_level,
+    http_addr, data_dir, join, retry_join, retry_interval, encrypt, cluster_label, dev, log_level,
     datacenter, tag (a list of "KEY=VALUE"), api_token, event_handler (a list),
     signer, signer_token, ca_signers, csr_max_per_second, leaf_cert_ttl, ca_reissue_jitter,
     tombstone_ttl, kv_max_mib, audit_log;

@@ -51,18 +51,21 @@ class AgentProc:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # Added to the default ports: a second agent on the same address (another host's
+        # agents each have their own loopback address and the default ports).
+        self.port_offset = 0
 
     @property
     def http(self) -> str:
-        return f"{self.ip}:8500"
+        return f"{self.ip}:{8500 + self.port_offset}"
 
     @property
     def dns(self) -> str:
-        return f"{self.ip}:8600"
+        return f"{self.ip}:{8600 + self.port_offset}"
 
     @property
     def gossip(self) -> str:
-        return f"{self.ip}:7946"
+        return f"{self.ip}:{7946 + self.port_offset}"
 
     def start(self, *extra: str, key: str | None = "cluster", wait: bool = True) -> AgentProc:
         args = [

@@ -25,10 +25,16 @@ Rules that live here:
   (monotonic) and `wall_clock` (certificates) are read for every decision.
 - Certificates: each new handshake takes the current material's contexts;
   live connections keep the ones they started with.
+- Public port: when `listen_port_range` is set and the port is taken by
+  another process (two agents on one host both start at 21000), the next
+  free port of the range is bound instead (wrapping once round the range);
+  `inbound_port` is the port bound and `listening` says whether this proxy's
+  own listener is open, which is what its "listening" check must report.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import random
 import socket
@@ -79,6 +85,8 @@ class ProxyConfig:
     service: str  # the local service it fronts: its leaf is this service's
     listen_address: str = "0.0.0.0"
     listen_port: int | None = None
+    # (first, last) inclusive: other ports to try when `listen_port` is in use.
+    listen_port_range: tuple[int, int] | None = None
     local_service_address: str = "127.0.0.1"
     local_service_port: int = 0
     upstreams: tuple[UpstreamConfig, ...] = ()
@@ -133,6 +141,7 @@ class Proxy(Endpoint):
         for upstream in self.upstreams:  # seeded in the configured order
             self.dialer.balancer(upstream.config.destination)
         self.inbound_port: int | None = None
+        self.listening = False  # this proxy's public listener is open and served
         self._scope: trio.CancelScope | None = None
 
     @property
@@ -148,7 +157,7 @@ class Proxy(Endpoint):
         try:
             inbound_sock = None
             if self.config.listen_port is not None:
-                inbound_sock = listen(self.config.listen_address, self.config.listen_port)
+                inbound_sock = self._bind_inbound(self.config.listen_port)
                 listeners.append(inbound_sock)
                 self.inbound_port = inbound_sock.getsockname()[1]
             upstream_socks = []
@@ -197,10 +206,37 @@ class Proxy(Endpoint):
                         inbound=self.inbound_port,
                         upstreams=",".join(f"{d}:{p}" for d, p in self.upstream_ports.items()),
                     )
+                    self.listening = inbound_sock is not None
                     task_status.started()
         finally:
+            self.listening = False
             for sock in listeners:
                 close_quietly(sock)
+
+    def _bind_inbound(self, port: int) -> socket.socket:
+        """The public listener on `port`, else on the next free port of `listen_port_range`."""
+        first, last = self.config.listen_port_range or (port, port)
+        candidates = [port]
+        if first <= port <= last:  # the rest of the range, then its start: each port once
+            candidates += [*range(port + 1, last + 1), *range(first, port)]
+        for n, candidate in enumerate(candidates, 1):
+            try:
+                sock = listen(self.config.listen_address, candidate)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or n == len(candidates):
+                    raise
+                continue
+            if candidate != port:
+                log(
+                    _log,
+                    "warning",
+                    "proxy port in use, moved",
+                    id=self.config.proxy_id,
+                    taken=port,
+                    port=candidate,
+                )
+            return sock
+        raise AssertionError("unreachable: the last candidate returns or raises")
 
     def stop(self, reason: str = "proxy stopped") -> None:
         """Close the listeners and every live connection (a removed sidecar)."""

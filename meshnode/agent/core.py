@@ -42,6 +42,7 @@ from ..config import AgentConfig
 from ..dns import DnsBound, DnsServer
 from ..events.handler import EventHandlerRunner
 from ..events.user_events import UserEvents
+from ..gossip.config import GossipConfig
 from ..gossip.driver import GossipDriver
 from ..gossip.errors import LocalProtocolError
 from ..gossip.events import Event
@@ -55,7 +56,7 @@ from ..intentions.audit import AuditLog
 from ..intentions.replica import IntentionState
 from ..logs import log
 from ..sidecars.inproc import CatalogResolver, IntentionAuthorizer, LeafCertSource
-from ..sidecars.manager import SidecarManager
+from ..sidecars.manager import SidecarManager, SidecarProbe
 from ..store.persist import Persistence
 from ..store.replication import ReplicationConfig, Replicator
 from . import status
@@ -115,14 +116,15 @@ class Agent:
         }
         if config.ca_signer:
             self._meta[META_SIGNER] = True
+        self.wire = Wire(self.keyring, label=config.cluster_label)
         self.core = Membership(
             name=config.node_name,
             addr=self.transport.local_addr,
             meta=encode_meta(self._meta),
+            config=self.wire.packing(GossipConfig()),
             rng=child_rng(rng),
             now=clock.monotonic_s(),
         )
-        self.wire = Wire(self.keyring)
         self.driver = GossipDriver(
             self.core, self.wire, self.transport, on_event=self._on_event, clock=clock.monotonic_s
         )
@@ -136,13 +138,14 @@ class Agent:
             service_from_uri=lambda uri: self.ca.service_from_uri(uri),
         )
         self.revocations = RevocationReplica(self.replicator)
+        sidecar_probe = SidecarProbe()  # sidecar checks ask the sidecar, not the port
         self.catalog = Catalog(
             self.replicator,
             self.nodes,
             node_name=config.node_name,
             datacenter=config.datacenter,
             node_address=advertise.host,
-            runner=functools.partial(CheckRunner, rng=child_rng(rng)),
+            runner=functools.partial(CheckRunner, rng=child_rng(rng), probe=sidecar_probe),
             clock=clock.monotonic_s,
             # Consul's one-minute floor of DeregisterCriticalServiceAfter; a dev
             # agent (a throwaway, for trying things) takes durations down to 1 s.
@@ -182,7 +185,9 @@ class Agent:
             rng=child_rng(rng),
             audit=self.audit,
             revocations=self.revocations,
+            move_port=self.catalog.move_sidecar_port,
         )
+        sidecar_probe.manager = self.sidecars
         self.dns_bound: DnsBound | None = None
         self.dns_server = (
             None

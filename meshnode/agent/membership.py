@@ -72,7 +72,7 @@ class ClusterMembership:
             raise JoinError(
                 "no peer answered at "
                 + ", ".join(texts)
-                + " (is an agent there, with the same encryption key?)"
+                + " (is an agent there, with the same encryption key and cluster label?)"
             )
         return ok
 

@@ -371,6 +371,32 @@ class Catalog:
         self._delete(self._checks_of(ids), ids)
         return ids
 
+    def move_sidecar_port(self, service_id: str, port: int) -> None:
+        """Record that a local proxy serves on `port` (its own was taken on this host).
+
+        Rewrites the service's port and the TCP checks that targeted the old
+        one, keeping their status; a later re-registration keeps the new port.
+        """
+        services, checks = self._local()
+        old = services.get(service_id)
+        if old is None or old.kind != "connect-proxy":
+            raise UnknownService(f"no local proxy with ID {service_id!r}")
+        if old.port == port:
+            return
+        me, suffix = self.node_name, f":{old.port}"
+        moved = replace(old, definition=replace(old.definition, port=port))
+        self.state.put(KIND_SERVICE, record_key(me, service_id), encode_service(moved))
+        for check_id in self._checks_of([service_id]):
+            check = checks[check_id]
+            target = check.definition.tcp
+            if check.definition.kind == "tcp" and target.endswith(suffix):
+                definition = replace(check.definition, tcp=f"{target[: -len(suffix)]}:{port}")
+                self.state.put(
+                    KIND_CHECK,
+                    record_key(me, check_id),
+                    encode_check(replace(check, definition=definition)),
+                )
+
     def sync_config(self, defs: list[ServiceDefinition]) -> list[str]:
         """Make the config-file services exactly `defs`; API registrations are left alone.
 

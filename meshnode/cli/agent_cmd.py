@@ -23,6 +23,11 @@ from .app import cli
 )
 @click.option("--retry-interval", metavar="DURATION", help="Wait between retries [default: 30s].")
 @click.option("--encrypt", metavar="KEY", help="Gossip key from `meshnode keygen`.")
+@click.option(
+    "--cluster-label",
+    metavar="LABEL",
+    help="Gossip only with agents of this label (two clusters sharing a key never merge).",
+)
 @click.option("--config-file", multiple=True, metavar="FILE", help="JSON config file (repeatable).")
 @click.option(
     "--config-dir", multiple=True, metavar="DIR", help="Read every *.json in DIR (repeatable)."

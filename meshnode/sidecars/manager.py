@@ -9,24 +9,39 @@ one ``<id>-sidecar-proxy`` per ``connect.sidecar_service``); a record that
 disappears stops its proxy and closes its connections; a record whose
 proxy settings changed restarts its proxy (its live connections end: the
 listener may have moved).
+
+Several agents on one host all start their sidecar ports at 21000: a port of
+that range found taken by another process moves to the next free one, and
+`move_port` (the catalog) is told, so the catalog and DNS show the port that
+really serves. The "listening" check of a managed sidecar is answered by
+`listening_status` from the proxy's own state, never by dialling the port,
+where another agent's sidecar could answer.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
 
+from ..catalog.checks import CheckSpec, Probe, run_probe
+from ..catalog.plan import SIDECAR_PORT_MAX, SIDECAR_PORT_MIN
 from ..catalog.records import ServiceRecord
 from ..logs import get_logger, log
 from ..proxy.revocation import RevocationSource
 from ..proxy.sidecar import Limits, Proxy, ProxyConfig, UpstreamConfig
 from ..proxy.sources import Authorizer, CertSource, DecisionLog, Resolver
 
-__all__ = ["FollowingCertSource", "ProxyRegistry", "SidecarManager", "sidecar_configs"]
+__all__ = [
+    "FollowingCertSource",
+    "ProxyRegistry",
+    "SidecarManager",
+    "SidecarProbe",
+    "sidecar_configs",
+]
 
 _log = get_logger("proxy")
 
@@ -63,6 +78,10 @@ def sidecar_configs(
             service=proxy.destination_service_name,
             listen_address=record.address or default_address,
             listen_port=record.port,
+            # A port from the automatic range may move within it (see the module doc).
+            listen_port_range=(SIDECAR_PORT_MIN, SIDECAR_PORT_MAX)
+            if SIDECAR_PORT_MIN <= record.port <= SIDECAR_PORT_MAX
+            else None,
             local_service_address=proxy.local_service_address or "127.0.0.1",
             local_service_port=proxy.local_service_port,
             upstreams=tuple(
@@ -95,8 +114,11 @@ class SidecarManager:
         rng: random.Random | None = None,
         audit: DecisionLog | None = None,
         revocations: RevocationSource | None = None,
+        move_port: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`move_port(proxy_id, port)`: record that a proxy serves on another port than asked."""
         self._certs_for = certs_for
+        self._move_port = move_port
         self._revocations = revocations
         self._audit = audit
         self._authorizer = authorizer
@@ -169,6 +191,7 @@ class SidecarManager:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(certs.run)
                     await nursery.start(running.proxy.run)
+                    self._moved(running)
             except* OSError as group:  # the port is taken: its catalog check fails too
                 log(
                     _log,
@@ -179,6 +202,46 @@ class SidecarManager:
                 )
         if self._running.get(running.config.proxy_id) is running:
             del self._running[running.config.proxy_id]
+
+    def _moved(self, running: _Running) -> None:
+        """Tell the catalog when the proxy had to take another port than its record's."""
+        port = running.proxy.inbound_port
+        if port is None or port == running.config.listen_port:
+            return
+        # Before the catalog write: the record it triggers then equals the running config,
+        # so the proxy is not restarted for its own move.
+        running.config = replace(running.config, listen_port=port)
+        if self._move_port is None:
+            return
+        try:
+            self._move_port(running.config.proxy_id, port)
+        except Exception as exc:  # the store refused: the check says where we listen
+            log(_log, "error", "sidecar port not recorded", id=running.config.proxy_id, error=exc)
+
+    def listening_status(self, spec: CheckSpec) -> tuple[str, str] | None:
+        """(status, output) of a managed sidecar's TCP check, from its own listener; else None.
+
+        A check is a sidecar's when its ID is ``service:<proxy id>`` of a local
+        connect-proxy record and it targets that record's port.
+        """
+        proxy_id = spec.check_id.removeprefix("service:")
+        record = self._records.get(proxy_id)
+        if spec.kind != "tcp" or proxy_id == spec.check_id or record is None:
+            return None
+        if record.kind != "connect-proxy" or record.proxy is None:
+            return None
+        _, _, port_text = spec.tcp.rpartition(":")
+        if port_text != str(record.port):
+            return None
+        running = self._running.get(proxy_id)
+        if running is None or not running.proxy.listening:
+            return "critical", f"sidecar {proxy_id} is not listening on {spec.tcp}"
+        if running.proxy.inbound_port != record.port:
+            return "critical", (
+                f"sidecar {proxy_id} listens on port {running.proxy.inbound_port},"
+                f" not on {spec.tcp}"
+            )
+        return "passing", f"TCP connect {spec.tcp}: Success (sidecar {proxy_id} is listening)"
 
     def _stop(self, proxy_id: str, reason: str) -> None:
         running = self._running.pop(proxy_id)
@@ -191,3 +254,22 @@ class SidecarManager:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [p.snapshot() for p in self.proxies()]
+
+
+class SidecarProbe:
+    """The check runner's probe: a sidecar's listening check asks the sidecar, others dial.
+
+    Built before the manager (the catalog owns the runner); `manager` is set
+    once the agent has one.
+    """
+
+    def __init__(self, fallback: Probe = run_probe) -> None:
+        self._fallback = fallback
+        self.manager: SidecarManager | None = None
+
+    async def __call__(self, spec: CheckSpec, timeout_s: float) -> tuple[str, str]:
+        if self.manager is not None:
+            answer = self.manager.listening_status(spec)
+            if answer is not None:
+                return answer
+        return await self._fallback(spec, timeout_s)

@@ -156,12 +156,18 @@ class Faults:
     drop_from: set[str] = field(default_factory=set)  # peer IPs whose packets we drop on input
     drop_to: set[str] = field(default_factory=set)  # peer IPs we do not send to
     loss_pct: int = 0  # random input loss on eth0
+    udp_from: set[str] = field(default_factory=set)  # peer IPs whose UDP we drop on input
+    udp_to: set[str] = field(default_factory=set)  # peer IPs we send no UDP to
 
     def ruleset(self) -> str:
         inp = [f"ip saddr {{ {', '.join(sorted(self.drop_from))} }} drop"] if self.drop_from else []
+        if self.udp_from:
+            inp.append(f"ip saddr {{ {', '.join(sorted(self.udp_from))} }} meta l4proto udp drop")
         if self.loss_pct:
             inp.append(f'iifname "eth0" numgen random mod 100 < {self.loss_pct} counter drop')
         out = [f"ip daddr {{ {', '.join(sorted(self.drop_to))} }} drop"] if self.drop_to else []
+        if self.udp_to:
+            out.append(f"ip daddr {{ {', '.join(sorted(self.udp_to))} }} meta l4proto udp drop")
         return (
             "add table inet chaos\ndelete table inet chaos\ntable inet chaos {\n"
             "  chain input { type filter hook input priority 0; policy accept;\n"
@@ -403,6 +409,16 @@ class NetnsCluster:
                 b.faults.drop_to |= {a.ip for a in side_a}
                 b.faults.drop_from |= {a.ip for a in side_a}
                 b.apply_faults()
+
+    def block_udp(self, side_a: list[Host], side_b: list[Host]) -> None:
+        """Drop UDP between A and B both ways (a firewall that lets only TCP through)."""
+        for a, b in [(a, b) for a in side_a for b in side_b]:
+            a.faults.udp_to.add(b.ip)
+            a.faults.udp_from.add(b.ip)
+            b.faults.udp_to.add(a.ip)
+            b.faults.udp_from.add(a.ip)
+        for h in {id(h): h for h in side_a + side_b}.values():
+            h.apply_faults()
 
     def loss(self, pct: int, hosts: Iterable[Host] | None = None) -> None:
         """Random loss of `pct` % of the packets each host receives on eth0."""

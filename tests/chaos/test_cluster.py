@@ -206,6 +206,44 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
     assert cluster.all_alive()
 
 
+# --- 2b. UDP blocked, TCP open (memberlist #37) ---------------------------------------------------
+
+UDP_BLOCKED_S = 30.0
+
+
+def _fallback_saves(host: Host) -> int:
+    return sum(v for k, v in host.counters().items() if k.endswith("tcp_fallback_saves"))
+
+
+def test_udp_blocked_to_one_host_is_not_a_failure(cluster: NetnsCluster, figures: Figures) -> None:
+    """A firewall drops all UDP between h6 and the others; TCP passes: h6 is never failed.
+
+    Every UDP ping to h6, direct or through a helper, is lost, so without the
+    TCP fallback probe h6 is suspected by every host and declared failed
+    within a few seconds (7 nodes: Lifeguard's 3.4 s to 20 s).
+    """
+    hosts = cluster.hosts
+    h6 = hosts[5]
+    others = [h for h in hosts if h is not h6]
+    before = {h.name: _fallback_saves(h) for h in hosts}
+    cluster.block_udp([h6], others)
+    start = time.monotonic()
+    with StateWatch(hosts).running() as watch:
+        time.sleep(UDP_BLOCKED_S)
+    saves = {h.name: _fallback_saves(h) - before[h.name] for h in hosts}
+    figures["2b_udp_blocked"] = {
+        "duration_s": round(time.monotonic() - start, 1),
+        "failed_observations": len(watch.failed),
+        "suspect_pairs_seen": len(watch.suspect),
+        "tcp_fallback_saves": sum(saves.values()),
+        "tcp_fallback_saves_by_h6": saves[h6.name],
+    }
+    print(figures["2b_udp_blocked"])
+    assert not watch.failed, f"declared failed with only UDP blocked: {watch.failed}"
+    assert saves[h6.name] > 0 and sum(saves[h.name] for h in others) > 0
+    assert cluster.all_alive()
+
+
 # --- 3. partition 4 | 3 --------------------------------------------------------------------------
 
 

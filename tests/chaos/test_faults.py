@@ -25,6 +25,11 @@ def test_no_fault_is_two_empty_accepting_chains_replacing_the_old_table() -> Non
             ["ip daddr { 10.213.0.15 } drop"],
         ),
         (Faults(drop_to={"10.213.0.12"}), [], ["ip daddr { 10.213.0.12 } drop"]),
+        (
+            Faults(udp_from={"10.213.0.16"}, udp_to={"10.213.0.16", "10.213.0.11"}),
+            ["ip saddr { 10.213.0.16 } meta l4proto udp drop"],
+            ["ip daddr { 10.213.0.11, 10.213.0.16 } meta l4proto udp drop"],
+        ),
     ],
 )
 def test_faults_render_to_these_rules(

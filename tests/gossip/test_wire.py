@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnode.gossip.errors import AuthError, DecodeError, ReplayError
+from meshnode.gossip.errors import AuthError, DecodeError, LabelError, ReplayError
 from meshnode.gossip.keyring import Keyring, generate_key
 from meshnode.gossip.wire import FrameReader, Wire
 
@@ -190,3 +190,64 @@ def test_frame_reader_surfaces_open_errors() -> None:
     reader.feed(b"\x00\x00\x00\x00")
     with pytest.raises(DecodeError):  # a zero-length frame has no envelope
         reader.next_frame(0.0)
+
+
+# --- cluster labels (memberlist #246) -----------------------------------------------------------
+
+
+def labelled(label: str, seed: int = 0, key: bytes = KEY) -> Wire:
+    return Wire(Keyring([key]), nonce_source=random.Random(seed).randbytes, label=label)
+
+
+def test_a_label_is_a_header_before_the_envelope_and_counted_in_the_overhead() -> None:
+    sender, receiver = labelled("prod", 1), labelled("prod", 2)
+    sealed = sender.seal(b"payload")
+    assert sealed[:6] == b"\x02\x04prod" and sealed[6] == 0x01
+    assert sender.overhead_bytes == 29 + 6
+    assert len(sealed) == len(b"payload") + sender.overhead_bytes
+    assert receiver.open(sealed, 0.0) == b"payload"
+    plain = Wire(None, label="prod")
+    assert (
+        plain.seal(b"x") == b"\x02\x04prod\x00x" and plain.open(b"\x02\x04prod\x00x", 0.0) == b"x"
+    )
+
+
+def test_another_label_or_none_is_refused_before_decryption() -> None:
+    prod, staging, unlabelled = labelled("prod", 1), labelled("staging", 2), keyed(seed=3)
+    with pytest.raises(LabelError, match="'prod' is not ours \\('staging'\\)"):
+        staging.open(prod.seal(b"x"), 0.0)
+    with pytest.raises(LabelError, match="'none' is not ours \\('prod'\\)"):
+        prod.open(unlabelled.seal(b"x"), 0.0)
+    with pytest.raises(LabelError, match="'prod' is not ours \\('none'\\)"):
+        unlabelled.open(prod.seal(b"x"), 0.0)
+
+
+def test_the_label_is_authenticated_a_rewritten_header_fails() -> None:
+    """An attacker on the path cannot move a packet to another label: the header is AAD."""
+    prod, staging = labelled("prod", 1), labelled("stage", 2)
+    sealed = prod.seal(b"x")
+    rewritten = b"\x02\x05stage" + sealed[6:]
+    with pytest.raises(AuthError):
+        staging.open(rewritten, 0.0)
+    stripped = sealed[6:]
+    with pytest.raises(AuthError):
+        keyed(seed=4).open(stripped, 0.0)
+
+
+@pytest.mark.parametrize("data", [b"\x02", b"\x02\x00\x01", b"\x02\x09prod\x01"])
+def test_truncated_or_empty_label_headers_are_decode_errors(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        labelled("prod").open(data, 0.0)
+
+
+def test_frames_carry_the_label() -> None:
+    prod, staging = labelled("prod", 1), labelled("staging", 2)
+    reader = FrameReader(staging, max_frame_bytes=1 << 16)
+    reader.feed(prod.frame(b"push/pull"))
+    with pytest.raises(LabelError):
+        reader.next_frame(0.0)
+
+
+def test_a_label_over_255_bytes_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 255"):
+        Wire(None, label="x" * 256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -11,7 +12,7 @@ import trio
 import trio.testing
 
 from meshnode.api.ca_endpoints import register_ca_routes
-from meshnode.ca.leaf_manager import LeafManager, UnknownLocalService
+from meshnode.ca.leaf_manager import Issued, LeafError, LeafManager, UnknownLocalService
 from meshnode.ca.service import CASettings, ConfigChange, owned_service_names
 from meshnode.http import Request, Router
 from meshnode.intentions.replica import InvalidCertURI
@@ -29,6 +30,11 @@ async def make(tmp_path: Path, nursery: trio.Nursery) -> tuple[Mesh, LeafManager
     mesh.ca["n1"].bootstrap()
     await mesh.reconcile()
     mesh.register("n2", "web")
+    return mesh, await n2_leaves(mesh, nursery)
+
+
+async def n2_leaves(mesh: Mesh, nursery: trio.Nursery) -> LeafManager:
+    """n2's leaf manager over its CA service, following the bundle, running."""
     ca = mesh.ca["n2"]
     leaves = LeafManager(
         issue=ca.issue,
@@ -41,7 +47,7 @@ async def make(tmp_path: Path, nursery: trio.Nursery) -> tuple[Mesh, LeafManager
     )
     ca.on_view_change(leaves.roots_changed)
     await nursery.start(leaves.run)
-    return mesh, leaves
+    return leaves
 
 
 async def test_leaves_renew_between_60_and_90_percent_and_reissue_after_a_rotation(
@@ -143,3 +149,54 @@ async def test_ca_endpoints_answer_consul_shapes_and_refuse_bad_input(
     assert mesh.ca["n2"].view.config.leaf_ttl_s == 7200  # type: ignore[union-attr]
     status, names = await call(router, "GET", "/v1/connect/ca/signers")
     assert status == 200 and names == ["n1"]
+
+
+async def test_a_first_leaf_waits_for_the_ca_and_comes_at_once_when_it_arrives(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A service registered before the cluster has a CA gets its leaf when the CA appears."""
+    mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
+    mesh.register("n2", "web")
+    leaves = await n2_leaves(mesh, nursery)
+    got: list[float] = []
+
+    async def ask() -> None:
+        await leaves.get("web")
+        got.append(trio.current_time())
+
+    nursery.start_soon(ask)
+    await trio.sleep(1.35)  # the CA is made while the first attempts fail
+    assert not got
+    mesh.ca["n1"].bootstrap()
+    await mesh.reconcile()
+    bootstrapped_at = trio.current_time()
+    with trio.fail_after(1.0):
+        while not got:
+            await trio.sleep(0.01)
+    assert got[0] - bootstrapped_at < 0.1  # woken by the bundle, not by the back-off
+
+
+async def test_a_first_leaf_gives_up_after_the_retry_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    attempts: list[float] = []
+
+    async def refuse(service: str, csr_pem: str) -> Issued:
+        attempts.append(trio.current_time())
+        raise LeafError("n1 refused: node n2 does not own service 'web'")
+
+    leaves = LeafManager(
+        issue=refuse,
+        spiffe_id=lambda s: f"spiffe://t.consul/ns/default/dc/dc1/svc/{s}",
+        roots=lambda: None,
+        is_local=lambda s: True,
+        rng=random.Random(1),
+        first_leaf_retry_s=5.0,
+    )
+    start = trio.current_time()
+    with pytest.raises(LeafError, match="does not own"):
+        await leaves.get("web")
+    assert 5.0 <= trio.current_time() - start < 6.1
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0], abs=0.01)  # doubling to 1 s
+    assert len(attempts) <= 10

@@ -131,6 +131,25 @@ def test_sidecar_expansion_and_port_allocation() -> None:
     assert "service:web-sidecar-proxy" not in statuses(catalog)
 
 
+def test_a_moved_sidecar_port_rewrites_the_record_and_its_check_and_is_kept() -> None:
+    """The sidecar found its port taken on the host: the catalog follows where it listens."""
+    catalog, _, _ = make()
+    sidecar: dict[str, Any] = {"SidecarService": {}}
+    catalog.register(svc(Connect=sidecar))
+    catalog.move_sidecar_port("web-sidecar-proxy", SIDECAR_PORT_MIN + 7)
+    ports = {r.service_id: r.port for r in catalog.local_services()}
+    assert ports == {"web": 80, "web-sidecar-proxy": SIDECAR_PORT_MIN + 7}
+    tcp = {s.check_id: s.tcp for s in runner(catalog).specs}
+    assert tcp["service:web-sidecar-proxy"] == f"127.0.0.1:{SIDECAR_PORT_MIN + 7}"
+    [proxy] = catalog.service_nodes("web", connect=True)
+    assert proxy.record.port == SIDECAR_PORT_MIN + 7
+    catalog.register(svc(Tags=["v2"], Connect=sidecar))  # a re-registration keeps it
+    ports = {r.service_id: r.port for r in catalog.local_services()}
+    assert ports["web-sidecar-proxy"] == SIDECAR_PORT_MIN + 7
+    with pytest.raises(UnknownService):
+        catalog.move_sidecar_port("web", SIDECAR_PORT_MIN + 8)  # not a proxy
+
+
 def test_reregistering_drops_the_sidecar_and_old_checks_but_keeps_status() -> None:
     catalog, _, _ = make()
     catalog.register(svc(Checks=[{"TTL": "5s"}, {"TTL": "9s"}], Connect={"SidecarService": {}}))

@@ -313,3 +313,31 @@ def test_a_bad_tombstone_ttl_is_a_one_line_error(value: str) -> None:
         load({"dev": True, "tombstone_ttl": value})
     assert str(caught.value).startswith("--tombstone-ttl: ")
     assert "\n" not in str(caught.value)
+
+
+def test_cluster_label_from_a_file_and_the_flag(tmp_path: Path) -> None:
+    assert load({"dev": True}).cluster_label == ""
+    path = write(tmp_path, {"gossip": {"cluster_label": "prod-eu"}})
+    assert load({"dev": True}, [path]).cluster_label == "prod-eu"
+    assert load({"dev": True, "cluster_label": "staging"}, [path]).cluster_label == "staging"
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "message"),
+    [
+        (
+            {"gossip": {"cluster_label": "has space"}},
+            {},
+            "'gossip.cluster_label': 'has space' is not a cluster label",
+        ),
+        ({"gossip": {"cluster_label": 7}}, {}, "'gossip.cluster_label': must be a string"),
+        ({"gossip": {"label": "x"}}, {}, "'gossip.label': unknown field"),
+        ({}, {"cluster_label": "x" * 129}, "--cluster-label: 'xxx"),
+    ],
+)
+def test_a_bad_cluster_label_is_a_one_line_error(
+    tmp_path: Path, content: Any, flags: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load({"dev": True, **flags}, [write(tmp_path, content)])
+    assert "\n" not in str(info.value)

@@ -15,6 +15,7 @@ import meshnode.cli.connect as connect_cli
 from meshnode.api.proxy_endpoints import register_proxy_routes
 from meshnode.catalog.checks import CheckSpec, Report
 from meshnode.catalog.definitions import parse_service
+from meshnode.catalog.probes import probe_tcp
 from meshnode.catalog.records import ServiceRecord
 from meshnode.cli import cli
 from meshnode.http import Router
@@ -77,6 +78,7 @@ def test_sidecar_configs_take_connect_proxies_only() -> None:
             service="db",
             listen_address=HOST,
             listen_port=21000,
+            listen_port_range=(21000, 21255),  # an automatic port may move in the range
             local_service_address="127.0.0.1",
             local_service_port=5432,
             upstreams=(UpstreamConfig("cache", 9191),),
@@ -168,6 +170,89 @@ async def test_apply_looks_only_at_the_changed_services(
             assert second is not first and second.config.local_service_port == app_port + 1
             manager.apply({"db-sidecar-proxy": None})
             assert manager.proxies() == []
+            nursery.cancel_scope.cancel()
+
+
+def _taken_sidecar_port() -> socket.socket:
+    """A listener on a port of the sidecar range: another agent's sidecar on this host."""
+    for port in range(21255, 21000, -1):
+        blocker = socket.socket()
+        try:
+            blocker.bind((HOST, port))
+        except OSError:
+            blocker.close()
+            continue
+        blocker.listen()
+        return blocker
+    raise AssertionError("every sidecar port is taken")
+
+
+async def test_a_taken_port_moves_and_the_check_asks_the_sidecar_not_the_port(
+    ca: TestCA,
+) -> None:
+    with trio.fail_after(10), _taken_sidecar_port() as blocker:
+        taken = blocker.getsockname()[1]
+        spec = CheckSpec("service:db-sidecar-proxy", "tcp", tcp=f"{HOST}:{taken}")
+        async with trio.open_nursery() as nursery:
+            app_port = await serve(nursery, echo)
+            moves: list[tuple[str, int]] = []
+            manager = SidecarManager(
+                certs_for=lambda service: StaticCertSource(ca.material(service)),
+                authorizer=StaticAuthorizer(),
+                resolver=StaticResolver(),
+                default_address=HOST,
+                move_port=lambda proxy_id, port: moves.append((proxy_id, port)),
+            )
+            record = sidecar_record(taken, app_port, [])
+            manager.update([record])
+            # Not started yet: the port answers (the blocker), yet the check is critical.
+            assert await probe_tcp(spec.tcp, 2.0) == ("passing", f"TCP connect {spec.tcp}: Success")
+            status, output = manager.listening_status(spec) or ("", "")
+            assert status == "critical" and "not listening" in output
+            await nursery.start(manager.run)
+            with trio.fail_after(3):
+                while not moves:
+                    await trio.sleep(0.01)
+            [(proxy_id, moved_to)] = moves
+            assert proxy_id == "db-sidecar-proxy" and moved_to != taken
+            assert 21000 <= moved_to <= 21255
+            [proxy] = manager.proxies()
+            assert proxy.inbound_port == moved_to and proxy.listening
+            status, output = manager.listening_status(spec) or ("", "")
+            assert status == "critical" and f"listens on port {moved_to}" in output
+            # The catalog records the move: the same proxy keeps serving, the check passes.
+            manager.apply({"db-sidecar-proxy": sidecar_record(moved_to, app_port, [])})
+            assert manager.proxies() == [proxy]
+            moved_spec = CheckSpec(spec.check_id, "tcp", tcp=f"{HOST}:{moved_to}")
+            assert (manager.listening_status(moved_spec) or ("",))[0] == "passing"
+            # Checks that are not the sidecar's own are left to the usual probe.
+            other = CheckSpec("service:db", "tcp", tcp=f"{HOST}:{moved_to}")
+            assert manager.listening_status(other) is None
+            manager.update([])
+            assert manager.listening_status(moved_spec) is None
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_port_outside_the_range_does_not_move(ca: TestCA) -> None:
+    """A port the user chose stays: the sidecar fails to start and its check says so."""
+    with trio.fail_after(10), socket.socket() as blocker:
+        blocker.bind((HOST, 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            manager = SidecarManager(
+                certs_for=lambda service: StaticCertSource(ca.material(service)),
+                authorizer=StaticAuthorizer(),
+                resolver=StaticResolver(),
+                default_address=HOST,
+            )
+            manager.update([sidecar_record(taken, 1, [])])
+            await nursery.start(manager.run)
+            with trio.fail_after(3):
+                while manager.proxies():
+                    await trio.sleep(0.01)
+            spec = CheckSpec("service:db-sidecar-proxy", "tcp", tcp=f"{HOST}:{taken}")
+            assert (manager.listening_status(spec) or ("",))[0] == "critical"
             nursery.cancel_scope.cancel()
 
 
