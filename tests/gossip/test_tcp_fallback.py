@@ -21,7 +21,8 @@ from meshnode.gossip.membership import Membership, TcpPing
 from meshnode.gossip.messages import Ack, Addr, Alive, IndirectPing, Ping, State
 from meshnode.gossip.transport import UdpTcpTransport
 from meshnode.gossip.wire import Wire
-from tests.gossip.test_membership_rules import B, C, feed, make, sent, state_of
+from tests.gossip.conftest import B, C, feed, make, sent
+from tests.gossip.test_membership_rules import state_of
 
 
 def _probe_until_indirect(m: Membership) -> tuple[float, Ping, list[TcpPing]]:
