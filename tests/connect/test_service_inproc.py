@@ -301,3 +301,30 @@ async def test_admit_cuts_a_client_whose_leaf_is_revoked_and_refuses_it_after(
             await stream.aclose()
             listener.close()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_root_leaving_the_bundle_cuts_the_connections_chained_to_it(ca: TestCA) -> None:
+    """A client whose chain ends at a pruned root is cut by a native server; others stay."""
+    other = TestCA("c1.mesh")
+    both = ca.root.cert_pem + other.root.cert_pem
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            mesh = Mesh(nursery, ca)
+            db = await mesh.service("db", ca.material("db", roots_pem=both))
+            await mesh.serve(db)
+            old = await mesh.service("web", other.material("web", roots_pem=both))
+            new = await mesh.service("api", ca.material("api", roots_pem=both))
+            to_old, to_new = await old.dial("db"), await new.dial("db")
+            for stream in (to_old, to_new):
+                assert await exchange(stream, b"hello") == b"hello"
+            certs = db.certs
+            assert isinstance(certs, StaticCertSource)
+            certs.set(ca.material("db", roots_pem=ca.root.cert_pem, generation=2))  # pruned
+            assert await to_old.receive_some() == b""  # EOF: db cut the pruned chain
+            assert await exchange(to_new, b"still") == b"still"
+            while not db.stats.cut_total:  # counted as its handler task ends, just after
+                await trio.sleep(0.01)
+            assert db.stats.cut_total == 1 and len(db.tracker) == 1
+            for stream in (to_old, to_new):
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
