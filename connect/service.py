@@ -247,7 +247,11 @@ class Service(Endpoint):
         return self._current().client
 
     def check_server(self, cert: Mapping[str, Any] | None, destination: str) -> ServiceID:
-        """The server's verified ID if it is `destination`; `Denied` otherwise."""
+        """The server's verified ID if it is `destination`; `Denied` otherwise.
+
+        Identity only: a mapping carries no public key, so the revocation list
+        is not checked here (`dial` checks it and tracks the connection).
+        """
         try:
             found = peer_service(peer_uri(cert), self.material.trust_domain)
         except PeerError as exc:

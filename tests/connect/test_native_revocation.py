@@ -91,6 +91,14 @@ async def cut_after_s(stream: MeshStream, since_s: float, limit_s: float) -> flo
     return math.inf
 
 
+async def revoke_cuts_after_s(agent: AgentProc, serial: str, how: str, live: MeshStream) -> float:
+    """`meshnode ca revoke SERIAL` on `agent`: seconds from the command to `live` being cut."""
+    revoked_at_s = time.monotonic()
+    out = await cli(agent, "ca", "revoke", serial, "--reason", "key leaked")
+    assert f"Revoked {serial} (by {how})" in out
+    return await cut_after_s(live, revoked_at_s, _CUT_S + 1)
+
+
 async def test_native_services_refuse_and_cut_revoked_leaves(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,10 +118,7 @@ async def test_native_services_refuse_and_cut_revoked_leaves(
                 assert await exchange(live, b"hello") == b"hello"
 
             # A server's leaf revoked (by serial, on an agent that does not hold it).
-            revoked_at_s = time.monotonic()
-            out = await cli(db_agent, "ca", "revoke", stuck_serial, "--reason", "key leaked")
-            assert f"Revoked {stuck_serial} (by serial)" in out
-            cut_s = await cut_after_s(to_stuck, revoked_at_s, _CUT_S + 1)
+            cut_s = await revoke_cuts_after_s(db_agent, stuck_serial, "serial", to_stuck)
             print(f"web's live stream to the revoked server cut {cut_s:.2f} s after `ca revoke`")
             assert cut_s < _CUT_S
             assert web.tracker.counts() == {("web", "db"): 1}  # to_db is still up
@@ -125,10 +130,7 @@ async def test_native_services_refuse_and_cut_revoked_leaves(
             # A client's leaf revoked (on its own agent: by serial and key).
             old_leaf = web.material
             web_serial = serial_of(old_leaf)
-            revoked_at_s = time.monotonic()
-            out = await cli(web_agent, "ca", "revoke", web_serial, "--reason", "host lost")
-            assert f"Revoked {web_serial} (by serial and public key)" in out
-            cut_s = await cut_after_s(to_db, revoked_at_s, _CUT_S + 1)
+            cut_s = await revoke_cuts_after_s(web_agent, web_serial, "serial and public key", to_db)
             print(f"db cut web's live stream {cut_s:.2f} s after `ca revoke`")
             assert cut_s < _CUT_S
             with trio.move_on_after(_CUT_S):
