@@ -16,6 +16,10 @@ Rules that live here:
 - Every live connection, served or dialled, is tracked by (source,
   destination); when the intentions change the pairs are decided again and
   the denied connections are cut, as the proxy does.
+- Revocations, as the proxy (endpoint.py): a revoked client leaf is refused,
+  a server with a revoked leaf is skipped for another instance, and a live
+  connection is cut when its peer's leaf is revoked or its root leaves the
+  bundle. `Service.open` follows the agent's revocation list.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from ..proxy.dial import Clock, DialError
 from ..proxy.endpoint import Endpoint, peer_name
 from ..proxy.limits import Limits
 from ..proxy.pump import close_quietly, listen
+from ..proxy.revocation import PeerLeaf, RevocationSource
 from ..proxy.sources import CertSource, Resolver, TlsMaterial
 from ..proxy.stats import ListenerStats
 from ..proxy.tls import PeerError, TlsContexts, peer_service, peer_uri
 from ..proxy.tracker import LiveConnection
-from .agent_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver
+from .agent_sources import AgentHttp, HttpCertSource, HttpError, HttpResolver, HttpRevocations
 from .authorize import AgentAuthorizer, Decider
 from .stream import MeshStream
 
@@ -80,8 +85,12 @@ class Service(Endpoint):
         balancer: BalancerConfig | None = None,
         clock: Clock = trio.current_time,
         wall_clock: Clock = time.time,
+        revocations: RevocationSource | None = None,
     ) -> None:
-        """`rng` seeds the balancers; `clock` is monotonic, `wall_clock` for certificates."""
+        """`rng` seeds the balancers; `clock` is monotonic, `wall_clock` for certificates.
+
+        `revocations`: the cluster's revoked leaves (None: none is refused).
+        """
         self.name = name
         self.decider = decider
         super().__init__(
@@ -95,6 +104,7 @@ class Service(Endpoint):
             logger=_log,
             log_fields={"service": name},
             dial_failure="instance failed",
+            revocations=revocations,
         )
         self._streams: dict[LiveConnection, MeshStream] = {}
         self.stats = ListenerStats()  # of the served connections, as a proxy's inbound
@@ -131,6 +141,7 @@ class Service(Endpoint):
         agent = AgentHttp(host, port, resolve_token(token))
         certs = HttpCertSource(agent, name)
         resolver = HttpResolver(agent)
+        revocations = HttpRevocations(agent)
         if rng is None:
             rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         service = cls(
@@ -140,6 +151,7 @@ class Service(Endpoint):
             resolver=resolver,
             rng=rng,
             limits=limits,
+            revocations=revocations,
         )
 
         def why() -> str:
@@ -148,12 +160,14 @@ class Service(Endpoint):
                 f": {error}" if error is not None else " (is it registered on this agent?)"
             )
 
-        return _Opening(service, [certs.run, resolver.run], first_leaf_timeout_s, why)
+        extra: list[Callable[..., Awaitable[None]]] = [revocations.run, certs.run, resolver.run]
+        return _Opening(service, extra, first_leaf_timeout_s, why)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow the intentions and cut denied live connections until cancelled (or `aclose`).
+        """Follow the intentions, cut denied and revoked live connections until cancelled.
 
-        For injected sources: the caller runs its own `CertSource` and `Resolver`.
+        For injected sources: the caller runs its own `CertSource`, `Resolver`
+        and `RevocationSource`.  `aclose` stops it too.
         """
         await self._run_with([], task_status=task_status)
 
@@ -169,6 +183,7 @@ class Service(Endpoint):
                 for start in [*extra, self.decider.run]:
                     await nursery.start(start)
                 nursery.start_soon(self._enforce)
+                nursery.start_soon(self._enforce_revocations, self._cut_marked)
                 task_status.started()
 
     async def aclose(self) -> None:
@@ -232,7 +247,11 @@ class Service(Endpoint):
         return self._current().client
 
     def check_server(self, cert: Mapping[str, Any] | None, destination: str) -> ServiceID:
-        """The server's verified ID if it is `destination`; `Denied` otherwise."""
+        """The server's verified ID if it is `destination`; `Denied` otherwise.
+
+        Identity only: a mapping carries no public key, so the revocation list
+        is not checked here (`dial` checks it and tracks the connection).
+        """
         try:
             found = peer_service(peer_uri(cert), self.material.trust_domain)
         except PeerError as exc:
@@ -259,13 +278,18 @@ class Service(Endpoint):
         """`authorize` a client of a server the application runs itself, and track it.
 
         For servers built on `server_ssl_context`: the connection is then cut
-        like a served one when an intention turns to deny. `Denied` otherwise.
+        like a served one when an intention turns to deny or the client's leaf
+        is revoked. `Denied` otherwise (a revoked leaf too).
         """
+        leaf = self._peer_leaves.of(sock)
+        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+        if revoked is not None:
+            raise Denied(revoked)
         source = await self.authorize(sock.getpeercert())
         stream = MeshStream(
             sock, local_service=self.name, peer_uri=source.uri, peer_service=source.service
         )
-        self._track(stream, source.service, self.name, "inbound", peer_name(sock))
+        self._track(stream, source.service, self.name, "inbound", peer_name(sock), leaf)
         return source
 
     # --- serving ----------------------------------------------------------------------------
@@ -299,7 +323,7 @@ class Service(Endpoint):
             close_quietly(listener)
 
     async def _serve_one(
-        self, handler: Handler, tls: ssl.SSLSocket, source: ServiceID, peer: str
+        self, handler: Handler, tls: ssl.SSLSocket, source: ServiceID, leaf: PeerLeaf, peer: str
     ) -> None:
         stats = self.stats
         stream = MeshStream(
@@ -316,7 +340,7 @@ class Service(Endpoint):
                 stats.denied_total += 1
                 self._refused("inbound denied", peer=peer, source=source.service, reason=reason)
                 return
-            conn = self._track(stream, source.service, self.name, "inbound", peer)
+            conn = self._track(stream, source.service, self.name, "inbound", peer, leaf)
             try:
                 with conn.scope:
                     await handler(stream)
@@ -346,9 +370,9 @@ class Service(Endpoint):
         instance, tls = dialled.instance, dialled.tls
         uri = peer_uri(tls.getpeercert())
         stream = MeshStream(tls, local_service=self.name, peer_uri=uri, peer_service=destination)
-        self._track(
-            stream, self.name, destination, "outbound", f"{instance.address}:{instance.port}"
-        )
+        address = f"{instance.address}:{instance.port}"
+        leaf = self._peer_leaves.of(tls)
+        self._track(stream, self.name, destination, "outbound", address, leaf)
         previous = stream.on_close
 
         def finished() -> None:
@@ -362,10 +386,17 @@ class Service(Endpoint):
     # --- live enforcement -------------------------------------------------------------------
 
     def _track(
-        self, stream: MeshStream, source: str, destination: str, direction: str, peer: str
+        self,
+        stream: MeshStream,
+        source: str,
+        destination: str,
+        direction: str,
+        peer: str,
+        leaf: PeerLeaf,
     ) -> LiveConnection:
         self._prune()
         conn = LiveConnection(source, destination, direction, peer, self._clock())
+        conn.peer_leaf = leaf  # a revocation or a pruned root cuts it
         self.tracker.add(conn)
         self._streams[conn] = stream
 

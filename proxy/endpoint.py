@@ -8,6 +8,11 @@ Rules that live here, so the proxy and native services (connect/) cannot drift:
   handshake limit; the verified server handshake (handshake.py) against the
   current contexts, each refusal counted in the listener's stats and logged
   with its reason (a peer that closes before any handshake at debug).
+- Revocations (revocation.py): a client whose leaf is revoked is refused
+  after its handshake, a server whose leaf is revoked is refused by the
+  dialer (which moves to another instance), and `_enforce_revocations`
+  cuts the live connections whose peer leaf is revoked or whose root left
+  the bundle. A proxy and a native service check the same list the same way.
 - Live connections are tracked by (source, destination); a cut one is
   counted and logged with its reason.
 - Refusals are logged at most `LogLimit` times per period, so a flood of
@@ -32,6 +37,13 @@ from .dial import Clock, Dialer
 from .handshake import ClosedEarly, server_handshake
 from .limits import Limits
 from .pump import close_quietly
+from .revocation import (
+    NO_REVOCATIONS,
+    PeerLeaf,
+    PeerLeaves,
+    RevocationSource,
+    enforce_revocations,
+)
 from .sources import CertSource, Resolver
 from .stats import ListenerStats, LogLimit
 from .tls import ContextCache, PeerError
@@ -39,8 +51,9 @@ from .tracker import ConnectionTracker, LiveConnection
 
 __all__ = ["Accepted", "Endpoint", "peer_name"]
 
-# Serves one verified inbound connection: its TLS socket, the client's ID, "address:port".
-Accepted = Callable[[ssl.SSLSocket, ServiceID, str], Awaitable[None]]
+# Serves one verified inbound connection: its TLS socket, the client's ID and leaf,
+# "address:port".
+Accepted = Callable[[ssl.SSLSocket, ServiceID, PeerLeaf, str], Awaitable[None]]
 
 
 class Endpoint:
@@ -59,13 +72,15 @@ class Endpoint:
         logger: logging.Logger,
         log_fields: dict[str, Any],
         dial_failure: str,
-        check: Callable[[ssl.SSLSocket], None] | None = None,
+        revocations: RevocationSource | None = None,
     ) -> None:
         """`log_fields` name us on every refusal; `dial_failure` says a failed attempt."""
         self.certs = certs
         self.resolver = resolver
         self.limits = limits
+        self.revocations = revocations or NO_REVOCATIONS
         self.tracker = ConnectionTracker()
+        self._peer_leaves = PeerLeaves()
         self._clock = clock
         self._wall_clock = wall_clock
         self._logger = logger
@@ -81,7 +96,7 @@ class Endpoint:
             balancer=balancer,
             clock=clock,
             wall_clock=wall_clock,
-            check=check,
+            check=self._check_server,
         )
 
     def _refused(self, what: str, **fields: Any) -> None:
@@ -106,25 +121,53 @@ class Endpoint:
 
     async def _accept(
         self, sock: socket.socket, stats: ListenerStats, peer: str
-    ) -> tuple[ssl.SSLSocket, ServiceID] | None:
-        """The verified TLS socket and the client's ID; None: refused (counted and logged)."""
+    ) -> tuple[ssl.SSLSocket, ServiceID, PeerLeaf] | None:
+        """The verified TLS socket, the client's ID and leaf; None: refused (counted, logged)."""
         contexts = self._contexts.current()
         if contexts is None:
             stats.failed_total += 1
             self._refused("inbound refused: no certificate yet", peer=peer)
             return None
         try:
-            return await server_handshake(
+            tls, source = await server_handshake(
                 sock, contexts, self.limits.handshake_timeout_s, wall_clock=self._wall_clock
             )
         except ClosedEarly as exc:
             # Closed before a handshake: a TCP health check, or a port scan.
             stats.closed_early_total += 1
             log(self._logger, "debug", "inbound closed before the handshake", peer=peer, error=exc)
+            return None
         except PeerError as exc:
             stats.handshake_failed_total += 1
             self._refused("inbound handshake refused", peer=peer, error=exc)
-        return None
+            return None
+        if tls.session_reused:
+            stats.resumed_total += 1
+        leaf = self._peer_leaves.of(tls)
+        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+        if revoked is not None:
+            stats.denied_total += 1
+            self._refused("inbound refused", peer=peer, reason=revoked)
+            close_quietly(tls)  # no close_notify: OpenSSL drops its session from the cache
+            return None
+        return tls, source, leaf
+
+    def _check_server(self, tls: ssl.SSLSocket) -> None:
+        """Refuse a server whose leaf is revoked (the dial moves on to another instance)."""
+        leaf = self._peer_leaves.of(tls)
+        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
+        if revoked is not None:
+            raise PeerError(revoked)
+
+    async def _enforce_revocations(self, on_cut: Callable[[], object] | None = None) -> None:
+        """Cut live connections whose peer leaf is revoked or whose root left the bundle.
+
+        `on_cut` runs after each round that cut any: a native service closes
+        the streams the application holds (their scopes are not its tasks').
+        """
+        await enforce_revocations(
+            self.tracker, self.revocations, self.certs, self._log_fields, on_cut=on_cut
+        )
 
     async def _serve_accepted(
         self,
@@ -142,8 +185,7 @@ class Endpoint:
             accepted = await self._accept(sock, stats, peer)
             if accepted is not None:
                 handshaken()
-                tls, source = accepted
-                await serve(tls, source, peer)
+                await serve(*accepted, peer)
         finally:
             close_quietly(sock)
 

@@ -208,17 +208,27 @@ async def enforce_revocations(
     tracker: ConnectionTracker,
     revocations: RevocationSource,
     certs: CertSource,
-    proxy_id: str,
+    log_fields: dict[str, Any],
+    *,
+    on_cut: Callable[[], object] | None = None,
 ) -> None:
-    """Cut live connections on every revocation change and every root leaving the bundle."""
+    """Cut live connections on every revocation change and every root leaving the bundle.
+
+    `log_fields` name the owner in the log; `on_cut` runs after a round that cut any.
+    """
+
+    def cut_logged(why_of: Callable[[LiveConnection], str | None], what: str) -> None:
+        cut = _cut(tracker, why_of)
+        if cut:
+            log(_log, "info", what, **log_fields, count=cut)
+            if on_cut is not None:
+                on_cut()
 
     async def follow_revocations() -> None:
         generation = revocations.generation
         while True:
             generation = await revocations.wait_changed(generation, _WAIT_S)
-            cut = _cut(tracker, lambda c: _revoked(c, revocations))
-            if cut:
-                log(_log, "info", "cut connections of revoked leaves", id=proxy_id, count=cut)
+            cut_logged(lambda c: _revoked(c, revocations), "cut connections of revoked leaves")
 
     async def follow_bundle() -> None:
         material = certs.current()
@@ -236,9 +246,9 @@ async def enforce_revocations(
             roots = now_roots
             if not left:
                 continue
-            cut = _cut(tracker, functools.partial(_outside, roots=now_roots))
-            if cut:
-                log(_log, "info", "cut connections of pruned roots", id=proxy_id, count=cut)
+            cut_logged(
+                functools.partial(_outside, roots=now_roots), "cut connections of pruned roots"
+            )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(follow_revocations)

@@ -16,7 +16,7 @@ Rules that live here:
   re-evaluated per (source, destination) pair and the denied ones are cut.
   A peer leaf that is revoked is refused at the handshake, and live
   connections are cut when their peer leaf is revoked or their peer's root
-  leaves the bundle (`revocation.py`).
+  leaves the bundle (`revocation.py`, applied in endpoint.py).
 - Limits: at most `max_connections` per listener and, on the public port,
   `max_handshakes_per_source` per client address still in its handshake
   (admission.py); idle connections are closed after `idle_timeout_s`, two
@@ -59,10 +59,10 @@ from .pump import (
     listen,
     splice,
 )
-from .revocation import NO_REVOCATIONS, PeerLeaves, RevocationSource, enforce_revocations
+from .revocation import PeerLeaf, RevocationSource
 from .sources import Authorizer, CertSource, DecisionLog, Resolver
 from .stats import ListenerStats
-from .tls import PeerError, close_tls
+from .tls import close_tls
 from .tracker import LiveConnection
 
 __all__ = ["Limits", "ListenerStats", "Proxy", "ProxyConfig", "UpstreamConfig"]
@@ -119,8 +119,6 @@ class Proxy(Endpoint):
     ) -> None:
         """`rng` seeds the upstreams' balancers; `clock` is monotonic, `wall_clock` for certs."""
         self.config = config
-        self.revocations = revocations or NO_REVOCATIONS
-        self._peer_leaves = PeerLeaves()
         super().__init__(
             certs,
             resolver,
@@ -132,7 +130,7 @@ class Proxy(Endpoint):
             logger=_log,
             log_fields={"id": config.proxy_id},
             dial_failure="upstream instance failed",
-            check=self._check_server,
+            revocations=revocations,
         )
         self.authorizer = authorizer
         self.audit = audit
@@ -189,13 +187,7 @@ class Proxy(Endpoint):
                             )
                         )
                     nursery.start_soon(self._enforce)
-                    nursery.start_soon(
-                        enforce_revocations,
-                        self.tracker,
-                        self.revocations,
-                        self.certs,
-                        self.config.proxy_id,
-                    )
+                    nursery.start_soon(self._enforce_revocations)
                     nursery.start_soon(self._sweep_idle)
                     log(
                         _log,
@@ -270,20 +262,13 @@ class Proxy(Endpoint):
 
     # --- inbound -----------------------------------------------------------------------------
 
-    async def _inbound(self, tls: ssl.SSLSocket, source: ServiceID, peer: str) -> None:
+    async def _inbound(
+        self, tls: ssl.SSLSocket, source: ServiceID, leaf: PeerLeaf, peer: str
+    ) -> None:
         stats = self.inbound
         limits = self.config.limits
         app: socket.socket | None = None
         try:
-            if tls.session_reused:
-                stats.resumed_total += 1
-            leaf = self._peer_leaves.of(tls)
-            revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
-            if revoked is not None:
-                stats.denied_total += 1
-                self._refused("inbound refused", peer=peer, reason=revoked)
-                close_quietly(tls)  # no close_notify: OpenSSL drops its session from the cache
-                return
             allowed, reason = self.authorizer.allowed(source.service, self.config.service)
             if self.audit is not None:
                 self.audit.record(
@@ -344,13 +329,6 @@ class Proxy(Endpoint):
             close_tls(tls)
 
     # --- outbound ----------------------------------------------------------------------------
-
-    def _check_server(self, tls: ssl.SSLSocket) -> None:
-        """Refuse a server whose leaf is revoked (the dial moves on to another instance)."""
-        leaf = self._peer_leaves.of(tls)
-        revoked = self.revocations.refusal(leaf.serial, leaf.spki_sha256)
-        if revoked is not None:
-            raise PeerError(revoked)
 
     async def _outbound(
         self, upstream: _Upstream, sock: socket.socket, _handshaken: Callable[[], None]

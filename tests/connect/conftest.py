@@ -19,11 +19,13 @@ __all__ = ["cluster"]  # the real-agent fixture, shared with tests/integration
 READY_S = 20.0
 
 
-def start_agents(cluster: Cluster, n: int) -> list[AgentProc]:
+def start_agents(cluster: Cluster, n: int, *flags: str) -> list[AgentProc]:
     """`n` signer-eligible agents joined into one cluster (leaves re-issued within 2 s)."""
     agents = [
         # The signer token approves every signer (docs/ca.md, "Signers").
-        cluster.agent(i).start("-signer", "-signer-token", "t-signers", "-ca-reissue-jitter", "2s")
+        cluster.agent(i).start(
+            "-signer", "-signer-token", "t-signers", "-ca-reissue-jitter", "2s", *flags
+        )
         for i in range(1, n + 1)
     ]
     for a in agents[1:]:

@@ -14,8 +14,11 @@ import ssl
 import pytest
 import trio
 
+from meshnode.ca.pem import cert_from_pem
+from meshnode.ca.revocation import Revocation, RevocationSet
 from meshnode.connect import ConnectError, Denied, MeshStream, ReplicaAuthorizer, Service
 from meshnode.proxy import Instance, TlsMaterial
+from meshnode.proxy.revocation import RevocationList
 from meshnode.proxy.testing import (
     StaticAuthorizer,
     StaticCertSource,
@@ -43,13 +46,19 @@ class Mesh:
         self.authorizer = StaticAuthorizer()
         self.resolver = StaticResolver()
 
-    async def service(self, name: str, material: TlsMaterial | None = None) -> Service:
+    async def service(
+        self,
+        name: str,
+        material: TlsMaterial | None = None,
+        revocations: RevocationList | None = None,
+    ) -> Service:
         service = Service(
             name,
             certs=StaticCertSource(material or self.ca.material(name)),
             decider=ReplicaAuthorizer(self.authorizer),
             resolver=self.resolver,
             rng=random.Random(len(name)),
+            revocations=revocations,
         )
         await self.nursery.start(service.run)
         return service
@@ -237,4 +246,85 @@ async def test_server_ssl_context_takes_each_new_leaf_and_root(ca: TestCA) -> No
                     inner.start_soon(dial_and_close)
                     assert await one_server_connection() == "web"
             listener.close()
+            nursery.cancel_scope.cancel()
+
+
+def revoke(revoked: RevocationList, material: TlsMaterial) -> None:
+    """Put the leaf of `material` on the list, by serial (as an agent would)."""
+    serial = cert_from_pem(material.cert_chain_pem).serial_number
+    revoked.replace(RevocationSet([Revocation(serial, b"", 0.0, 0.0, "key leaked", "test")]))
+
+
+async def test_admit_cuts_a_client_whose_leaf_is_revoked_and_refuses_it_after(
+    ca: TestCA,
+) -> None:
+    """A server the application runs itself (`server_ssl_context` + `admit`) checks the list."""
+    revoked = RevocationList()
+    web_leaf = ca.material("web")
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            mesh = Mesh(nursery, ca)
+            db = await mesh.service("db", revocations=revoked)
+            web = await mesh.service("web", web_leaf)
+            context = db.server_ssl_context()
+            listener = socket.create_server((HOST, 0))
+            listener.settimeout(_DEADLINE_S)
+            mesh.resolver.set("db", [Instance(HOST, listener.getsockname()[1])])
+
+            def accept_one() -> ssl.SSLSocket:
+                raw, _ = listener.accept()
+                return context.wrap_socket(raw, server_side=True)
+
+            async def connected() -> tuple[MeshStream, ssl.SSLSocket]:
+                accepted: list[ssl.SSLSocket] = []
+
+                async def server_side() -> None:
+                    accepted.append(await trio.to_thread.run_sync(accept_one))
+
+                async with trio.open_nursery() as pair:
+                    pair.start_soon(server_side)
+                    stream = await web.dial("db")
+                return stream, accepted[0]
+
+            stream, server_sock = await connected()
+            assert (await db.admit(server_sock)).service == "web"
+            assert db.tracker.counts() == {("web", "db"): 1}
+            revoke(revoked, web_leaf)
+            assert await stream.receive_some() == b""  # EOF: db shut the socket down
+            assert db.tracker.counts() == {}
+            await stream.aclose()
+
+            stream, server_sock = await connected()
+            with pytest.raises(Denied, match="is revoked \\(by serial: key leaked\\)"):
+                await db.admit(server_sock)
+            server_sock.close()
+            await stream.aclose()
+            listener.close()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_root_leaving_the_bundle_cuts_the_connections_chained_to_it(ca: TestCA) -> None:
+    """A client whose chain ends at a pruned root is cut by a native server; others stay."""
+    other = TestCA("c1.mesh")
+    both = ca.root.cert_pem + other.root.cert_pem
+    with trio.fail_after(_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            mesh = Mesh(nursery, ca)
+            db = await mesh.service("db", ca.material("db", roots_pem=both))
+            await mesh.serve(db)
+            old = await mesh.service("web", other.material("web", roots_pem=both))
+            new = await mesh.service("api", ca.material("api", roots_pem=both))
+            to_old, to_new = await old.dial("db"), await new.dial("db")
+            for stream in (to_old, to_new):
+                assert await exchange(stream, b"hello") == b"hello"
+            certs = db.certs
+            assert isinstance(certs, StaticCertSource)
+            certs.set(ca.material("db", roots_pem=ca.root.cert_pem, generation=2))  # pruned
+            assert await to_old.receive_some() == b""  # EOF: db cut the pruned chain
+            assert await exchange(to_new, b"still") == b"still"
+            while not db.stats.cut_total:  # counted as its handler task ends, just after
+                await trio.sleep(0.01)
+            assert db.stats.cut_total == 1 and len(db.tracker) == 1
+            for stream in (to_old, to_new):
+                await stream.aclose()
             nursery.cancel_scope.cancel()
