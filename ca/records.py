@@ -38,6 +38,7 @@ Rules that live here:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ __all__ = [
     "encode_config",
     "encode_intermediate",
     "encode_root",
+    "forget_decoded",
     "intermediate_key",
     "read_view",
     "rfc3339",
@@ -407,6 +409,56 @@ def _config_trusted(
     return cert_pem is not None and config_verifies(config, cert_pem)
 
 
+_Decoded = CAConfigRecord | RootRecord | IntermediateRecord | SignerApproval | SignerRequest
+# Room for every entry of the CA kind (its cap in gossip/store.py) twice over:
+# the live ones and as many replaced since.
+_DECODED_MAX = 2 * 4096
+_decoded: OrderedDict[tuple[str, bytes], _Decoded | MalformedCARecord] = OrderedDict()
+
+
+def forget_decoded() -> None:
+    """Drop every cached decode (the benchmark's cold read)."""
+    _decoded.clear()
+
+
+def _decode_entry(key: str, value: bytes) -> _Decoded | MalformedCARecord:
+    """One CA entry decoded, or why not; each distinct (key, value) is decoded once.
+
+    The view is re-read on every CA change, and a gossip-key holder may fill
+    the CA's 4,096 entries with well-formed forged roots: decoding them all
+    each time (an X.509 parse and a fingerprint each) held the event loop
+    for tens of ms. The store keeps each value's bytes object, whose hash
+    Python keeps, so a hit costs a dict lookup.
+    """
+    cache_key = (key, value)
+    found = _decoded.get(cache_key)
+    if found is not None:
+        _decoded.move_to_end(cache_key)
+        return found
+    try:
+        found = _decode_uncached(key, value)
+    except MalformedCARecord as exc:
+        found = exc
+    _decoded[cache_key] = found
+    if len(_decoded) > _DECODED_MAX:
+        _decoded.popitem(last=False)
+    return found
+
+
+def _decode_uncached(key: str, value: bytes) -> _Decoded:
+    if key == CONFIG_KEY:
+        return decode_config(value)
+    if key.startswith(_ROOT_PREFIX):
+        return decode_root(key, value)
+    if key.startswith(_INTERMEDIATE_PREFIX):
+        return decode_intermediate(key, value)
+    if key.startswith(APPROVAL_PREFIX):
+        return decode_approval(key, value)
+    if key.startswith(REQUEST_PREFIX):
+        return decode_request(key, value)
+    malformed(f"unknown key {key[:80]!r}")
+
+
 def read_view(
     state: ReplicatedState, anchors: Sequence[Anchor] = ()
 ) -> tuple[CAView, list[tuple[str, MalformedCARecord]]]:
@@ -422,21 +474,20 @@ def read_view(
     requests: list[SignerRequest] = []
     skipped: list[tuple[str, MalformedCARecord]] = []
     for entry in state.store.items(KIND):
-        try:
-            if entry.key == CONFIG_KEY:
-                config = decode_config(entry.value)
-            elif entry.key.startswith(_ROOT_PREFIX):
-                roots.append(decode_root(entry.key, entry.value))
-            elif entry.key.startswith(_INTERMEDIATE_PREFIX):
-                intermediates.append(decode_intermediate(entry.key, entry.value))
-            elif entry.key.startswith(APPROVAL_PREFIX):
-                approvals.append((entry.key, decode_approval(entry.key, entry.value)))
-            elif entry.key.startswith(REQUEST_PREFIX):
-                requests.append(decode_request(entry.key, entry.value))
-            else:
-                malformed(f"unknown key {entry.key[:80]!r}")
-        except MalformedCARecord as exc:
-            skipped.append((entry.key, exc))
+        decoded = _decode_entry(entry.key, entry.value)
+        match decoded:
+            case MalformedCARecord():
+                skipped.append((entry.key, decoded))
+            case CAConfigRecord():
+                config = decoded
+            case RootRecord():
+                roots.append(decoded)
+            case IntermediateRecord():
+                intermediates.append(decoded)
+            case SignerApproval():
+                approvals.append((entry.key, decoded))
+            case SignerRequest():
+                requests.append(decoded)
     config_written = config is not None
     if anchors:
         trusted = trusted_roots(roots, anchors)
