@@ -17,11 +17,13 @@ The largest count is 4,094: with the real root and the config the CA kind
 holds its 4,096 entries.
 
 Run: .venv/bin/python bench/ca_view.py [--forged 1000 4094] [--changes 20]
+     [--kinds roots approvals]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from datetime import UTC, datetime
@@ -29,6 +31,8 @@ from datetime import UTC, datetime
 from meshnode.ca import BuiltinProvider
 from meshnode.ca import records as ca_records
 from meshnode.ca.anchor import Anchor
+from meshnode.ca.approval import SignerApproval, approval_key, encode_approval, public_der
+from meshnode.ca.pem import generate_key
 from meshnode.ca.records import (
     CONFIG_KEY,
     KIND,
@@ -50,6 +54,14 @@ def _forged_root(provider: BuiltinProvider, now: datetime, i: int) -> tuple[str,
     return root_key(root.id), encode_root(record)
 
 
+def _forged_approval(real_root_id: str, der: bytes, i: int) -> tuple[str, bytes]:
+    """An approval naming the real root, with a signature its key never made."""
+    approval = SignerApproval(
+        f"rogue{i}", f"id-rogue{i}", der, real_root_id, "rogue", 0.0, os.urandom(70)
+    )
+    return approval_key(approval.node), encode_approval(approval)
+
+
 def _cold(state: LocalState, anchors: tuple[Anchor, ...]) -> float:
     """Seconds for a read with nothing decoded before (what every change cost before)."""
     clear = getattr(ca_records, "forget_decoded", None)
@@ -68,8 +80,8 @@ def _one_change(state: LocalState, anchors: tuple[Anchor, ...], key: str, value:
     return time.perf_counter() - start
 
 
-def measure(forged: int, changes: int) -> tuple[float, float]:
-    """(cold ms, per-change ms) medians with `forged` forged roots in the store."""
+def measure(forged: int, changes: int, kind: str) -> tuple[float, float]:
+    """(cold ms, per-change ms) medians with `forged` forged records of `kind` in the store."""
     now = datetime.now(UTC)
     provider = BuiltinProvider()
     state = LocalState("bench")
@@ -79,10 +91,16 @@ def measure(forged: int, changes: int) -> tuple[float, float]:
     config = sign_config(CAConfigRecord("c1", "real.mesh"), real.id, real.key_pem)
     state.put(KIND, CONFIG_KEY, encode_config(config))
     anchors = (Anchor(real.id, real.cert_pem),)
+    der = public_der(generate_key().public_key())
+
+    def make(i: int) -> tuple[str, bytes]:
+        if kind == "approvals":
+            return _forged_approval(real.id, der, i)
+        return _forged_root(provider, now, i)
+
     for i in range(forged - changes):
-        key, value = _forged_root(provider, now, i)
-        state.put(KIND, key, value)
-    extra = [_forged_root(provider, now, forged + i) for i in range(changes)]
+        state.put(KIND, *make(i))
+    extra = [make(forged + i) for i in range(changes)]
     read_view(state, anchors)  # what an agent has decoded before the changes
     per_change = [_one_change(state, anchors, key, value) for key, value in extra]
     cold = [_cold(state, anchors) for _ in range(max(3, changes // 4))]
@@ -93,12 +111,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--forged", type=int, nargs="+", default=[1000, 4094])
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--kinds", nargs="+", default=["roots", "approvals"])
     args = parser.parse_args()
-    print("| forged roots | cold read (anchor) ms | one CA change ms | ratio |")
-    print("|---|---|---|---|")
-    for forged in args.forged:
-        cold_ms, change_ms = measure(forged, args.changes)
-        print(f"| {forged} | {cold_ms:.1f} | {change_ms:.2f} | {cold_ms / change_ms:.0f}x |")
+    print("| forged | count | cold read (anchor) ms | one CA change ms | ratio |")
+    print("|---|---|---|---|---|")
+    for kind in args.kinds:
+        for forged in args.forged:
+            cold_ms, change_ms = measure(forged, args.changes, kind)
+            ratio = cold_ms / change_ms
+            print(f"| {kind} | {forged} | {cold_ms:.1f} | {change_ms:.2f} | {ratio:.0f}x |")
 
 
 if __name__ == "__main__":

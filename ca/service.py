@@ -278,7 +278,7 @@ class CAService:
         self._save_pin = save_pin
         self._first_use_since_s: float | None = None
         self._store_config_ok = False
-        self._skipped: dict[str, str] = {}
+        self._skipped: dict[str, MalformedCARecord] = {}
         # When this node last wrote back each held root's record (`_restore_root`).
         self._restored_at: dict[str, float] = {}
         self.view = CAView()
@@ -310,11 +310,14 @@ class CAService:
             view, skipped = read_view(self.state, self.anchors())
         # Counted and logged when first skipped (or skipped for a new reason), not
         # on every change: a gossip-key holder can write 4,096 of them.
-        reasons = {key: str(exc) for key, exc in skipped}
-        for key, why in reasons.items():
-            if self._skipped.get(key) != why:
-                self.counters.add("ca.malformed_records")
-                log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=why)
+        # (Decoded values are cached, so a record skipped again is the same object.)
+        reasons = dict(skipped)
+        for key, exc in reasons.items():
+            before = self._skipped.get(key)
+            if before is exc or (before is not None and str(before) == str(exc)):
+                continue
+            self.counters.add("ca.malformed_records")
+            log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=exc)
         self._skipped = reasons
         self._store_config_ok = view.config is not None
         overwritten = view.config_written or bool(self.anchors())

@@ -6,7 +6,7 @@
    goes only when its root is finished by the signer's own knowledge
    (`ca/custody.py`), and a current root's record is written back.
 2. Every CA change re-read the whole view; the records are now decoded
-   once per distinct value, and skipped ones are reported once.
+   and verified once per distinct value, and skipped ones reported once.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import pytest
 import trio
 
 from meshnode.ca import BuiltinProvider
+from meshnode.ca import approval as approval_module
 from meshnode.ca import records as ca_records
 from meshnode.ca.anchor import Anchor
+from meshnode.ca.approval import SignerApproval, approval_key, encode_approval, public_der
+from meshnode.ca.pem import generate_key
 from meshnode.ca.records import KIND, RootRecord, decode_root, encode_root, read_view, root_key
 from meshnode.ca.service import CASettings, ConfigChange
 from meshnode.gossip.store import Entry, Version
@@ -193,3 +196,31 @@ async def test_a_malformed_record_is_reported_once_not_on_every_change(
     for key, value in _forged(mesh, 5):
         mesh.state.put(KIND, key, value)  # five more CA changes
     assert mesh.counters["n2"].values["ca.malformed_records"] - before == 20
+
+
+async def test_forged_approvals_are_verified_once_not_on_every_change(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = await settled_mesh(tmp_path, nursery)
+    active = mesh.ca["n2"].view.active
+    assert active is not None
+    der = public_der(generate_key().public_key())
+
+    def forged(i: int) -> SignerApproval:
+        return SignerApproval(f"rogue{i}", f"id-rogue{i}", der, active.id, "rogue", 0.0, b"x" * 70)
+
+    for i in range(300):  # more than the 256 signature checks cached before
+        mesh.state.put(KIND, approval_key(f"rogue{i}"), encode_approval(forged(i)))
+    checks: list[bytes] = []
+    real_check = approval_module.root_signed
+
+    def counting(cert_pem: str, message: bytes, signature: bytes) -> bool:
+        checks.append(signature)
+        return real_check(cert_pem, message, signature)
+
+    monkeypatch.setattr(approval_module, "root_signed", counting)
+    mesh.state.put(KIND, approval_key("rogue300"), encode_approval(forged(300)))
+    assert len(checks) == 1  # both agents' refresh: the new approval, verified once
+    view = mesh.ca["n2"].view
+    assert view.approval("rogue0") is None and view.approval("rogue300") is None
+    assert view.approved(mesh.nodes.node("n1")) is not None  # type: ignore[arg-type]
