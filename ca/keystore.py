@@ -4,7 +4,8 @@ Only approved signers keep root keys; the replicated store never holds one.
 Every agent keeps one P-256 identity key (``identity.key``, made on first
 use): a signer approval names its public key, and root keys are sealed to
 it in transit (`ca/approval.py`, `ca/sealing.py`). Each key is one file
-(``root-<hex id>.key`` for a root):
+(``root-<hex id>.key`` for a root, and beside it ``root-<hex id>.record``,
+the root's public record as this node last trusted it, `ca/custody.py`):
 ``b"MNCA1" | nonce(12) | AES-256-GCM(PKCS#8 PEM)``, with the associated data
 ``node id | root id`` (``node id | identity`` for the identity key) so a
 file copied to another node or renamed to another root does not open.
@@ -38,6 +39,8 @@ _MAGIC = b"MNCA1"
 _NONCE_BYTES = 12
 _SECRET_BYTES = 32
 _INFO = b"meshnode ca root key at rest v1"
+# A root record is at most a CA value's size (ca/fields.py: 32 KiB), plus a field.
+_RECORD_MAX_BYTES = 64 * 1024
 _ID = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){0,63}$")
 
 
@@ -91,6 +94,24 @@ class KeyStore:
         sealed = self._cipher().encrypt(nonce, key_pem.encode("ascii"), aad)
         _write_private(path, _MAGIC + nonce + sealed)
 
+    def save_record(self, root_id: str, data: bytes) -> None:
+        """Keep this node's own copy of root `root_id`'s record (public; see `ca/custody.py`)."""
+        _write_private(self._record_path(root_id), data)
+
+    def load_record(self, root_id: str) -> bytes | None:
+        """The copy kept by `save_record`, None when there is none."""
+        path = self._record_path(root_id)
+        try:
+            with path.open("rb") as file:
+                return file.read(_RECORD_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def _record_path(self, root_id: str) -> Path:
+        return self._path(root_id).with_suffix(".record")
+
     def load(self, root_id: str) -> str | None:
         """The PEM key of `root_id`, None when this node does not hold it."""
         return self._open(self._path(root_id), self._aad(root_id))
@@ -137,7 +158,9 @@ class KeyStore:
         return found
 
     def delete(self, root_id: str) -> None:
+        """Destroy the key of `root_id`, and this node's copy of its record."""
         self._path(root_id).unlink(missing_ok=True)
+        self._record_path(root_id).unlink(missing_ok=True)
 
 
 def _write_private(path: Path, data: bytes) -> None:

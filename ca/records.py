@@ -37,7 +37,9 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -98,6 +100,7 @@ __all__ = [
     "encode_config",
     "encode_intermediate",
     "encode_root",
+    "forget_decoded",
     "intermediate_key",
     "read_view",
     "rfc3339",
@@ -407,6 +410,66 @@ def _config_trusted(
     return cert_pem is not None and config_verifies(config, cert_pem)
 
 
+_Decoded = CAConfigRecord | RootRecord | IntermediateRecord | SignerApproval | SignerRequest
+# Room for every entry of the CA kind (its cap in gossip/store.py) twice over:
+# the live ones and as many replaced since.
+_DECODED_MAX = 2 * 4096
+_decoded: OrderedDict[tuple[str, bytes], _Decoded | MalformedCARecord] = OrderedDict()
+
+
+def forget_decoded() -> None:
+    """Drop every cached decode and signature check (the benchmark's cold read)."""
+    _decoded.clear()
+    root_signed.cache_clear()
+    approval_verifies.cache_clear()
+    _unsigned_approval.cache_clear()
+
+
+def _decode_entry(key: str, value: bytes) -> _Decoded | MalformedCARecord:
+    """One CA entry decoded, or why not; each distinct (key, value) is decoded once.
+
+    The view is re-read on every CA change, and a gossip-key holder may fill
+    the CA's 4,096 entries with well-formed forged roots: decoding them all
+    each time (an X.509 parse and a fingerprint each) held the event loop
+    for tens of ms. The store keeps each value's bytes object, whose hash
+    Python keeps, so a hit costs a dict lookup.
+    """
+    cache_key = (key, value)
+    found = _decoded.get(cache_key)
+    if found is not None:
+        _decoded.move_to_end(cache_key)
+        return found
+    try:
+        found = _decode_uncached(key, value)
+    except MalformedCARecord as exc:
+        found = exc
+    _decoded[cache_key] = found
+    if len(_decoded) > _DECODED_MAX:
+        _decoded.popitem(last=False)
+    return found
+
+
+def _decode_uncached(key: str, value: bytes) -> _Decoded:
+    if key == CONFIG_KEY:
+        return decode_config(value)
+    if key.startswith(_ROOT_PREFIX):
+        return decode_root(key, value)
+    if key.startswith(_INTERMEDIATE_PREFIX):
+        return decode_intermediate(key, value)
+    if key.startswith(APPROVAL_PREFIX):
+        return decode_approval(key, value)
+    if key.startswith(REQUEST_PREFIX):
+        return decode_request(key, value)
+    malformed(f"unknown key {key[:80]!r}")
+
+
+@functools.lru_cache(maxsize=_DECODED_MAX)
+def _unsigned_approval(node: str) -> MalformedCARecord:
+    """Why an approval is skipped; made once per node, as 4,096 forged ones recur per change."""
+    why = f"signer approval of {node[:80]!r} is not signed by a root of this CA"
+    return MalformedCARecord(f"malformed CA record: {why}")
+
+
 def read_view(
     state: ReplicatedState, anchors: Sequence[Anchor] = ()
 ) -> tuple[CAView, list[tuple[str, MalformedCARecord]]]:
@@ -422,21 +485,20 @@ def read_view(
     requests: list[SignerRequest] = []
     skipped: list[tuple[str, MalformedCARecord]] = []
     for entry in state.store.items(KIND):
-        try:
-            if entry.key == CONFIG_KEY:
-                config = decode_config(entry.value)
-            elif entry.key.startswith(_ROOT_PREFIX):
-                roots.append(decode_root(entry.key, entry.value))
-            elif entry.key.startswith(_INTERMEDIATE_PREFIX):
-                intermediates.append(decode_intermediate(entry.key, entry.value))
-            elif entry.key.startswith(APPROVAL_PREFIX):
-                approvals.append((entry.key, decode_approval(entry.key, entry.value)))
-            elif entry.key.startswith(REQUEST_PREFIX):
-                requests.append(decode_request(entry.key, entry.value))
-            else:
-                malformed(f"unknown key {entry.key[:80]!r}")
-        except MalformedCARecord as exc:
-            skipped.append((entry.key, exc))
+        decoded = _decode_entry(entry.key, entry.value)
+        match decoded:
+            case MalformedCARecord():
+                skipped.append((entry.key, decoded))
+            case CAConfigRecord():
+                config = decoded
+            case RootRecord():
+                roots.append(decoded)
+            case IntermediateRecord():
+                intermediates.append(decoded)
+            case SignerApproval():
+                approvals.append((entry.key, decoded))
+            case SignerRequest():
+                requests.append(decoded)
     config_written = config is not None
     if anchors:
         trusted = trusted_roots(roots, anchors)
@@ -462,8 +524,7 @@ def read_view(
         else:
             if root is not None or approval.root_id in stray_ids:
                 bad.append(key)
-            why = f"signer approval of {approval.node[:80]!r} is not signed by a root of this CA"
-            skipped.append((key, MalformedCARecord(f"malformed CA record: {why}")))
+            skipped.append((key, _unsigned_approval(approval.node)))
     return (
         CAView(
             config=config,

@@ -66,6 +66,16 @@ from .approval import (
     token_proof_ok,
 )
 from .csr import CSRError, validate_csr
+from .custody import (
+    HeldRoot,
+    decode_held,
+    encode_held,
+    finished,
+    lost_bootstrap,
+    retire_at_s,
+    successor_of,
+)
+from .fields import MalformedCARecord
 from .keystore import KeyStore, KeyStoreError
 from .leaf_manager import Issued, LeafError, Roots
 from .pem import PemError, cert_from_pem, generate_key, key_from_pem, key_to_pem
@@ -268,6 +278,9 @@ class CAService:
         self._save_pin = save_pin
         self._first_use_since_s: float | None = None
         self._store_config_ok = False
+        self._skipped: dict[str, MalformedCARecord] = {}
+        # When this node last wrote back each held root's record (`_restore_root`).
+        self._restored_at: dict[str, float] = {}
         self.view = CAView()
         self._refresh()
         state.tracker.subscribe(KIND, self._on_change)
@@ -295,9 +308,17 @@ class CAService:
         view, skipped = read_view(self.state, self.anchors())
         if self._update_pin(view):
             view, skipped = read_view(self.state, self.anchors())
-        for key, exc in skipped:
+        # Counted and logged when first skipped (or skipped for a new reason), not
+        # on every change: a gossip-key holder can write 4,096 of them.
+        # (Decoded values are cached, so a record skipped again is the same object.)
+        reasons = dict(skipped)
+        for key, exc in reasons.items():
+            before = self._skipped.get(key)
+            if before is exc or (before is not None and str(before) == str(exc)):
+                continue
             self.counters.add("ca.malformed_records")
             log(_log, "warning", "skipped a replicated CA record", key=key[:80], error=exc)
+        self._skipped = reasons
         self._store_config_ok = view.config is not None
         overwritten = view.config_written or bool(self.anchors())
         if view.config is None and overwritten and self.view.config is not None:
@@ -472,8 +493,6 @@ class CAService:
         cluster_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         trust_domain = trust_domain_for(cluster_id)
         root = self.provider.generate_root(trust_domain, now=self._now(), ttl_s=ROOT_TTL_S)
-        # Key first: a root in the store always has a key somewhere.
-        self.keystore.save(root.id, root.key_pem)
         now_s = self._wall_clock()
         record = RootRecord(
             id=root.id,
@@ -483,6 +502,8 @@ class CAService:
             created_at_s=now_s,
             created_by=self.node_name,
         )
+        # Key first: a root in the store always has a key somewhere.
+        self._take_root_key(record, root.key_pem)
         config = CAConfigRecord(
             cluster_id=cluster_id,
             trust_domain=trust_domain,
@@ -504,20 +525,84 @@ class CAService:
     # --- root keys ---------------------------------------------------------------------------
 
     async def _keep_root_keys(self, view: CAView) -> None:
-        """Hold the active root key; drop keys of roots gone from the store."""
-        live = {r.id for r in view.roots}
-        for held in self.keystore.held() - live:
-            self.keystore.delete(held)
-            log(_log, "info", "dropped the key of a root no longer in the store", root=held[:23])
-        mine_stray = [r for r in view.stray_roots if r.created_by == self.node_name]
-        if mine_stray:
-            # Our bootstrap lost to another node's (a higher store version).
-            self.state.delete_many(KIND, [root_key(r.id) for r in mine_stray])
+        """Hold the active root key; keep every held key until its root is finished."""
+        for root_id in sorted(self.keystore.held()):
+            self._keep_root_key(view, root_id)
         active = view.active
         if active is None or self.keystore.load(active.id) is not None:
             return
         if self._my_approval(view) is not None:
             await self._fetch_root_key(active)
+
+    def _keep_root_key(self, view: CAView, root_id: str) -> None:
+        """Custody of one held root key (`ca/custody.py`): a record gone is no reason to drop it."""
+        held = self._held_root(view, root_id)
+        if held is None:
+            return  # a key whose root this node never saw trusted: kept, never guessed at
+        config = view.config
+        if held.retire_at_s is None and config is not None:
+            successor = successor_of(held.record, view.roots)
+            if successor is not None:
+                held = replace(held, retire_at_s=retire_at_s(successor, config.leaf_ttl_s))
+                self.keystore.save_record(root_id, encode_held(held))
+        why = finished(held, self._wall_clock())
+        if why is None and lost_bootstrap(
+            held, node_name=self.node_name, pinned=bool(self.anchors()), config=config
+        ):
+            why = "another node's bootstrap won"
+            self.state.delete_many(KIND, [root_key(root_id)])
+        if why is not None:
+            self.keystore.delete(root_id)
+            self._count("root_key.dropped")
+            log(_log, "info", "dropped a root key", root=root_id[:23], reason=why)
+        elif held.retire_at_s is None and view.root(root_id) is None:
+            self._restore_root(held)
+
+    def _held_root(self, view: CAView, root_id: str) -> HeldRoot | None:
+        """This node's copy of a held root's record, made from the view when it has none."""
+        data = self.keystore.load_record(root_id)
+        if data is not None:
+            try:
+                return decode_held(root_id, data)
+            except MalformedCARecord as exc:
+                log(_log, "warning", "a local root record is damaged", root=root_id[:23], error=exc)
+        trusted = view.root(root_id)
+        if trusted is None:
+            return None
+        held = HeldRoot(trusted)
+        self.keystore.save_record(root_id, encode_held(held))
+        return held
+
+    def _restore_root(self, held: HeldRoot) -> None:
+        """Write back a held, current root whose record was deleted or made untrusted.
+
+        At most once per reconcile interval per root: a node whose view lags
+        (its chain of roots broken) and the best signer, which deletes roots
+        it does not trust, must not trade writes in a loop.
+        """
+        root_id = held.record.id
+        value = encode_root(held.record)
+        stored = self.state.store.get(KIND, root_key(root_id))
+        if stored is not None and stored.value == value:
+            return  # ours already: nothing a write would fix
+        now = self._clock()
+        last = self._restored_at.get(root_id)
+        if last is not None and now - last < self.settings.reconcile_interval_s:
+            return
+        self._restored_at[root_id] = now
+        self.state.put(KIND, root_key(root_id), value)
+        self._count("root.restored")
+        log(
+            _log,
+            "warning",
+            "wrote back a root record that was deleted or tampered with",
+            root=root_id[:23],
+        )
+
+    def _take_root_key(self, record: RootRecord, key_pem: str) -> None:
+        """Save a root key with this node's copy of its record, before the key is used."""
+        self.keystore.save(record.id, key_pem)
+        self.keystore.save_record(record.id, encode_held(HeldRoot(record)))
 
     async def _fetch_root_key(self, root: RootRecord) -> bool:
         approved = [n.name for n in approved_nodes(self.view, self.nodes.nodes())]
@@ -538,7 +623,7 @@ class CAService:
             except (PemError, SealError, UnicodeDecodeError):
                 self._count("root_key.mismatch")
                 continue
-            self.keystore.save(root.id, key_pem)
+            self._take_root_key(root, key_pem)
             self._count("root_key.fetched")
             log(_log, "info", "root key fetched", root=root.id[:23], peer=name)
             return True
@@ -918,7 +1003,6 @@ class CAService:
             cross_pem = self.provider.cross_sign(
                 RootCA(active.cert_pem, key_pem), new_root.cert_pem, now=self._now()
             )
-            self.keystore.save(new_root.id, new_root.key_pem)
             record = RootRecord(
                 id=new_root.id,
                 cluster_id=config.cluster_id,
@@ -929,6 +1013,7 @@ class CAService:
                 cross_pem=cross_pem,
                 previous_id=active.id,
             )
+            self._take_root_key(record, new_root.key_pem)
             self.state.put(KIND, root_key(new_root.id), encode_root(record))
             self._count("root.rotated")
             log(_log, "info", "root rotated", old=active.id[:23], new=new_root.id[:23])
