@@ -9,6 +9,7 @@ from `CLIENT_SOURCE`; loopback's whole 127.0.0.0/8 is local on Linux.
 from __future__ import annotations
 
 import contextlib
+import errno
 import resource
 import socket
 from collections.abc import Iterator
@@ -52,3 +53,17 @@ def idle_flood(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def still_open(sockets: list[socket.socket]) -> int:
+    """How many of `sockets` the server has neither closed, reset nor answered."""
+    count = 0
+    for sock in sockets:
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            count += 1
+        except OSError as exc:
+            if exc.errno != errno.ECONNRESET:
+                raise
+    return count
