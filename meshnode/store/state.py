@@ -233,12 +233,13 @@ class LocalState:
         return entries
 
     def _make_durable(self, entries: list[Entry]) -> None:
-        """Persist applied local entries before anyone sees them (nothing to do in memory)."""
+        """Persist applied entries (local or merged) before anyone sees them; none in memory."""
 
     def merge(self, entries: Iterable[Entry]) -> int:
         """Apply remote entries, as gossip would; how many changed the replica."""
         applied = [e for e in entries if self._store.merge(e)]
         if applied:
+            self._make_durable(applied)
             self._tracker.note(applied)
         return len(applied)
 
