@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import http.client
 import json
 import resource
@@ -44,14 +43,14 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dnslib
 from _harness import ProcessRegistry, log_tail, median, percentile
 
-from meshnode.testutil import MESHNODE, new_key
+from meshnode.testutil import MESHNODE, idle_flood, new_key, still_open
 
 SERVED_WITHIN_S = 1.0
 _HTTP_PORT, _DNS_PORT, _GOSSIP_PORT = 8500, 8600, 7946
@@ -106,40 +105,6 @@ def _raise_fd_limit(needed: int) -> None:
     if soft < needed:
         top = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
-
-
-@contextlib.contextmanager
-def _flood(host: str, port: int, count: int, source: str) -> Iterator[list[socket.socket]]:
-    """`count` connections from `source` that never send a byte; closed on exit."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setblocking(False)  # the kernel completes each handshake on its own
-            sock.bind((source, 0))
-            sock.connect_ex((host, port))
-        yield sockets
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _held(sockets: list[socket.socket]) -> int:
-    """How many flood connections the server still holds open and silent."""
-    held = 0
-    for sock in sockets:
-        try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            held += 1  # open, nothing sent: still holding a slot (or still queued)
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
-                continue
-            raise
-        del data  # b"" (closed) or an answer (the HTTP 429): not held
-    return held
 
 
 def _http_try(host: str, source: str, timeout_s: float) -> None:
@@ -327,16 +292,16 @@ def measure(args: argparse.Namespace, registry: ProcessRegistry, base: Path) -> 
         )
         for target, probe in targets:
             quiet = _series(probe, args.tries, timeout_s)
-            with _flood(ip, target.port, target.flood, args.flood_source) as sockets:
+            with idle_flood(ip, target.port, target.flood, args.flood_source) as sockets:
                 flood_at = time.monotonic()
                 time.sleep(args.settle_s)
-                held = _held(sockets)
+                held = still_open(sockets)
                 flooded = _series(probe, args.tries, timeout_s)
                 # A burst over the listen backlog leaves a few handshakes half
                 # done on the server (its ACK was dropped); the client thinks
                 # they are open until the SYN-ACK is resent (1 s, 3 s, ...).
                 time.sleep(max(0.0, flood_at + args.recount_after_s - time.monotonic()))
-                held_after = _held(sockets)
+                held_after = still_open(sockets)
             ratio = float(flooded["median_s"]) / float(quiet["median_s"])  # type: ignore[arg-type]
             met = float(flooded["max_s"]) < SERVED_WITHIN_S  # type: ignore[arg-type]
             results[target.name] = {

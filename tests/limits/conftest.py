@@ -9,12 +9,13 @@ from `CLIENT_SOURCE`; loopback's whole 127.0.0.0/8 is local on Linux.
 from __future__ import annotations
 
 import contextlib
-import errno
 import resource
 import socket
 from collections.abc import Iterator
 
 import pytest
+
+from meshnode import testutil
 
 HOST = "127.0.0.1"
 FLOOD_SOURCE = "127.0.0.2"
@@ -41,29 +42,8 @@ def idle_flood(
 ) -> Iterator[list[socket.socket]]:
     """`count` TCP connections from `source` to host:port that never send a byte; closed after."""
     raise_fd_limit(2 * count + 1024)
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setblocking(False)  # the kernel finishes each handshake on its own
-            sock.bind((source, 0))
-            sock.connect_ex((host, port))
+    with testutil.idle_flood(host, port, count, source) as sockets:
         yield sockets
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
-def still_open(sockets: list[socket.socket]) -> int:
-    """How many of `sockets` the server has neither closed, reset nor answered."""
-    count = 0
-    for sock in sockets:
-        try:
-            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            count += 1
-        except OSError as exc:
-            if exc.errno != errno.ECONNRESET:
-                raise
-    return count
+still_open = testutil.still_open
