@@ -50,6 +50,7 @@ bench: install-test
 	$(BIN)/python bench/dns_vs_dnsmasq.py
 	$(BIN)/python bench/dissemination_vs_serf.py
 	$(BIN)/python bench/gossip_vs_serf.py
+	$(BIN)/python bench/limits_flood.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

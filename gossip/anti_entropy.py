@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 _COUNT = struct.Struct(">I")
-# 256 MiB of store in 8 MiB messages is 32 frames; leave room for many small ones.
+# 448 MiB of store in 8 MiB messages is 56 frames; leave room for many small ones.
 STEP_FRAMES_MAX = 4096
 FRAME_MAX_BYTES = store_codec.STORE_MESSAGE_MAX_BYTES + 64  # + the AES-GCM envelope
 # A whole step carries at most a full store plus encoding overhead: without

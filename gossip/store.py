@@ -109,16 +109,19 @@ class KindBudget:
             raise ValueError("KindBudget.max_bytes and max_entries must be positive")
 
 
-# Sums to the totals below: 256 MiB and 2^18 entries. KV gets half; the
-# control plane (catalog, intentions, CA) and unknown kinds the rest.
+# Sums to the totals below: 448 MiB and 720,896 entries. The catalog's two
+# kinds hold 2^18 entries each: 100,000 services with a sidecar each are
+# 200,000 service entries and at least as many checks, with room left for
+# tombstones of deregistrations (they count until collected). KV, intentions,
+# CA records and unknown kinds keep the room they had.
 DEFAULT_BUDGETS: tuple[tuple[str, KindBudget], ...] = (
     ("kv", KindBudget(128 * _MIB, 1 << 17)),
-    ("service", KindBudget(32 * _MIB, 1 << 15)),
-    ("check", KindBudget(32 * _MIB, 1 << 15)),
+    ("service", KindBudget(128 * _MIB, 1 << 18)),
+    ("check", KindBudget(128 * _MIB, 1 << 18)),
     ("intention", KindBudget(32 * _MIB, 1 << 15)),
     ("ca", KindBudget(16 * _MIB, 1 << 12)),
 )
-DEFAULT_OTHER_BUDGET = KindBudget(16 * _MIB, (1 << 18) - (1 << 17) - 3 * (1 << 15) - (1 << 12))
+DEFAULT_OTHER_BUDGET = KindBudget(16 * _MIB, 28_672)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +138,11 @@ class StoreLimits:
     # whole entry still fits one push/pull frame many times over.
     value_max_bytes: int = 512 * 1024
     # The whole replica lives in every agent's memory and SQLite file.
-    store_max_bytes: int = 256 * 1024 * 1024
+    store_max_bytes: int = 448 * 1024 * 1024
     # Bounds per-entry overhead and the versions of one digest bucket: at the
-    # limit a bucket holds ~1k keys, about 1 MiB of versions, under one frame.
-    entries_max: int = 1 << 18
+    # limit a bucket holds ~2.8k keys, under 3 MiB of versions even with
+    # 512-byte keys, so it fits one 8 MiB frame.
+    entries_max: int = 720_896
     # Tombstones are kept this long after the delete (wall clock), so a member
     # that was away for less catches the delete; see the resurrection caveat.
     tombstone_max_age_s: float = 72 * 3600.0

@@ -7,6 +7,8 @@ process a test starts is killed by pid at teardown, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
 import os
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,40 @@ def keep_logs() -> bool:
 
 
 __all__ = ["MESHNODE", "AgentProc", "Cluster", "new_key", "wait_for"]
+
+
+@contextlib.contextmanager
+def idle_flood(host: str, port: int, count: int, source: str) -> Iterator[list[socket.socket]]:
+    """`count` TCP connections from `source` to host:port that never send a byte; closed after.
+
+    Needs about `count` free file descriptors (the caller raises the limit).
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setblocking(False)  # the kernel finishes each handshake on its own
+            sock.bind((source, 0))
+            sock.connect_ex((host, port))
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def still_open(sockets: list[socket.socket]) -> int:
+    """How many of `sockets` the server has neither closed, reset nor answered.
+
+    A connection still in the server's accept queue counts as open too.
+    """
+    count = 0
+    for sock in sockets:
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            count += 1
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
+                raise
+    return count

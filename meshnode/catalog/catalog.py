@@ -37,6 +37,7 @@ import trio
 from ..gossip.errors import LocalProtocolError
 from ..gossip.store import Entry
 from ..logs import get_logger, log
+from ..store.batch import Write
 from ..store.state import TOPIC_MEMBERS, NodeInfo, NodeSource, ReplicatedState
 from .checks import STATUSES, CheckError, CheckRunner, CheckSpec, Report, validate_spec
 from .definitions import MAINTENANCE, CheckDefinition, DefinitionError, ServiceDefinition
@@ -319,38 +320,43 @@ class Catalog:
         me = self.node_name
         try:
             for plan in plans:
+                # The whole plan is one store batch: one commit, one fsync.
                 owners = {s.service_id for s in plan.services}
                 parent = plan.services[0].service_id
-                for service in plan.services:
-                    if services.get(service.service_id) != service:
-                        self.state.put(
-                            KIND_SERVICE,
-                            record_key(me, service.service_id),
-                            encode_service(service),
-                        )
-                for check in plan.checks:
-                    if checks.get(check.check_id) != check:
-                        self.state.put(
-                            KIND_CHECK, record_key(me, check.check_id), encode_check(check)
-                        )
                 stale_services = [i for i in self._sidecars_of(parent) if i not in owners]
                 kept = {c.check_id for c in plan.checks}
                 kept |= {service_maintenance_id(i) for i in owners}
                 stale_checks = [
                     i for i in self._checks_of([*owners, *stale_services]) if i not in kept
                 ]
-                self._delete(stale_checks, stale_services)
+                writes = [
+                    Write.put(KIND_SERVICE, record_key(me, s.service_id), encode_service(s))
+                    for s in plan.services
+                    if services.get(s.service_id) != s
+                ]
+                writes += [
+                    Write.put(KIND_CHECK, record_key(me, c.check_id), encode_check(c))
+                    for c in plan.checks
+                    if checks.get(c.check_id) != c
+                ]
+                self._delete(stale_checks, stale_services, writes)
         except LocalProtocolError as exc:
             raise RegistrationError(str(exc)) from None
 
-    def _delete(self, check_ids: list[str], service_ids: list[str]) -> None:
+    def _delete(
+        self, check_ids: list[str], service_ids: list[str], writes: Sequence[Write] = ()
+    ) -> None:
+        """`writes`, then tombstones for the checks and services, in one store batch."""
         me = self.node_name
-        if check_ids:
-            self.state.delete_many(KIND_CHECK, [record_key(me, i) for i in check_ids])
+        batch = [
+            *writes,
+            *(Write.delete(KIND_CHECK, record_key(me, i)) for i in check_ids),
+            *(Write.delete(KIND_SERVICE, record_key(me, i)) for i in service_ids),
+        ]
+        if batch:
+            self.state.write_many(batch)
         for i in check_ids:
             self._written_at.pop(i, None)
-        if service_ids:
-            self.state.delete_many(KIND_SERVICE, [record_key(me, i) for i in service_ids])
 
     def register(self, defn: ServiceDefinition, *, source: str = "api") -> list[str]:
         """Register (or replace) a local service, its sidecar and checks; the service IDs written.

@@ -4,9 +4,10 @@ The rules (what is broadcast, relayed, fetched, and when anti-entropy runs)
 live in `meshnode.gossip.replication.Replication`; the simulator drives the
 same object. What lives here is I/O:
 
-- Local writes (`put`, `delete`, `delete_many`): `Store` first, then SQLite in
-  one transaction with the Lamport clock (durable when this returns, so the API
-  may acknowledge), then the core's broadcasts are queued in the gossip core.
+- Local writes (`put`, `delete`, `delete_many`, `write_many`): `Store` first,
+  then SQLite in one transaction with the Lamport clock (durable when this
+  returns, so the API may acknowledge; a whole registration is one batch),
+  then the core's broadcasts are queued in the gossip core.
 - Received entries: the core merges them; those that changed the replica are
   persisted (`gone` rows deleted) with the clock before its broadcasts go out.
   Malformed payloads are dropped and counted (`store.rejected`), never fatal.
@@ -62,6 +63,7 @@ from ..gossip.store import Digest, Entry, Store
 from ..gossip.transport import Transport
 from ..gossip.wire import Wire
 from ..logs import log
+from .batch import Write, apply_writes
 from .persist import Persistence
 from .state import ChangeTracker
 
@@ -186,23 +188,28 @@ class Replicator:
 
     def put(self, kind: str, key: str, value: bytes) -> Entry:
         """A local write, durable on return; raises `LocalProtocolError` on bad input."""
-        entry = self.store.put(kind, key, value)
-        self.persist.save_store([entry], [], self.store.clock)
-        self._note([entry])
-        self._written([entry])
-        return entry
+        return self.write_many([Write.put(kind, key, value)])[0]
 
     def delete(self, kind: str, key: str) -> Entry:
         return self.delete_many(kind, [key])[0]
 
     def delete_many(self, kind: str, keys: Iterable[str]) -> list[Entry]:
         """Tombstones for `keys`, durable on return (one transaction)."""
-        now_wall = self._wall_clock()
-        entries = [self.store.delete(kind, key, now_wall) for key in keys]
+        return self.write_many([Write.delete(kind, key) for key in keys])
+
+    def write_many(self, writes: Iterable[Write]) -> list[Entry]:
+        """Puts and deletes in order, durable on return in ONE transaction (store/batch.py).
+
+        A refused write raises its `LocalProtocolError` after the writes
+        before it were committed and sent.
+        """
+        entries, refused = apply_writes(self.store, writes, self._wall_clock())
         if entries:
             self.persist.save_store(entries, [], self.store.clock)
             self._note(entries)
             self._written(entries)
+        if refused is not None:
+            raise refused
         return entries
 
     def _written(self, entries: list[Entry]) -> None:

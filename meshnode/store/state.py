@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import trio
 
 from ..gossip.store import Entry, Store
+from .batch import Write, apply_writes
 
 __all__ = [
     "TOPIC_MEMBERS",
@@ -187,6 +188,14 @@ class ReplicatedState(Protocol):
         """Tombstones for `keys` (missing keys too), durable on return."""
         ...
 
+    def write_many(self, writes: Iterable[Write]) -> list[Entry]:
+        """Puts and deletes in order, durable together on return (one commit; store/batch.py).
+
+        A refused write raises like `put`, after the writes before it were
+        committed; the ones after it are not applied.
+        """
+        ...
+
 
 class LocalState:
     """A `ReplicatedState` in memory with no gossip: unit tests, tools, the simulator."""
@@ -209,21 +218,28 @@ class LocalState:
         return self._store.node_id
 
     def put(self, kind: str, key: str, value: bytes) -> Entry:
-        entry = self._store.put(kind, key, value)
-        self._tracker.note([entry])
-        return entry
+        return self.write_many([Write.put(kind, key, value)])[0]
 
     def delete_many(self, kind: str, keys: Iterable[str]) -> list[Entry]:
-        now_wall = self._wall_clock()
-        entries = [self._store.delete(kind, key, now_wall) for key in keys]
+        return self.write_many([Write.delete(kind, key) for key in keys])
+
+    def write_many(self, writes: Iterable[Write]) -> list[Entry]:
+        entries, refused = apply_writes(self._store, writes, self._wall_clock())
         if entries:
+            self._make_durable(entries)
             self._tracker.note(entries)
+        if refused is not None:
+            raise refused
         return entries
+
+    def _make_durable(self, entries: list[Entry]) -> None:
+        """Persist applied entries (local or merged) before anyone sees them; none in memory."""
 
     def merge(self, entries: Iterable[Entry]) -> int:
         """Apply remote entries, as gossip would; how many changed the replica."""
         applied = [e for e in entries if self._store.merge(e)]
         if applied:
+            self._make_durable(applied)
             self._tracker.note(applied)
         return len(applied)
 

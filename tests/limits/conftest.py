@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from meshnode import testutil
+
 HOST = "127.0.0.1"
 FLOOD_SOURCE = "127.0.0.2"
 CLIENT_SOURCE = "127.0.0.3"
@@ -40,15 +42,8 @@ def idle_flood(
 ) -> Iterator[list[socket.socket]]:
     """`count` TCP connections from `source` to host:port that never send a byte; closed after."""
     raise_fd_limit(2 * count + 1024)
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setblocking(False)  # the kernel finishes each handshake on its own
-            sock.bind((source, 0))
-            sock.connect_ex((host, port))
+    with testutil.idle_flood(host, port, count, source) as sockets:
         yield sockets
-    finally:
-        for sock in sockets:
-            sock.close()
+
+
+still_open = testutil.still_open

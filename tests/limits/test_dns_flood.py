@@ -10,7 +10,14 @@ import pytest
 import trio
 
 from meshnode.dns import DnsBound, DnsConfig, DnsNode, StaticCatalog, serve_dns
-from tests.limits.conftest import CLIENT_SOURCE, HOST, SERVED_WITHIN_S, SETTLE_S, idle_flood
+from tests.limits.conftest import (
+    CLIENT_SOURCE,
+    HOST,
+    SERVED_WITHIN_S,
+    SETTLE_S,
+    idle_flood,
+    still_open,
+)
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("dig"), reason="dig missing: apt-get install bind9-dnsutils"
@@ -48,3 +55,18 @@ async def test_held_connections_from_one_address_do_not_lock_out_another(
         answer, took_s = await _dig_tcp(port, CLIENT_SOURCE)
         assert answer == "10.0.0.1"
         assert took_s < SERVED_WITHIN_S, f"answered after {took_s:.2f} s"
+
+
+async def test_one_address_holds_exactly_the_per_client_limit(nursery: trio.Nursery) -> None:
+    """No off-by-one: 16 held, the 17th and later closed at once.
+
+    The flood stays under the listen backlog (128): a burst over it leaves a
+    handshake or two half done in the kernel, which the client counts as
+    open until the server's SYN-ACK is resent and it is accepted (and then
+    refused) a second later; that once looked like a 17th held connection.
+    """
+    port = await _start(nursery)
+    limit = DnsConfig().tcp_connections_per_client_max
+    with trio.fail_after(10), idle_flood(port, limit + 24) as sockets:
+        await trio.sleep(SETTLE_S)
+        assert still_open(sockets) == limit

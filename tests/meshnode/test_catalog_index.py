@@ -234,9 +234,10 @@ def test_a_change_touches_only_the_changed_services_records() -> None:
             {"Name": "web", "Port": 80, "Check": {"TTL": "5s"}, "Connect": {"SidecarService": {}}}
         )
     )
-    # The service and its sidecar, each with its check: nothing of the 300 others.
-    assert runner.calls == [("update", 1), ("update", 1)]
-    assert [list(t) for t in told] == [["web"], ["web-sidecar-proxy"]]
+    # The service and its sidecar, each with its check, in one store batch (one
+    # change): nothing of the 300 others.
+    assert runner.calls == [("update", 2)]
+    assert [sorted(t) for t in told] == [["web", "web-sidecar-proxy"]]
     assert len(runner.specs) == 302
 
     runner.calls.clear()

@@ -23,9 +23,10 @@ from meshnode.gossip.events import Event, UserMessage
 from meshnode.gossip.keyring import Keyring
 from meshnode.gossip.membership import Membership
 from meshnode.gossip.messages import Addr, State
-from meshnode.gossip.store import Entry, Store, Version
+from meshnode.gossip.store import Entry, EntryTooLarge, Store, Version
 from meshnode.gossip.testing import MemoryNetwork
 from meshnode.gossip.wire import Wire
+from meshnode.store.batch import Write
 from meshnode.store.persist import Persistence
 from meshnode.store.replication import (
     CHANNEL_STORE_ENTRY,
@@ -159,6 +160,52 @@ async def test_put_and_delete_replicate_by_broadcast(
         # The tombstone reached SQLite everywhere.
         entries, _ = c.nodes[3].persist.load_store()
         assert [(e.key, e.tombstone) for e in entries] == [("a", True)]
+
+
+async def test_write_many_is_durable_and_replicated_and_stops_at_a_refusal(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A registration's entries are one batch: on disk together, one index, sent to all."""
+    async with cluster(tmp_path) as c:
+        rep = c.nodes[1].rep
+        rep.put("kv", "stale", b"x")
+        written = rep.write_many(
+            [
+                Write.put("kv", "svc", b"s"),
+                Write.put("kv", "chk", b"c"),
+                Write.delete("kv", "stale"),
+            ]
+        )
+        assert [(e.key, e.tombstone) for e in written] == [
+            ("svc", False),
+            ("chk", False),
+            ("stale", True),
+        ]
+        # Durable on return: another connection to the file sees the whole batch.
+        with Persistence.open(tmp_path / "n1.db") as reader:
+            on_disk = {e.key: e.tombstone for e in reader.load_store()[0]}
+        assert on_disk == {"svc": False, "chk": False, "stale": True}
+        # One change: every entry of the batch has the same ModifyIndex.
+        assert len({rep.entry_indexes("kv", k)[1] for k in ("svc", "chk", "stale")}) == 1
+        await eventually(
+            lambda: c.nodes[3].value("chk") == b"c" and c.nodes[3].value("stale") is None, 3.0
+        )
+
+        # A refused write stops the batch after the writes before it were committed.
+        too_big = b"v" * (rep.store.limits.value_max_bytes + 1)
+        with pytest.raises(EntryTooLarge):
+            rep.write_many(
+                [
+                    Write.put("kv", "first", b"1"),
+                    Write.put("kv", "big", too_big),
+                    Write.put("kv", "after", b"3"),
+                ]
+            )
+        assert c.nodes[1].value("first") == b"1"
+        assert c.nodes[1].value("after") is None
+        with Persistence.open(tmp_path / "n1.db") as reader:
+            keys = {e.key for e in reader.load_store()[0]}
+        assert "first" in keys and "big" not in keys and "after" not in keys
 
 
 async def test_big_value_goes_as_notice_and_tcp_fetch(

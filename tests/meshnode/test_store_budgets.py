@@ -58,6 +58,28 @@ def test_defaults_add_up_to_the_store_totals() -> None:
     assert sum(b.max_entries for b in budgets) == limits.entries_max
 
 
+def test_the_default_store_takes_100k_services_with_sidecars_and_their_checks() -> None:
+    """Issue 15, finding 6: the old 32,768-entry rooms refused a 100,000-service cluster.
+
+    Values are the sizes the catalog writes (a service ~190 bytes, a check
+    ~260), on 1,000 nodes, as gossip would merge them.
+    """
+    store = Store("n0")
+    service, check = b"s" * 190, b"c" * 260
+    lamport = 0
+    for i in range(100_000):
+        node = f"n{i % 1000}"
+        for kind, key, value in (
+            ("service", f"{node}/svc-{i}", service),
+            ("service", f"{node}/svc-{i}-sidecar-proxy", service),
+            ("check", f"{node}/service:svc-{i}", check),
+            ("check", f"{node}/service:svc-{i}-sidecar-proxy", check),
+        ):
+            lamport += 1
+            assert store.merge(Entry(kind, key, value, Version(lamport, node)))
+    assert store.kind_usage("service")[1] == store.kind_usage("check")[1] == 200_000
+
+
 def test_with_budget_moves_the_total_so_other_kinds_keep_their_room() -> None:
     limits = _small_kv()
     assert limits.budget_of("kv")[1].max_bytes == 2 * _MIB
