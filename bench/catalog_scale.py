@@ -65,6 +65,7 @@ from meshnode.catalog.definitions import CheckDefinition, parse_service
 from meshnode.catalog.dns_view import CatalogDnsView
 from meshnode.catalog.records import (
     KIND_CHECK,
+    KIND_SERVICE,
     CheckRecord,
     ServiceRecord,
     encode_check,
