@@ -472,7 +472,7 @@ class BuiltinProvider:
         return cert_to_pem(cert)
 
 
-class FileRootProvider:
+class FileRootProvider(BuiltinProvider):
     """A root supplied by the operator as two PEM files; the rest is the built-in provider's.
 
     `generate_root` reads the files when it is called (so a replaced file is
@@ -484,9 +484,9 @@ class FileRootProvider:
     def __init__(
         self, cert_path: str | Path, key_path: str | Path, *, name_constraints: bool = True
     ) -> None:
+        super().__init__(name_constraints=name_constraints)
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
-        self._builtin = BuiltinProvider(name_constraints=name_constraints)
 
     def generate_root(
         self, trust_domain: str, *, now: datetime, ttl_s: float = ROOT_TTL_S
@@ -511,30 +511,3 @@ class FileRootProvider:
         if not issuer.cert.not_valid_before_utc <= now < issuer.cert.not_valid_after_utc:
             raise ProviderError(f"{self.cert_path}: root is not valid at {now.isoformat()}")
         return RootCA(cert_pem=cert_pem, key_pem=key_pem)
-
-    def sign_intermediate(
-        self,
-        root: RootCA,
-        public_key: ec.EllipticCurvePublicKey,
-        *,
-        signer_node: str,
-        now: datetime,
-        ttl_s: float,
-    ) -> str:
-        return self._builtin.sign_intermediate(
-            root, public_key, signer_node=signer_node, now=now, ttl_s=ttl_s
-        )
-
-    def cross_sign(self, old_root: RootCA, new_root_cert_pem: str, *, now: datetime) -> str:
-        return self._builtin.cross_sign(old_root, new_root_cert_pem, now=now)
-
-    def sign_leaf(
-        self,
-        issuer_cert_pem: str,
-        issuer_key_pem: str,
-        csr: ValidatedCSR,
-        *,
-        now: datetime,
-        ttl_s: float,
-    ) -> str:
-        return self._builtin.sign_leaf(issuer_cert_pem, issuer_key_pem, csr, now=now, ttl_s=ttl_s)

@@ -69,6 +69,21 @@ def time_until_everywhere(
     )
 
 
+def lossy(cluster: NetnsCluster, seed: int) -> tuple[random.Random, list[dict[str, int]]]:
+    """Start LOSS_PCT % loss: the seeded rng (printed for replay) and the counters before it."""
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    before = [h.counters() for h in cluster.hosts]
+    cluster.loss(LOSS_PCT)
+    return rng, before
+
+
+def grown(hosts: list[Host], before: list[dict[str, int]], counter: str) -> int:
+    """How much `counter` grew on all `hosts` together since `before`."""
+    after = [h.counters() for h in hosts]
+    return sum(a.get(counter, 0) - b.get(counter, 0) for a, b in zip(after, before, strict=True))
+
+
 class StateWatch:
     """Polls every host's member list in a thread, remembering failures and suspicions."""
 
@@ -151,10 +166,7 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
     cluster: NetnsCluster, figures: Figures
 ) -> None:
     hosts = cluster.hosts
-    rng = random.Random(SEED)
-    print(f"seed={SEED}")
-    before = [h.counters() for h in hosts]
-    cluster.loss(LOSS_PCT)
+    rng, before = lossy(cluster, SEED)
     start = time.monotonic()
     service_s: list[float] = []
     intention_s: list[float] = []
@@ -184,10 +196,7 @@ def test_ten_percent_loss_for_a_minute_declares_no_one_failed(
         remaining_s = LOSS_S - (time.monotonic() - start)
         if remaining_s > 0:
             time.sleep(remaining_s)
-    received = sum(
-        a.get("udp.recv_packets", 0) - b.get("udp.recv_packets", 0)
-        for a, b in zip([h.counters() for h in hosts], before, strict=True)
-    )
+    received = grown(hosts, before, "udp.recv_packets")
     figures["2_loss"] = {
         "loss_pct": LOSS_PCT,
         "duration_s": round(time.monotonic() - start, 1),

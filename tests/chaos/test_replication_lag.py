@@ -9,7 +9,6 @@ recorded like test_cluster.py's.
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.netns import Host, NetnsCluster, wait_for
-from tests.chaos.test_cluster import LOSS_PCT, allowed, time_until_everywhere
+from tests.chaos.test_cluster import LOSS_PCT, allowed, grown, lossy, time_until_everywhere
 
 pytestmark = pytest.mark.slow
 SEED = 10
@@ -34,10 +33,7 @@ def test_a_deny_reaches_every_agent_within_two_seconds_at_ten_percent_loss(
     cluster: NetnsCluster, figures: Figures
 ) -> None:
     hosts = cluster.hosts
-    rng = random.Random(SEED)
-    print(f"seed={SEED}")
-    before = [h.counters() for h in hosts]
-    cluster.loss(LOSS_PCT)
+    rng, before = lossy(cluster, SEED)
     took_s: list[float] = []
     for k in range(DENIES):
         writer = rng.choice(hosts)
@@ -51,10 +47,7 @@ def test_a_deny_reaches_every_agent_within_two_seconds_at_ten_percent_loss(
         took_s.append(time.monotonic() - start)
         time.sleep(0.5)
     cluster.heal()
-    pushed = sum(
-        a.get("store.push.ok", 0) - b.get("store.push.ok", 0)
-        for a, b in zip([h.counters() for h in hosts], before, strict=True)
-    )
+    pushed = grown(hosts, before, "store.push.ok")
     ordered = sorted(took_s)
     figures["10_deny_under_loss"] = {
         "loss_pct": LOSS_PCT,
