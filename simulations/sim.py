@@ -280,20 +280,25 @@ class Simulator:
                     continue
                 node.core.handle_timer(time_s)
                 self._flush(node)
-            elif kind == _PACKET:
-                self._deliver(payload)
-            elif kind == _PP_REQUEST:
-                self._serve_push_pull(payload)
-            elif kind == _PP_RESPONSE:
-                self._finish_push_pull(payload)
-            elif kind == _AE_STEP:
-                self._anti_entropy_arrive(payload)
-            elif kind == _STORE_PUSH:
-                self._store_push_arrive(payload)
             else:
-                payload()
+                self._arrive(kind, payload)
         if not self.stopped:
             self.now_s = max(self.now_s, until_s)
+
+    def _arrive(self, kind: int, payload: Any) -> None:
+        """Hand one popped (or held-while-paused) event other than a wake to its handler."""
+        if kind == _PACKET:
+            self._deliver(payload)
+        elif kind == _PP_REQUEST:
+            self._serve_push_pull(payload)
+        elif kind == _PP_RESPONSE:
+            self._finish_push_pull(payload)
+        elif kind == _AE_STEP:
+            self._anti_entropy_arrive(payload)
+        elif kind == _STORE_PUSH:
+            self._store_push_arrive(payload)
+        else:
+            payload()
 
     # ------------------------------------------------------------------ node life
 
@@ -406,14 +411,7 @@ class Simulator:
         for kind, _, payload in backlog:
             if node.core is None:
                 break
-            if kind == _PACKET:
-                self._deliver(payload)
-            elif kind == _AE_STEP:
-                self._anti_entropy_arrive(payload)
-            elif kind == _STORE_PUSH:
-                self._store_push_arrive(payload)
-            else:
-                self._serve_push_pull(payload)
+            self._arrive(kind, payload)  # a packet, push-pull request, store push or AE step
         if node.core is not None:
             node.core.handle_timer(self.now_s)
             self._flush(node)
