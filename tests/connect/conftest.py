@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,18 @@ def start_agents(cluster: Cluster, n: int, *flags: str) -> list[AgentProc]:
         a.cli("join", agents[0].gossip)
     wait_for(lambda: all(len(a.statuses()) == n for a in agents), 15.0, f"{n} members")
     return agents
+
+
+@asynccontextmanager
+async def agents_in_nursery(
+    cluster: Cluster, n: int, timeout_s: float, *flags: str
+) -> AsyncIterator[tuple[list[AgentProc], trio.Nursery]]:
+    """`start_agents`, then a nursery bounded by `timeout_s` and cancelled when the body ends."""
+    agents = await trio.to_thread.run_sync(start_agents, cluster, n, *flags)
+    with trio.fail_after(timeout_s):
+        async with trio.open_nursery() as nursery:
+            yield agents, nursery
+            nursery.cancel_scope.cancel()
 
 
 def free_port(ip: str = "127.0.0.1") -> int:

@@ -26,13 +26,13 @@ from meshnode.proxy.testing import StaticAuthorizer, StaticCertSource, StaticRes
 from meshnode.testutil import AgentProc, Cluster
 from tests.connect.conftest import (
     READY_S,
+    agents_in_nursery,
     api,
     cli,
     dial_when_ready,
     echo,
     free_port,
     register,
-    start_agents,
 )
 from tests.connect.test_native_agents import open_service, raw_client, serve_native
 
@@ -103,61 +103,57 @@ async def test_native_services_refuse_and_cut_revoked_leaves(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MESHNODE_HTTP_TOKEN", _TOKEN)  # the CLI and the native services
-    web_agent, db_agent = await trio.to_thread.run_sync(
-        start_agents, cluster, 2, "-api-token", _TOKEN
-    )
-    with trio.fail_after(_TEST_S):
-        async with trio.open_nursery() as nursery:
-            db, db_port = await serve_native(nursery, db_agent, tmp_path, "db")
-            stuck_port, stuck_serial = await serve_stuck(nursery, web_agent, tmp_path)
-            await register(web_agent, tmp_path, {"name": "web", "connect": {"native": True}})
-            web = await open_service(web_agent, "web")
-            to_db = await dial_port(web, db_port)
-            to_stuck = await dial_port(web, stuck_port)  # both instances serve before
-            for live in (to_db, to_stuck):
-                assert await exchange(live, b"hello") == b"hello"
+    async with agents_in_nursery(cluster, 2, _TEST_S, "-api-token", _TOKEN) as (agents, nursery):
+        web_agent, db_agent = agents
+        db, db_port = await serve_native(nursery, db_agent, tmp_path, "db")
+        stuck_port, stuck_serial = await serve_stuck(nursery, web_agent, tmp_path)
+        await register(web_agent, tmp_path, {"name": "web", "connect": {"native": True}})
+        web = await open_service(web_agent, "web")
+        to_db = await dial_port(web, db_port)
+        to_stuck = await dial_port(web, stuck_port)  # both instances serve before
+        for live in (to_db, to_stuck):
+            assert await exchange(live, b"hello") == b"hello"
 
-            # A server's leaf revoked (by serial, on an agent that does not hold it).
-            cut_s = await revoke_cuts_after_s(db_agent, stuck_serial, "serial", to_stuck)
-            print(f"web's live stream to the revoked server cut {cut_s:.2f} s after `ca revoke`")
-            assert cut_s < _CUT_S
-            assert web.tracker.counts() == {("web", "db"): 1}  # to_db is still up
-            for _ in range(10):  # every new dial skips the revoked instance
-                async with await web.dial("db", timeout_s=5.0) as stream:
-                    assert stream.socket.getpeername()[1] == db_port
-                    assert await exchange(stream, b"ping") == b"ping"
-
-            # A client's leaf revoked (on its own agent: by serial and key).
-            old_leaf = web.material
-            web_serial = serial_of(old_leaf)
-            cut_s = await revoke_cuts_after_s(web_agent, web_serial, "serial and public key", to_db)
-            print(f"db cut web's live stream {cut_s:.2f} s after `ca revoke`")
-            assert cut_s < _CUT_S
-            with trio.move_on_after(_CUT_S):
-                while len(db.tracker):
-                    await trio.sleep(0.05)
-            assert db.tracker.counts() == {}
-            denied = db.stats.denied_total
-            got = await trio.to_thread.run_sync(
-                raw_client,
-                db_agent.ip,
-                db_port,
-                old_leaf.roots_pem,
-                (old_leaf.cert_chain_pem, old_leaf.key_pem),
-                tmp_path,
-            )
-            assert got == b""  # the old leaf is refused at the handshake
-            assert db.stats.denied_total == denied + 1
-
-            # web's agent owns its leaf: it takes a new one and web reaches db again.
-            with trio.fail_after(READY_S):
-                while serial_of(web.material) == web_serial:
-                    await trio.sleep(0.1)
-            async with await dial_when_ready(web, "db") as stream:
+        # A server's leaf revoked (by serial, on an agent that does not hold it).
+        cut_s = await revoke_cuts_after_s(db_agent, stuck_serial, "serial", to_stuck)
+        print(f"web's live stream to the revoked server cut {cut_s:.2f} s after `ca revoke`")
+        assert cut_s < _CUT_S
+        assert web.tracker.counts() == {("web", "db"): 1}  # to_db is still up
+        for _ in range(10):  # every new dial skips the revoked instance
+            async with await web.dial("db", timeout_s=5.0) as stream:
                 assert stream.socket.getpeername()[1] == db_port
-                assert await exchange(stream, b"back") == b"back"
-            listed = await api(db_agent, "/v1/connect/ca/revocations")
-            assert sorted(r["SerialNumber"] for r in listed) == sorted([stuck_serial, web_serial])
-            await to_db.aclose()
-            await to_stuck.aclose()
-            nursery.cancel_scope.cancel()
+                assert await exchange(stream, b"ping") == b"ping"
+
+        # A client's leaf revoked (on its own agent: by serial and key).
+        old_leaf = web.material
+        web_serial = serial_of(old_leaf)
+        cut_s = await revoke_cuts_after_s(web_agent, web_serial, "serial and public key", to_db)
+        print(f"db cut web's live stream {cut_s:.2f} s after `ca revoke`")
+        assert cut_s < _CUT_S
+        with trio.move_on_after(_CUT_S):
+            while len(db.tracker):
+                await trio.sleep(0.05)
+        assert db.tracker.counts() == {}
+        denied = db.stats.denied_total
+        got = await trio.to_thread.run_sync(
+            raw_client,
+            db_agent.ip,
+            db_port,
+            old_leaf.roots_pem,
+            (old_leaf.cert_chain_pem, old_leaf.key_pem),
+            tmp_path,
+        )
+        assert got == b""  # the old leaf is refused at the handshake
+        assert db.stats.denied_total == denied + 1
+
+        # web's agent owns its leaf: it takes a new one and web reaches db again.
+        with trio.fail_after(READY_S):
+            while serial_of(web.material) == web_serial:
+                await trio.sleep(0.1)
+        async with await dial_when_ready(web, "db") as stream:
+            assert stream.socket.getpeername()[1] == db_port
+            assert await exchange(stream, b"back") == b"back"
+        listed = await api(db_agent, "/v1/connect/ca/revocations")
+        assert sorted(r["SerialNumber"] for r in listed) == sorted([stuck_serial, web_serial])
+        await to_db.aclose()
+        await to_stuck.aclose()
