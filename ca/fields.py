@@ -13,7 +13,7 @@ import cbor2
 from cryptography import x509
 
 from ..gossip.errors import DecodeError
-from ..gossip.strict_cbor import load_strict
+from ..gossip.strict_cbor import Refuse, load_strict
 from .pem import PemError, cert_from_pem
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "integer",
     "load_cert",
     "load_map",
+    "load_v1_map",
     "malformed",
     "number",
     "optional_text",
@@ -62,15 +63,23 @@ def dump(value: dict[str, Any]) -> bytes:
     return cbor2.dumps({"v": 1, **value}, canonical=True)
 
 
-def load_map(data: bytes) -> dict[str, Any]:
-    if len(data) > VALUE_MAX_BYTES:
-        malformed(f"{len(data)} bytes is more than {VALUE_MAX_BYTES}")
-    value = load_strict(data, max_depth=2, refuse=_refusal)
+def load_v1_map(data: bytes, *, max_bytes: int, refuse: Refuse) -> dict[str, Any]:
+    """A `"v": 1` CBOR map of at most `max_bytes`; raises `refuse(why)` for anything else.
+
+    Shared with the revocations, which have their own bound and error type.
+    """
+    if len(data) > max_bytes:
+        raise refuse(f"{len(data)} bytes is more than {max_bytes}")
+    value = load_strict(data, max_depth=2, refuse=refuse)
     if not isinstance(value, dict):
-        malformed("value is not a map")
+        raise refuse("value is not a map")
     if value.get("v") != 1:
-        malformed(f"unknown format version {value.get('v')!r}")
+        raise refuse(f"unknown format version {value.get('v')!r}")
     return value
+
+
+def load_map(data: bytes) -> dict[str, Any]:
+    return load_v1_map(data, max_bytes=VALUE_MAX_BYTES, refuse=_refusal)
 
 
 def text(value: dict[str, Any], name: str, max_chars: int = TEXT_MAX_CHARS) -> str:

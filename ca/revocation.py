@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..gossip.errors import DecodeError
-from ..gossip.strict_cbor import load_strict
+from .fields import load_v1_map
 from .pem import colon_hex
 
 __all__ = [
@@ -195,13 +195,7 @@ def _field(value: dict[str, Any], name: str, kind: type) -> Any:
 
 def decode_revocation(key: str, data: bytes) -> Revocation:
     """The revocation a replicated value holds; `MalformedRevocation` for any defect."""
-    if len(data) > _VALUE_MAX_BYTES:
-        _malformed(f"{len(data)} bytes is more than {_VALUE_MAX_BYTES}")
-    value = load_strict(data, max_depth=2, refuse=_refusal)
-    if not isinstance(value, dict):
-        _malformed("value is not a map")
-    if value.get("v") != 1:
-        _malformed(f"unknown format version {value.get('v')!r}")
+    value = load_v1_map(data, max_bytes=_VALUE_MAX_BYTES, refuse=_refusal)
     raw_serial = _field(value, "serial", bytes)
     record = _checked(
         Revocation(
