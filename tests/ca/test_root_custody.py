@@ -59,8 +59,7 @@ async def test_a_tombstoned_root_record_keeps_every_key_and_is_written_back(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await two_signers(tmp_path, nursery)
-    active = mesh.ca["n3"].view.active
-    assert active is not None
+    active = mesh.active_root("n3")
     for signer in ("n1", "n2"):
         assert key_file(tmp_path, signer, active.id).exists()
 
@@ -84,8 +83,7 @@ async def test_a_root_record_made_untrusted_is_written_back(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
-    active = mesh.ca["n2"].view.active
-    assert active is not None
+    active = mesh.active_root("n2")
     # Another certificate under the real root's key name: the record no longer decodes.
     other = BuiltinProvider().generate_root("x.mesh", now=mesh.ca["n1"]._now())
     mesh.state.put(
@@ -105,9 +103,9 @@ async def test_after_a_restart_the_signers_own_copy_brings_the_record_back(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
-    active = mesh.ca["n1"].view.active
+    active = mesh.active_root("n1")
     pin = mesh.ca["n1"].anchors()
-    assert active is not None and pin == (Anchor(active.id, active.cert_pem),)
+    assert pin == (Anchor(active.id, active.cert_pem),)
     tombstone(mesh, root_key(active.id))
     # n1 restarts before it reconciles: a new service over the same data dir and pin.
     again = Mesh(
@@ -131,8 +129,7 @@ async def test_a_rotated_out_root_keeps_its_key_for_its_trust_period_only(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await two_signers(tmp_path, nursery)
-    old = mesh.ca["n3"].view.active
-    assert old is not None
+    old = mesh.active_root("n3")
     new_id = await mesh.ca["n3"].configure(ConfigChange(rotate=True))
     await mesh.reconcile()
     # The attacker deletes the old record early (its leaves are still valid).
@@ -202,8 +199,7 @@ async def test_forged_approvals_are_verified_once_not_on_every_change(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
-    active = mesh.ca["n2"].view.active
-    assert active is not None
+    active = mesh.active_root("n2")
     der = public_der(generate_key().public_key())
 
     def forged(i: int) -> SignerApproval:

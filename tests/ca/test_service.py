@@ -19,7 +19,7 @@ from meshnode.ca.csr import make_csr
 from meshnode.ca.keystore import KeyStore
 from meshnode.ca.leaf_manager import LeafError
 from meshnode.ca.pem import cert_from_pem, generate_key
-from meshnode.ca.records import KIND, read_view
+from meshnode.ca.records import KIND, CAConfigRecord, RootRecord, read_view
 from meshnode.ca.rpc import (
     STREAM_CA,
     ConfigureRequest,
@@ -105,6 +105,18 @@ class Mesh:
                 wall_clock=self.clock,
                 connect=self.connect,
             )
+
+    def active_root(self, name: str) -> RootRecord:
+        """The active root in `name`'s view (the test fails where it has none)."""
+        active = self.ca[name].view.active
+        assert active is not None
+        return active
+
+    def config(self, name: str) -> CAConfigRecord:
+        """The CA config in `name`'s view (the test fails where it has none)."""
+        config = self.ca[name].view.config
+        assert config is not None
+        return config
 
     def host(self, name: str) -> str:
         node = self.nodes.node(name)
@@ -382,8 +394,7 @@ async def test_root_keys_go_only_to_approved_signers_sealed_to_their_identity_ke
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = bootstrapped(tmp_path, nursery, ["n1", "n2", "n3"], {"n1", "n2"})
-    active = mesh.ca["n1"].view.active
-    assert active is not None
+    active = mesh.active_root("n1")
     n2 = Addr(mesh.host("n2"), 1)
     n3 = Addr(mesh.host("n3"), 40000)
     reply = await mesh.ca["n1"].handle(RootKeyRequest("n3", active.id), n3)
@@ -414,8 +425,7 @@ async def test_rotation_cross_signs_reissues_intermediates_and_prunes_the_old_ro
 ) -> None:
     mesh = await two_signers_and_n3(tmp_path, nursery)
     mesh.register("n3", "web")
-    old = mesh.ca["n3"].view.active
-    assert old is not None
+    old = mesh.active_root("n3")
     before = await mesh.ca["n3"].issue("web", csr_for(mesh, "web"))
 
     new_id = await mesh.ca["n3"].configure(ConfigChange(rotate=True))  # forwarded
@@ -448,6 +458,6 @@ async def test_configuration_changes_apply_on_an_eligible_node_and_reach_every_v
 ) -> None:
     mesh = bootstrapped(tmp_path, nursery, ["n1", "n2"], {"n1"})
     await mesh.ca["n2"].configure(ConfigChange(leaf_ttl_s=7200, csr_max_per_second=10))
-    config = mesh.ca["n2"].view.config
-    assert config is not None and config.leaf_ttl_s == 7200
+    config = mesh.config("n2")
+    assert config.leaf_ttl_s == 7200
     assert config.csr_max_per_second == 10 and config.updated_by == "n1"

@@ -108,8 +108,7 @@ async def test_a_replayed_root_key_reply_opens_only_with_the_approved_identity_k
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await rogue_mesh(tmp_path, nursery)
-    active = mesh.ca["n1"].view.active
-    assert active is not None
+    active = mesh.active_root("n1")
     # n2 is not eligible; make it ask and approve it, as an operator would.
     mesh.ca["n2"].settings = replace(mesh.ca["n2"].settings, eligible=True)
     await mesh.reconcile("n2")
@@ -165,8 +164,7 @@ async def test_the_signer_token_approves_only_requests_that_prove_it(
     mesh.ca["n1"].bootstrap()
     for _ in range(3):
         await mesh.reconcile()
-    active = mesh.ca["n1"].view.active
-    assert active is not None
+    active = mesh.active_root("n1")
     assert sorted(mesh.ca["rogue"].signers()) == ["n1", "n2"]
     assert mesh.ca["n2"].keystore.load(active.id) == mesh.ca["n1"].keystore.load(active.id)
     assert rogue.keystore.held() == set()
@@ -198,8 +196,7 @@ async def test_operator_approval_checks_the_fingerprint_and_revoke_removes_a_sig
 
     mesh.ca["n1"].revoke("n2")
     assert mesh.ca["n1"].signers() == ["n1"]
-    active = mesh.ca["n1"].view.active
-    assert active is not None
+    active = mesh.active_root("n1")
     reply = await mesh.ca["n1"].handle(RootKeyRequest("n2", active.id), Addr(mesh.host("n2"), 1))
     assert isinstance(reply, Refusal) and reply.code == "forbidden"
     with pytest.raises(CAError, match="is not an approved signer"):

@@ -149,14 +149,12 @@ async def test_config_settings_written_without_the_root_key_are_ignored_and_writ
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
-    config = mesh.ca["n2"].view.config
-    assert config is not None
+    config = mesh.config("n2")
     # Same cluster, but a ten-year leaf and every member may sign.
     tampered = replace(config, leaf_ttl_s=10 * 365 * 24 * 3600, ca_signers=64, updated_by="rogue")
     mesh.state.put(KIND, CONFIG_KEY, encode_config(tampered))
     await mesh.reconcile("n2")
-    seen = mesh.ca["n2"].view.config
-    assert seen is not None
+    seen = mesh.config("n2")
     assert (seen.leaf_ttl_s, seen.ca_signers) == (config.leaf_ttl_s, config.ca_signers)
     assert mesh.counters["n2"].values["ca.malformed_records"] >= 1
     await mesh.reconcile("n1")  # n1 (the best signer) writes the trusted one back
@@ -175,14 +173,13 @@ async def test_rotation_is_trusted_the_pin_advances_and_a_pruned_root_stays_out(
     mesh = await settled_mesh(tmp_path, nursery)
     pin_path = tmp_path / "n2" / "ca" / ANCHOR_FILE
     mesh.ca["n2"]._save_pin = pin_saver(pin_path)
-    old = mesh.ca["n2"].view.active
-    assert old is not None and mesh.ca["n2"].anchors() == (Anchor(old.id, old.cert_pem),)
+    old = mesh.active_root("n2")
+    assert mesh.ca["n2"].anchors() == (Anchor(old.id, old.cert_pem),)
 
     new_id = await mesh.ca["n2"].configure(ConfigChange(rotate=True))  # forwarded to n1
     roots = mesh.ca["n2"].roots()
     assert roots is not None and roots.active_id == new_id and len(roots.pems) == 2
-    config = mesh.ca["n2"].view.config
-    assert config is not None and config.root_id == new_id  # re-signed by the new root
+    assert mesh.config("n2").root_id == new_id  # re-signed by the new root
     assert not pin_path.exists()  # the old root is still in the store: still the pin
 
     mesh.clock.now_s += 2 * DEFAULT_LEAF_TTL_S + 1  # the old root's leaves have expired
@@ -207,8 +204,7 @@ async def test_first_use_follows_the_store_for_a_window_then_pins(
     pin_path = tmp_path / "n2" / "ca" / ANCHOR_FILE
     mesh.ca["n2"]._save_pin = pin_saver(pin_path)
     await mesh.start()
-    active = mesh.ca["n2"].view.active
-    assert active is not None
+    active = mesh.active_root("n2")
     assert mesh.ca["n2"].anchors() == () and not pin_path.exists()  # provisional
     mesh.clock.now_s += CASettings().first_use_window_s
     await mesh.reconcile()
@@ -222,8 +218,7 @@ async def test_a_new_agent_with_the_operators_fingerprint_ignores_a_replaced_sto
         tmp_path, nursery, ["n1", "n2", "n3"], {"n1"}, settings=CASettings(bootstrap_wait_s=0)
     )
     await mesh.start()
-    real = mesh.ca["n1"].view.active
-    assert real is not None
+    real = mesh.active_root("n1")
     # The attacker replaces the config and adds its root before n2 and n3 pin anything.
     cluster_id = str(uuid.uuid4())
     root = rogue_root(mesh, trust_domain_for(cluster_id))
@@ -300,8 +295,7 @@ async def test_a_deleted_config_is_written_back_and_no_second_ca_is_made(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     mesh = await settled_mesh(tmp_path, nursery)
-    config = mesh.ca["n2"].view.config
-    assert config is not None
+    config = mesh.config("n2")
     mesh.state.delete_many(KIND, [CONFIG_KEY])
     await mesh.reconcile()
     assert mesh.counters["n1"].values.get("ca.bootstrapped", 0) == 1  # the first one only
@@ -317,12 +311,10 @@ async def test_a_config_written_before_signed_configs_is_trusted_on_first_use_th
 ) -> None:
     mesh = Mesh(tmp_path, nursery, ["n1", "n2"], {"n1"}, settings=CASettings(bootstrap_wait_s=0))
     await mesh.start()
-    config = mesh.ca["n2"].view.config
-    assert config is not None
+    config = mesh.config("n2")
     # What an older agent wrote: no root id, no signature.
     mesh.state.put(KIND, CONFIG_KEY, encode_config(replace(config, root_id="", signature=b"")))
     assert mesh.ca["n2"].view.config == replace(config, root_id="", signature=b"")
     await mesh.reconcile()
     stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
-    active = mesh.ca["n2"].view.active
-    assert active is not None and stored.root_id == active.id and stored.signature
+    assert stored.root_id == mesh.active_root("n2").id and stored.signature
