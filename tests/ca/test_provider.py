@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -215,29 +216,24 @@ def test_provider_refuses_a_leaf_for_another_trust_domain(chain: Chain) -> None:
 
 def test_name_constraints_constrain(chain: Chain, chain_no_nc: Chain, tmp_path: Path) -> None:
     """The root's constraints stop a rogue intermediate's leaf for another trust domain."""
+
+    def verify_forged(root: RootCA, uri: str) -> subprocess.CompletedProcess[str]:
+        """openssl on a leaf for `uri` under a new rogue intermediate of `root`."""
+        rogue_pem, rogue_key = _rogue(root)
+        leaf_pem = _forge_leaf(rogue_pem, rogue_key, uri)
+        return openssl_verify(
+            tmp_path, leaf_pem, trusted=[root.cert_pem], untrusted=[rogue_pem], extra=[]
+        )
+
     evil = ServiceID("evil.mesh", "dc1", "web").uri
-    rogue_pem, rogue_key = _rogue(chain.root)
     subdomain = ServiceID(f"x.{TD}", "dc1", "web").uri  # an exact host, not a domain
     for uri, ok in ((evil, False), (subdomain, False), (WEB.uri, True)):
-        result = openssl_verify(
-            tmp_path,
-            _forge_leaf(rogue_pem, rogue_key, uri),
-            trusted=[chain.root.cert_pem],
-            untrusted=[rogue_pem],
-            extra=[],
-        )
+        result = verify_forged(chain.root, uri)
         assert (result.returncode == 0) is ok, result.stderr
         if not ok:
             assert "permitted subtree violation" in result.stderr
     # Control: under a root without constraints the same forgery verifies.
-    rogue_pem, rogue_key = _rogue(chain_no_nc.root)
-    result = openssl_verify(
-        tmp_path,
-        _forge_leaf(rogue_pem, rogue_key, evil),
-        trusted=[chain_no_nc.root.cert_pem],
-        untrusted=[rogue_pem],
-        extra=[],
-    )
+    result = verify_forged(chain_no_nc.root, evil)
     assert result.returncode == 0, result.stderr
 
 
