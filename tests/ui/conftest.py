@@ -136,10 +136,10 @@ def _problem(kind: str, text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where screenshots go: $MESHNODE_UI_SHOTS, else a temporary directory."""
+def shots() -> Path:
+    """Where screenshots go: $MESHNODE_UI_SHOTS, else build/ui-shots (git-ignored, kept)."""
     where = os.environ.get("MESHNODE_UI_SHOTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("ui-shots")
+    path = Path(where) if where else Path(__file__).resolve().parents[2] / "build" / "ui-shots"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -1,6 +1,6 @@
 """Each page of the web UI against a live three-agent cluster, in chromium, with screenshots.
 
-Screenshots go to $MESHNODE_UI_SHOTS (else a temporary directory); with
+Screenshots go to $MESHNODE_UI_SHOTS (else build/ui-shots in the checkout); with
 MESHNODE_UI_DOCS=1 the topology one also refreshes docs/ui-topology.png.
 """
 
