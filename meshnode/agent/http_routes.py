@@ -7,6 +7,7 @@ API token guard reads the token at each request, so a reload applies at once.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from ..api import build_router
@@ -38,10 +39,15 @@ def _signer_addresses(agent: Agent) -> list[str]:
     return [str(m.addr) for m in members if m is not None]
 
 
+def _own_names(agent: Agent) -> list[str]:
+    """The names a browser may use for this agent (the DNS rebinding check)."""
+    return [agent.config.node_name, socket.gethostname(), socket.getfqdn()]
+
+
 def agent_router(agent: Agent) -> Router:
     """The agent's router, guarded against other sites' pages and by its API token."""
     router = build_router(agent)
-    router.add_guard(cross_site_guard())
+    router.add_guard(cross_site_guard(_own_names(agent)))
     router.add_guard(token_guard(lambda: agent.config.api_token))
     register_intention_routes(router, agent.intentions, agent.audit)
     register_audit_routes(router, agent.audit)
