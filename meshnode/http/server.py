@@ -243,7 +243,8 @@ class _Connection:
                 status_code=response.status, headers=headers, reason=_reason(response.status)
             )
         ]
-        if response.body and not head:
+        # No body after HEAD, 204 or 304 (h11 refuses one; it never reached the client).
+        if response.body and not head and response.status not in (204, 304):
             events.append(h11.Data(data=response.body))
         events.append(h11.EndOfMessage())
         await self._send_bytes(b"".join(self.conn.send(e) or b"" for e in events))
