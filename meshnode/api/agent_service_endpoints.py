@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from ..catalog.catalog import Catalog, UnknownService
 from ..catalog.checks import CheckError, UnknownCheck
 from ..catalog.definitions import DefinitionError, parse_service
 from ..http import HttpError, Request, Response, Router
+from ..store.group_commit import GroupCommit
 from .bodies import object_body
 from .catalog_json import agent_service_json, check_json
 
@@ -40,7 +42,12 @@ def _ttl_errors(catalog: Catalog, check_id: str, status: str, output: str) -> No
 
 
 def register_agent_service_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
-    """Add the local service and check endpoints, backed by `catalog`."""
+    """Add the local service and check endpoints, backed by `catalog`.
+
+    Concurrent (de)registrations share SQLite commits (store/group_commit.py);
+    each is answered once the commit holding its writes is done.
+    """
+    groups = GroupCommit(catalog.state)
 
     async def services(request: Request) -> Response:
         return Response.json(
@@ -63,14 +70,15 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
                 413, f"body is {len(request.body)} bytes, the limit is {REGISTER_BODY_MAX_BYTES}"
             )
         try:
-            catalog.register(parse_service(request.json_body()), source="api")
+            definition = parse_service(request.json_body())
+            await groups.run(partial(catalog.register, definition, source="api"))
         except DefinitionError as exc:
             raise HttpError(400, str(exc)) from None
         return Response.empty()
 
     async def deregister(request: Request) -> Response:
         try:
-            catalog.deregister(request.params["id"])
+            await groups.run(partial(catalog.deregister, request.params["id"]))
         except UnknownService as exc:
             raise HttpError(404, str(exc)) from None
         return Response.empty()
