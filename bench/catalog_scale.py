@@ -50,6 +50,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -270,35 +271,64 @@ def _bodies(count: int, prefix: str) -> list[dict[str, object]]:
     ]
 
 
-def _timed(
-    label: str, ops: list[Callable[[], object]], budget_s: float, target: bool
-) -> tuple[int, dict[str, object]]:
-    """Run `ops` in order until done or `budget_s`; how many ran, and the figures.
-
-    Per second by the wall clock (what a client sees) and by this process's
-    CPU time (steadier on a shared machine; the HTTP client's share included).
-    """
-    took: list[int] = []
-    deadline = time.monotonic() + budget_s
-    start, cpu_start = time.perf_counter(), time.process_time()
+def _run_lane(ops: list[Callable[[], object]], deadline: float, took: list[int]) -> None:
     for op in ops:
         if time.monotonic() > deadline:
             break
         t0 = time.perf_counter_ns()
         op()
         took.append(time.perf_counter_ns() - t0)
+
+
+def _timed(
+    label: str,
+    ops: list[Callable[[], object]],
+    budget_s: float,
+    target: bool,
+    lanes: int = 1,
+) -> tuple[list[int], dict[str, object]]:
+    """Run `ops` until done or `budget_s`; the indexes of those that ran, and the figures.
+
+    `lanes` > 1: that many threads at once, lane k running ops k, k+lanes, ...
+    (concurrent clients, each waiting for its own answers). Per second by the
+    wall clock (what clients see) and by this process's CPU time (steadier on
+    a shared machine; the HTTP clients' share included).
+    """
+    deadline = time.monotonic() + budget_s
+    split = [ops[k::lanes] for k in range(lanes)]
+    took: list[list[int]] = [[] for _ in range(lanes)]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if lanes == 1:
+        _run_lane(ops, deadline, took[0])
+    else:
+        threads = [
+            threading.Thread(target=_run_lane, args=(split[k], deadline, took[k]))
+            for k in range(lanes)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-    rate = len(took) / wall_s if wall_s > 0 else 0.0
-    cpu_rate = len(took) / cpu_s if cpu_s > 0 else 0.0
+    done = sorted(k + lanes * j for k in range(lanes) for j in range(len(took[k])))
+    samples = [t for lane in took for t in lane]
+    rate = len(done) / wall_s if wall_s > 0 else 0.0
+    cpu_rate = len(done) / cpu_s if cpu_s > 0 else 0.0
     met = rate >= REGISTER_TARGET_PER_S
     verdict = ("  >=1000/s: met" if met else "  >=1000/s: NOT met") if target else ""
     print(
-        f"  {label:30} n={len(took):5}  {rate:9.1f}/s wall  {cpu_rate:9.1f}/s CPU"
-        f"  p99 {_pct(took, 0.99):8.3f} ms{verdict}",
+        f"  {label:30} n={len(done):5}  {rate:9.1f}/s wall  {cpu_rate:9.1f}/s CPU"
+        f"  p99 {_pct(samples, 0.99):8.3f} ms{verdict}",
         flush=True,
     )
-    figures = {"n": len(took), "per_s": rate, "per_cpu_s": cpu_rate, "p99_ms": _pct(took, 0.99)}
-    return len(took), {**figures, "met": met}
+    figures = {
+        "n": len(done),
+        "per_s": rate,
+        "per_cpu_s": cpu_rate,
+        "p99_ms": _pct(samples, 0.99),
+        "clients": lanes,
+    }
+    return done, {**figures, "met": met}
 
 
 def measure_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
@@ -314,7 +344,7 @@ def measure_writes(world: World, count: int, budget_s: float) -> dict[str, objec
     )
     _, results["deregister"] = _timed(
         "deregister",
-        [partial(catalog.deregister, f"bench-{i}") for i in range(done)],
+        [partial(catalog.deregister, f"bench-{i}") for i in done],
         budget_s,
         False,
     )
@@ -329,31 +359,50 @@ def _http_put(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
         raise RuntimeError(f"PUT {path}: HTTP {reply.status}")
 
 
-def _http_client(port: int, count: int, budget_s: float) -> dict[str, object]:
-    """The client half, in a worker thread: register, then deregister what was registered."""
+def _http_client(port: int, count: int, budget_s: float, clients: int) -> dict[str, object]:
+    """The client side, in worker threads: register, then deregister what was registered.
+
+    `clients` keep-alive connections, each used by one thread that waits for
+    each answer before its next request.
+    """
     results: dict[str, object] = {}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(clients)]
     try:
         bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
         path = "/v1/agent/service/register"
+        label = "HTTP register" + (f" ({clients} clients)" if clients > 1 else "")
         done, results["register"] = _timed(
-            "HTTP register", [partial(_http_put, conn, path, b) for b in bodies], budget_s, True
+            label,
+            [partial(_http_put, conns[i % clients], path, b) for i, b in enumerate(bodies)],
+            budget_s,
+            True,
+            clients,
         )
+        # Each deregistration on the connection that registered it (lane i % clients).
+        dereg = {i: f"/v1/agent/service/deregister/http-{i}" for i in done}
         _, results["deregister"] = _timed(
-            "HTTP deregister",
+            label.replace("register", "deregister"),
             [
-                partial(_http_put, conn, f"/v1/agent/service/deregister/http-{i}", b"")
-                for i in range(done)
+                partial(_http_put, conns[i % clients], dereg[i], b"") if i in dereg else _noop
+                for i in range(count)
             ],
             budget_s,
             False,
+            clients,
         )
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
     return results
 
 
-def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
+def _noop() -> None:
+    """A registration that did not run in time has nothing to deregister."""
+
+
+def measure_http_writes(
+    world: World, count: int, budget_s: float, clients: int = 1
+) -> dict[str, object]:
     """The same writes through the HTTP API (router and server on a loopback port).
 
     The server runs in this thread, where the catalog and its SQLite
@@ -365,7 +414,7 @@ def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, 
     async def run() -> dict[str, object]:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0))
-            results = await trio.to_thread.run_sync(_http_client, port, count, budget_s)
+            results = await trio.to_thread.run_sync(_http_client, port, count, budget_s, clients)
             nursery.cancel_scope.cancel()
         return results
 
@@ -407,6 +456,12 @@ def main() -> int:
     parser.add_argument("--writes", type=int, default=3_000)
     parser.add_argument("--budget-s", type=float, default=10.0, help="per measurement")
     parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent HTTP clients (keep-alive connections), each waiting for its answers",
+    )
+    parser.add_argument(
         "--shapes",
         default="A,SRV,A tag,PTR node,PTR service,PTR node after member change",
         help="comma-separated",
@@ -420,6 +475,8 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None, help="parent of the temporary SQLite dir")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
     out: dict[str, object] = {"args": {**vars(args), "skip": sorted(args.skip)}}
     if "dns" not in args.skip:
         world = _built(args.dns_services, args, True, "CPU per cache-missing answer")
@@ -429,7 +486,9 @@ def main() -> int:
         if "memory" not in args.skip:
             world = _built(args.write_services, args, False, "local writes, in-memory store")
             out["writes"] = measure_writes(world, args.writes, args.budget_s)
-            out["http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
+            out["http_writes"] = measure_http_writes(
+                world, args.writes, args.budget_s, args.clients
+            )
             del world
         with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
             persist = Persistence.open(Path(data_dir))
@@ -441,7 +500,9 @@ def main() -> int:
                     Path(data_dir), args.writes, args.budget_s
                 )
                 out["durable_writes"] = measure_writes(world, args.writes, args.budget_s)
-                out["durable_http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
+                out["durable_http_writes"] = measure_http_writes(
+                    world, args.writes, args.budget_s, args.clients
+                )
             finally:
                 persist.close()
     if args.json:
