@@ -46,11 +46,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
+import multiprocessing.pool
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -281,54 +282,41 @@ def _run_lane(ops: list[Callable[[], object]], deadline: float, took: list[int])
 
 
 def _timed(
-    label: str,
-    ops: list[Callable[[], object]],
-    budget_s: float,
-    target: bool,
-    lanes: int = 1,
+    label: str, ops: list[Callable[[], object]], budget_s: float, target: bool
 ) -> tuple[list[int], dict[str, object]]:
-    """Run `ops` until done or `budget_s`; the indexes of those that ran, and the figures.
+    """Run `ops` in order until done or `budget_s`; the indexes of those that ran, and the figures.
 
-    `lanes` > 1: that many threads at once, lane k running ops k, k+lanes, ...
-    (concurrent clients, each waiting for its own answers). Per second by the
-    wall clock (what clients see) and by this process's CPU time (steadier on
-    a shared machine; the HTTP clients' share included).
+    Per second by the wall clock (what a client sees) and by this process's
+    CPU time (steadier on a shared machine; the HTTP client's share included).
     """
-    deadline = time.monotonic() + budget_s
-    split = [ops[k::lanes] for k in range(lanes)]
-    took: list[list[int]] = [[] for _ in range(lanes)]
+    took: list[int] = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    if lanes == 1:
-        _run_lane(ops, deadline, took[0])
-    else:
-        threads = [
-            threading.Thread(target=_run_lane, args=(split[k], deadline, took[k]))
-            for k in range(lanes)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    _run_lane(ops, time.monotonic() + budget_s, took)
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-    done = sorted(k + lanes * j for k in range(lanes) for j in range(len(took[k])))
-    samples = [t for lane in took for t in lane]
-    rate = len(done) / wall_s if wall_s > 0 else 0.0
-    cpu_rate = len(done) / cpu_s if cpu_s > 0 else 0.0
+    return list(range(len(took))), _figures(label, took, wall_s, cpu_s, target, 1)
+
+
+def _figures(
+    label: str, took: list[int], wall_s: float, cpu_s: float, target: bool, clients: int
+) -> dict[str, object]:
+    """Print and return the rates (by wall and CPU time) and p99 of `took` (ns each)."""
+    rate = len(took) / wall_s if wall_s > 0 else 0.0
+    cpu_rate = len(took) / cpu_s if cpu_s > 0 else 0.0
     met = rate >= REGISTER_TARGET_PER_S
     verdict = ("  >=1000/s: met" if met else "  >=1000/s: NOT met") if target else ""
     print(
-        f"  {label:30} n={len(done):5}  {rate:9.1f}/s wall  {cpu_rate:9.1f}/s CPU"
-        f"  p99 {_pct(samples, 0.99):8.3f} ms{verdict}",
+        f"  {label:30} n={len(took):5}  {rate:9.1f}/s wall  {cpu_rate:9.1f}/s CPU"
+        f"  p99 {_pct(took, 0.99):8.3f} ms{verdict}",
         flush=True,
     )
-    figures = {
-        "n": len(done),
+    return {
+        "n": len(took),
         "per_s": rate,
         "per_cpu_s": cpu_rate,
-        "p99_ms": _pct(samples, 0.99),
-        "clients": lanes,
+        "p99_ms": _pct(took, 0.99),
+        "clients": clients,
+        "met": met,
     }
-    return done, {**figures, "met": met}
 
 
 def measure_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
@@ -359,45 +347,74 @@ def _http_put(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
         raise RuntimeError(f"PUT {path}: HTTP {reply.status}")
 
 
-def _http_client(port: int, count: int, budget_s: float, clients: int) -> dict[str, object]:
-    """The client side, in worker threads: register, then deregister what was registered.
+def _http_lane(port: int, requests: list[tuple[str, bytes]], deadline: float) -> _Lane:
+    """One client: its own keep-alive connection, each answer awaited before the next."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    took: list[int] = []
+    cpu_start = time.process_time()
+    try:
+        _run_lane([partial(_http_put, conn, path, body) for path, body in requests], deadline, took)
+    finally:
+        conn.close()
+    return took, time.process_time() - cpu_start
 
-    `clients` keep-alive connections, each used by one thread that waits for
-    each answer before its next request.
+
+_Lane = tuple[list[int], float]  # the time of each request (ns), the lane's CPU seconds
+
+
+def _http_phase(
+    label: str,
+    port: int,
+    requests: list[tuple[str, bytes]],
+    budget_s: float,
+    target: bool,
+    pool: multiprocessing.pool.Pool | None,
+) -> tuple[list[int], dict[str, object]]:
+    """`requests` in order on one connection in this process, or spread over `pool`'s clients.
+
+    With a pool, client k (its own process, so the clients do not share
+    this process's GIL with the server) sends requests k, k+N, ...; the CPU
+    rate then counts this process and the clients.
+    """
+    deadline = time.monotonic() + budget_s
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if pool is None:
+        lanes = [_http_lane(port, requests, deadline)]
+    else:
+        n = pool._processes  # type: ignore[attr-defined]  # the pool's size
+        lanes = pool.starmap(_http_lane, [(port, requests[k::n], deadline) for k in range(n)])
+    wall_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start + (sum(c for _, c in lanes) if pool else 0.0)
+    done = sorted(k + len(lanes) * j for k, (took, _) in enumerate(lanes) for j in range(len(took)))
+    took = [t for lane, _ in lanes for t in lane]
+    return done, _figures(label, took, wall_s, cpu_s, target, len(lanes))
+
+
+def _http_client(port: int, count: int, budget_s: float, clients: int) -> dict[str, object]:
+    """The client side: register, then deregister what was registered.
+
+    One client runs in this worker thread (as before `--clients`); more run
+    in as many processes, started before the clock runs.
     """
     results: dict[str, object] = {}
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(clients)]
+    bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
+    suffix = f" ({clients} clients)" if clients > 1 else ""
+    # fork: the children start at once and need nothing but this module.
+    pool = multiprocessing.get_context("fork").Pool(clients) if clients > 1 else None
     try:
-        bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
         path = "/v1/agent/service/register"
-        label = "HTTP register" + (f" ({clients} clients)" if clients > 1 else "")
-        done, results["register"] = _timed(
-            label,
-            [partial(_http_put, conns[i % clients], path, b) for i, b in enumerate(bodies)],
-            budget_s,
-            True,
-            clients,
+        done, results["register"] = _http_phase(
+            "HTTP register" + suffix, port, [(path, b) for b in bodies], budget_s, True, pool
         )
-        # Each deregistration on the connection that registered it (lane i % clients).
-        dereg = {i: f"/v1/agent/service/deregister/http-{i}" for i in done}
-        _, results["deregister"] = _timed(
-            label.replace("register", "deregister"),
-            [
-                partial(_http_put, conns[i % clients], dereg[i], b"") if i in dereg else _noop
-                for i in range(count)
-            ],
-            budget_s,
-            False,
-            clients,
+        dereg = [(f"/v1/agent/service/deregister/http-{i}", b"") for i in done]
+        _, results["deregister"] = _http_phase(
+            "HTTP deregister" + suffix, port, dereg, budget_s, False, pool
         )
     finally:
-        for conn in conns:
-            conn.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return results
-
-
-def _noop() -> None:
-    """A registration that did not run in time has nothing to deregister."""
 
 
 def measure_http_writes(
