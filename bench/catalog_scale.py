@@ -19,7 +19,9 @@ services merged into the store), and measures through the real code paths:
   with each write's p99; then the same through the HTTP API
   (`PUT /v1/agent/service/register` and `.../deregister/<id>` on the real
   router and server, on loopback, one keep-alive connection; the client
-  runs in the same process). Each bounded by count and by `--budget-s`.
+  runs in a worker thread of the same process; `--clients N` runs N client
+  processes instead, each with its own connection, so registrations can
+  share a commit). Each bounded by count and by `--budget-s`.
   Writes run twice: on an in-memory store, and on a durable one that
   commits each write to SQLite (`Persistence.save_store`, WAL,
   synchronous=FULL) before it returns, as the agent's
