@@ -19,7 +19,9 @@ services merged into the store), and measures through the real code paths:
   with each write's p99; then the same through the HTTP API
   (`PUT /v1/agent/service/register` and `.../deregister/<id>` on the real
   router and server, on loopback, one keep-alive connection; the client
-  runs in the same process). Each bounded by count and by `--budget-s`.
+  runs in a worker thread of the same process; `--clients N` runs N client
+  processes instead, each with its own connection, so registrations can
+  share a commit). Each bounded by count and by `--budget-s`.
   Writes run twice: on an in-memory store, and on a durable one that
   commits each write to SQLite (`Persistence.save_store`, WAL,
   synchronous=FULL) before it returns, as the agent's
@@ -46,6 +48,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
+import multiprocessing.pool
 import random
 import statistics
 import sys
@@ -263,24 +267,34 @@ def _bodies(count: int, prefix: str) -> list[dict[str, object]]:
     ]
 
 
-def _timed(
-    label: str, ops: list[Callable[[], object]], budget_s: float, target: bool
-) -> tuple[int, dict[str, object]]:
-    """Run `ops` in order until done or `budget_s`; how many ran, and the figures.
-
-    Per second by the wall clock (what a client sees) and by this process's
-    CPU time (steadier on a shared machine; the HTTP client's share included).
-    """
-    took: list[int] = []
-    deadline = time.monotonic() + budget_s
-    start, cpu_start = time.perf_counter(), time.process_time()
+def _run_lane(ops: list[Callable[[], object]], deadline: float, took: list[int]) -> None:
     for op in ops:
         if time.monotonic() > deadline:
             break
         t0 = time.perf_counter_ns()
         op()
         took.append(time.perf_counter_ns() - t0)
+
+
+def _timed(
+    label: str, ops: list[Callable[[], object]], budget_s: float, target: bool
+) -> tuple[list[int], dict[str, object]]:
+    """Run `ops` in order until done or `budget_s`; the indexes of those that ran, and the figures.
+
+    Per second by the wall clock (what a client sees) and by this process's
+    CPU time (steadier on a shared machine; the HTTP client's share included).
+    """
+    took: list[int] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    _run_lane(ops, time.monotonic() + budget_s, took)
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return list(range(len(took))), _figures(label, took, wall_s, cpu_s, target, 1)
+
+
+def _figures(
+    label: str, took: list[int], wall_s: float, cpu_s: float, target: bool, clients: int
+) -> dict[str, object]:
+    """Print and return the rates (by wall and CPU time) and p99 of `took` (ns each)."""
     rate = len(took) / wall_s if wall_s > 0 else 0.0
     cpu_rate = len(took) / cpu_s if cpu_s > 0 else 0.0
     met = rate >= REGISTER_TARGET_PER_S
@@ -290,8 +304,14 @@ def _timed(
         f"  p99 {_pct(took, 0.99):8.3f} ms{verdict}",
         flush=True,
     )
-    figures = {"n": len(took), "per_s": rate, "per_cpu_s": cpu_rate, "p99_ms": _pct(took, 0.99)}
-    return len(took), {**figures, "met": met}
+    return {
+        "n": len(took),
+        "per_s": rate,
+        "per_cpu_s": cpu_rate,
+        "p99_ms": _pct(took, 0.99),
+        "clients": clients,
+        "met": met,
+    }
 
 
 def measure_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
@@ -307,7 +327,7 @@ def measure_writes(world: World, count: int, budget_s: float) -> dict[str, objec
     )
     _, results["deregister"] = _timed(
         "deregister",
-        [partial(catalog.deregister, f"bench-{i}") for i in range(done)],
+        [partial(catalog.deregister, f"bench-{i}") for i in done],
         budget_s,
         False,
     )
@@ -322,31 +342,79 @@ def _http_put(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
         raise RuntimeError(f"PUT {path}: HTTP {reply.status}")
 
 
-def _http_client(port: int, count: int, budget_s: float) -> dict[str, object]:
-    """The client half, in a worker thread: register, then deregister what was registered."""
-    results: dict[str, object] = {}
+def _http_lane(port: int, requests: list[tuple[str, bytes]], deadline: float) -> _Lane:
+    """One client: its own keep-alive connection, each answer awaited before the next."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    took: list[int] = []
+    cpu_start = time.process_time()
     try:
-        bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
-        path = "/v1/agent/service/register"
-        done, results["register"] = _timed(
-            "HTTP register", [partial(_http_put, conn, path, b) for b in bodies], budget_s, True
-        )
-        _, results["deregister"] = _timed(
-            "HTTP deregister",
-            [
-                partial(_http_put, conn, f"/v1/agent/service/deregister/http-{i}", b"")
-                for i in range(done)
-            ],
-            budget_s,
-            False,
-        )
+        _run_lane([partial(_http_put, conn, path, body) for path, body in requests], deadline, took)
     finally:
         conn.close()
+    return took, time.process_time() - cpu_start
+
+
+_Lane = tuple[list[int], float]  # the time of each request (ns), the lane's CPU seconds
+
+
+def _http_phase(
+    label: str,
+    port: int,
+    requests: list[tuple[str, bytes]],
+    budget_s: float,
+    target: bool,
+    pool: multiprocessing.pool.Pool | None,
+) -> tuple[list[int], dict[str, object]]:
+    """`requests` in order on one connection in this process, or spread over `pool`'s clients.
+
+    With a pool, client k (its own process, so the clients do not share
+    this process's GIL with the server) sends requests k, k+N, ...; the CPU
+    rate then counts this process and the clients.
+    """
+    deadline = time.monotonic() + budget_s
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if pool is None:
+        lanes = [_http_lane(port, requests, deadline)]
+    else:
+        n = pool._processes  # type: ignore[attr-defined]  # the pool's size
+        lanes = pool.starmap(_http_lane, [(port, requests[k::n], deadline) for k in range(n)])
+    wall_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start + (sum(c for _, c in lanes) if pool else 0.0)
+    done = sorted(k + len(lanes) * j for k, (took, _) in enumerate(lanes) for j in range(len(took)))
+    took = [t for lane, _ in lanes for t in lane]
+    return done, _figures(label, took, wall_s, cpu_s, target, len(lanes))
+
+
+def _http_client(port: int, count: int, budget_s: float, clients: int) -> dict[str, object]:
+    """The client side: register, then deregister what was registered.
+
+    One client runs in this worker thread (as before `--clients`); more run
+    in as many processes, started before the clock runs.
+    """
+    results: dict[str, object] = {}
+    bodies = [json.dumps(b).encode() for b in _bodies(count, "http")]
+    suffix = f" ({clients} clients)" if clients > 1 else ""
+    # fork: the children start at once and need nothing but this module.
+    pool = multiprocessing.get_context("fork").Pool(clients) if clients > 1 else None
+    try:
+        path = "/v1/agent/service/register"
+        done, results["register"] = _http_phase(
+            "HTTP register" + suffix, port, [(path, b) for b in bodies], budget_s, True, pool
+        )
+        dereg = [(f"/v1/agent/service/deregister/http-{i}", b"") for i in done]
+        _, results["deregister"] = _http_phase(
+            "HTTP deregister" + suffix, port, dereg, budget_s, False, pool
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return results
 
 
-def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, object]:
+def measure_http_writes(
+    world: World, count: int, budget_s: float, clients: int = 1
+) -> dict[str, object]:
     """The same writes through the HTTP API (router and server on a loopback port).
 
     The server runs in this thread, where the catalog and its SQLite
@@ -358,7 +426,7 @@ def measure_http_writes(world: World, count: int, budget_s: float) -> dict[str, 
     async def run() -> dict[str, object]:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(serve_http, router, host="127.0.0.1", port=0))
-            results = await trio.to_thread.run_sync(_http_client, port, count, budget_s)
+            results = await trio.to_thread.run_sync(_http_client, port, count, budget_s, clients)
             nursery.cancel_scope.cancel()
         return results
 
@@ -382,6 +450,14 @@ def _built(
     return world
 
 
+def _skip_list(text: str) -> frozenset[str]:
+    parts = frozenset(p for p in text.split(",") if p)
+    unknown = parts - {"dns", "writes", "memory"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part {sorted(unknown)[0]!r}")
+    return parts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dns-services", type=int, default=30_000)
@@ -392,24 +468,40 @@ def main() -> int:
     parser.add_argument("--writes", type=int, default=3_000)
     parser.add_argument("--budget-s", type=float, default=10.0, help="per measurement")
     parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent HTTP clients (keep-alive connections), each waiting for its answers",
+    )
+    parser.add_argument(
         "--shapes",
         default="A,SRV,A tag,PTR node,PTR service,PTR node after member change",
         help="comma-separated",
     )
-    parser.add_argument("--skip", choices=("dns", "writes"), default=None)
+    parser.add_argument(
+        "--skip",
+        type=_skip_list,
+        default=frozenset(),
+        help="comma-separated: dns, writes (all of them), memory (the in-memory store's)",
+    )
     parser.add_argument("--data-dir", default=None, help="parent of the temporary SQLite dir")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    out: dict[str, object] = {"args": vars(args)}
-    if args.skip != "dns":
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
+    out: dict[str, object] = {"args": {**vars(args), "skip": sorted(args.skip)}}
+    if "dns" not in args.skip:
         world = _built(args.dns_services, args, True, "CPU per cache-missing answer")
         out["dns"] = measure_dns(world, args, args.shapes.split(","))
         del world
-    if args.skip != "writes":
-        world = _built(args.write_services, args, False, "local writes, in-memory store")
-        out["writes"] = measure_writes(world, args.writes, args.budget_s)
-        out["http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
-        del world
+    if "writes" not in args.skip:
+        if "memory" not in args.skip:
+            world = _built(args.write_services, args, False, "local writes, in-memory store")
+            out["writes"] = measure_writes(world, args.writes, args.budget_s)
+            out["http_writes"] = measure_http_writes(
+                world, args.writes, args.budget_s, args.clients
+            )
+            del world
         with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
             persist = Persistence.open(Path(data_dir))
             try:
@@ -420,7 +512,9 @@ def main() -> int:
                     Path(data_dir), args.writes, args.budget_s
                 )
                 out["durable_writes"] = measure_writes(world, args.writes, args.budget_s)
-                out["durable_http_writes"] = measure_http_writes(world, args.writes, args.budget_s)
+                out["durable_http_writes"] = measure_http_writes(
+                    world, args.writes, args.budget_s, args.clients
+                )
             finally:
                 persist.close()
     if args.json:

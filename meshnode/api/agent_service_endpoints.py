@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from ..catalog.catalog import Catalog
 from ..catalog.definitions import parse_service
 from ..http import HttpError, Request, Response, Router
+from ..store.group_commit import GroupCommit
 from .bodies import bounded_json_body, object_body
 from .catalog_json import agent_service_json, check_json
 from .errors import catalog_errors
@@ -31,7 +33,12 @@ _TTL_STATUS = {"pass": "passing", "warn": "warning", "fail": "critical"}
 
 
 def register_agent_service_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
-    """Add the local service and check endpoints, backed by `catalog`."""
+    """Add the local service and check endpoints, backed by `catalog`.
+
+    Concurrent (de)registrations share SQLite commits (store/group_commit.py);
+    each is answered once the commit holding its writes is done.
+    """
+    groups = GroupCommit(catalog.state)
 
     async def services(request: Request) -> Response:
         return Response.json(
@@ -51,12 +58,13 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
     async def register(request: Request) -> Response:
         body = bounded_json_body(request, REGISTER_BODY_MAX_BYTES)
         with catalog_errors():
-            catalog.register(parse_service(body), source="api")
+            definition = parse_service(body)
+            await groups.run(partial(catalog.register, definition, source="api"))
         return Response.empty()
 
     async def deregister(request: Request) -> Response:
         with catalog_errors():
-            catalog.deregister(request.params["id"])
+            await groups.run(partial(catalog.deregister, request.params["id"]))
         return Response.empty()
 
     def ttl(status: str) -> Callable[[Request], Awaitable[Response]]:

@@ -317,7 +317,7 @@ class Catalog:
         services: Mapping[str, ServiceRecord],
         checks: Mapping[str, CheckRecord],
     ) -> None:
-        me = self.node_name
+        me, cache = self.node_name, self._cache
         try:
             for plan in plans:
                 # The whole plan is one store batch: one commit, one fsync.
@@ -330,18 +330,22 @@ class Catalog:
                     i for i in self._checks_of([*owners, *stale_services]) if i not in kept
                 ]
                 writes = [
-                    Write.put(KIND_SERVICE, record_key(me, s.service_id), encode_service(s))
+                    Write.put(
+                        KIND_SERVICE, record_key(me, s.service_id), cache.ours(encode_service(s))
+                    )
                     for s in plan.services
                     if services.get(s.service_id) != s
                 ]
                 writes += [
-                    Write.put(KIND_CHECK, record_key(me, c.check_id), encode_check(c))
+                    Write.put(KIND_CHECK, record_key(me, c.check_id), cache.ours(encode_check(c)))
                     for c in plan.checks
                     if checks.get(c.check_id) != c
                 ]
                 self._delete(stale_checks, stale_services, writes)
         except LocalProtocolError as exc:
             raise RegistrationError(str(exc)) from None
+        finally:
+            cache.forget_ours()
 
     def _delete(
         self, check_ids: list[str], service_ids: list[str], writes: Sequence[Write] = ()
@@ -544,13 +548,14 @@ class Catalog:
             last = self._written_at.get(check_id)
             if old.output == output or (last is not None and now - last < RESULT_REWRITE_S):
                 return
+        value = self._cache.ours(encode_check(replace(old, status=status, output=output)))
         try:
-            self.state.put(
-                KIND_CHECK, key, encode_check(replace(old, status=status, output=output))
-            )
+            self.state.put(KIND_CHECK, key, value)
         except LocalProtocolError as exc:
             log(_log, "warning", "check result not written", exc_info=exc, check=check_id)
             return
+        finally:
+            self._cache.forget_ours()
         self._written_at[check_id] = now
 
     # --- reads ------------------------------------------------------------------------------

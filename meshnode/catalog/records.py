@@ -308,8 +308,12 @@ def _decode_proxy(value: object) -> ProxyDefinition:
     )
 
 
-def decode_service(key: str, raw: bytes) -> ServiceRecord:
-    """The service stored at `key`, or `MalformedRecord`."""
+def decode_service(key: str, raw: bytes, *, canonical: bool = False) -> ServiceRecord:
+    """The service stored at `key`, or `MalformedRecord`.
+
+    `canonical`: `raw` is known to be `encode_service`'s output (this agent
+    just made it), so the re-encoding that checks the form is skipped.
+    """
     r = _load(raw, "service")
     node, service_id = _owned(r, key)
     definition = ServiceDefinition(
@@ -326,12 +330,13 @@ def decode_service(key: str, raw: bytes) -> ServiceRecord:
         connect_native=r.flag("native") if "native" in r.value else False,
     )
     record = ServiceRecord(node, definition, source=r.text("src"), sidecar_of=r.text("side"))
-    _canonical(raw, encode_service(record), "service")
+    if not canonical:
+        _canonical(raw, encode_service(record), "service")
     return record
 
 
-def decode_check(key: str, raw: bytes) -> CheckRecord:
-    """The check stored at `key`, or `MalformedRecord`."""
+def decode_check(key: str, raw: bytes, *, canonical: bool = False) -> CheckRecord:
+    """The check stored at `key`, or `MalformedRecord`; `canonical` as for `decode_service`."""
     r = _load(raw, "check")
     node, check_id = _owned(r, key)
     kind = r.text("type")
@@ -369,5 +374,6 @@ def decode_check(key: str, raw: bytes) -> CheckRecord:
         service_id=r.text("sid"),
         service_name=r.text("sname"),
     )
-    _canonical(raw, encode_check(record), "check")
+    if not canonical:
+        _canonical(raw, encode_check(record), "check")
     return record

@@ -10,9 +10,8 @@ left out; it never fails a read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..gossip.store import Entry
 from ..logs import get_logger, log
@@ -42,6 +41,12 @@ __all__ = [
 
 _log = get_logger("catalog")
 _T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class _Decode(Protocol[_T_co]):
+    def __call__(self, key: str, raw: bytes, *, canonical: bool = False) -> _T_co: ...
+
 
 # Consul's node-level check, derived here from the member state.
 SERF_CHECK_ID = "serfHealth"
@@ -111,9 +116,23 @@ class RecordCache:
         self.checks: dict[str, CheckRecord] = {}
         self.index = RecordIndex()
         self.malformed = 0  # records skipped since start (a metric)
+        # Values this agent just encoded for a write: when the store hands them
+        # back, decoding skips the canonical-form check (a second encoding).
+        self._ours: set[bytes] = set()
         for kind in (KIND_SERVICE, KIND_CHECK):
             self._apply(state.store.items(kind))
             state.tracker.subscribe(kind, self._apply)
+
+    def ours(self, value: bytes) -> bytes:
+        """`value`, noted as made by `encode_service`/`encode_check` for a write about to run.
+
+        Call `forget_ours` after the write, applied or refused.
+        """
+        self._ours.add(value)
+        return value
+
+    def forget_ours(self) -> None:
+        self._ours.clear()
 
     def _apply(self, entries: list[Entry]) -> None:
         index = self.index
@@ -129,7 +148,7 @@ class RecordCache:
                 if check is not None:
                     index.add_check(entry.key, check)
 
-    def _put(self, table: dict[str, _T], entry: Entry, decode: Callable[[str, bytes], _T]) -> None:
+    def _put(self, table: dict[str, _T], entry: Entry, decode: _Decode[_T]) -> None:
         """Replace the key's record, out of the index first; the caller indexes the new one."""
         old = table.pop(entry.key, None)
         if isinstance(old, ServiceRecord):
@@ -139,7 +158,7 @@ class RecordCache:
         if entry.tombstone:
             return
         try:
-            table[entry.key] = decode(entry.key, entry.value)
+            table[entry.key] = decode(entry.key, entry.value, canonical=entry.value in self._ours)
         except MalformedRecord as exc:
             self.malformed += 1
             log(_log, "warning", "skipped a catalog record", exc_info=exc, key=entry.key)

@@ -168,26 +168,34 @@ class _Route:
     segments: tuple[str, ...]  # literal segments, or "{name}" placeholders
     handlers: dict[str, Handler]
     secret_methods: set[str] = field(default_factory=set)
+    # Parsed once, not on every request: each fixed segment as (literal, None)
+    # or (placeholder, its name), and the name of a last "{name*}" segment.
+    fixed: tuple[tuple[str, str | None], ...] = ()
+    tail: str | None = None
+
+    @classmethod
+    def of(cls, segments: tuple[str, ...]) -> _Route:
+        tail = _TAIL.match(segments[-1]) if segments else None
+        fixed = segments[:-1] if tail else segments
+        parsed = tuple((s, m.group(1) if (m := _PARAM.match(s)) else None) for s in fixed)
+        return cls(segments, {}, fixed=parsed, tail=tail.group(1) if tail else None)
 
     def match(self, parts: list[str], trailing_slash: bool = False) -> dict[str, str] | None:
-        tail = _TAIL.match(self.segments[-1]) if self.segments else None
-        fixed = self.segments[:-1] if tail else self.segments
-        if len(parts) != len(fixed) and not (tail and len(parts) >= len(fixed)):
+        fixed, tail = self.fixed, self.tail
+        if len(parts) != len(fixed) and not (tail is not None and len(parts) >= len(fixed)):
             return None
         # Literals first: a path that matches no route is a 404 whatever its bytes.
-        for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
-            if not _PARAM.match(pattern) and pattern != part:
+        for (literal, name), part in zip(fixed, parts, strict=False):  # parts may run on (tail)
+            if not part or (name is None and literal != part):
                 return None
-            if not part:
-                return None
-        params: dict[str, str] = {}
-        for pattern, part in zip(fixed, parts[: len(fixed)], strict=True):
-            found = _PARAM.match(pattern)
-            if found:
-                params[found.group(1)] = _decode_segment(part)
-        if tail:
+        params = {
+            name: _decode_segment(part)
+            for (_, name), part in zip(fixed, parts, strict=False)
+            if name is not None
+        }
+        if tail is not None:
             rest = "/".join(parts[len(fixed) :])
-            params[tail.group(1)] = _decode_segment(rest) + ("/" if rest and trailing_slash else "")
+            params[tail] = _decode_segment(rest) + ("/" if rest and trailing_slash else "")
         return params
 
 
@@ -234,7 +242,7 @@ class Router:
         segments = tuple(_split(pattern))
         route = next((r for r in self._routes if r.segments == segments), None)
         if route is None:
-            route = _Route(segments, {})
+            route = _Route.of(segments)
             self._routes.append(route)
         for method in names:
             if method.upper() in route.handlers:

@@ -20,6 +20,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -209,16 +210,17 @@ class _Connection:
                 path=request.path,
             )
             response = Response.error(500, f"internal error: {type(exc).__name__}: {exc}")
-        log(
-            _log,
-            "debug",
-            "request",
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            remote=self.remote,
-            duration_ms=round((trio.current_time() - started_s) * 1000, 3),
-        )
+        if _log.isEnabledFor(logging.DEBUG):  # skip building the fields on every request
+            log(
+                _log,
+                "debug",
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                remote=self.remote,
+                duration_ms=round((trio.current_time() - started_s) * 1000, 3),
+            )
         await self._respond(response, head=request.method == "HEAD")
         self.served += 1
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
@@ -234,14 +236,18 @@ class _Connection:
         ]
         if close:
             headers.append(("Connection", "close"))
-        await self._send(
+        # Head, body and end as one write: one send() and one timeout scope per
+        # answer instead of three (a measurable share of a small request's CPU).
+        events: list[h11.Event] = [
             h11.Response(
                 status_code=response.status, headers=headers, reason=_reason(response.status)
             )
-        )
-        if response.body and not head:
-            await self._send(h11.Data(data=response.body))
-        await self._send(h11.EndOfMessage())
+        ]
+        # No body after HEAD, 204 or 304 (h11 refuses one; it never reached the client).
+        if response.body and not head and response.status not in (204, 304):
+            events.append(h11.Data(data=response.body))
+        events.append(h11.EndOfMessage())
+        await self._send_bytes(b"".join(self.conn.send(e) or b"" for e in events))
 
     async def _reject(self, status: int, message: str) -> None:
         """Answer a broken request when h11 still lets us, then linger and close."""
@@ -272,7 +278,9 @@ class _Connection:
                 budget -= len(data)
 
     async def _send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+        await self._send_bytes(self.conn.send(event))
+
+    async def _send_bytes(self, data: bytes | None) -> None:
         if data:
             with trio.fail_after(self.limits.write_timeout_s):
                 await self.stream.send_all(data)

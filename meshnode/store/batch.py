@@ -16,13 +16,14 @@ disk never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..gossip.errors import LocalProtocolError
 from ..gossip.store import Entry, Store
 
-__all__ = ["Write", "apply_writes"]
+__all__ = ["SharedCommit", "Write", "apply_writes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +61,41 @@ def apply_writes(
         except LocalProtocolError as exc:
             return applied, exc
     return applied, None
+
+
+class SharedCommit:
+    """Group commit: the local writes made inside `one_commit()` share one commit at its end.
+
+    The owner (`LocalState`, `Replicator`) asks `defer(entries)` in each
+    `write_many`: True inside `one_commit()`, and the entries wait; at the end
+    `commit` (the owner's persist-then-send step) runs once for all of them,
+    also when the block raised (what was applied is kept, as for a refusal).
+    The writes are applied and noted before that commit, so the block must be
+    one synchronous step of the event loop (no `await` inside): no other task
+    can read, serve or send them before they are durable, and no caller is
+    acknowledged before it (see `group_commit.py`).
+    """
+
+    def __init__(self, commit: Callable[[list[Entry]], None]) -> None:
+        self._commit = commit
+        self._waiting: list[Entry] | None = None
+
+    def defer(self, entries: list[Entry]) -> bool:
+        """Keep `entries` for the shared commit; False outside `one_commit()`."""
+        if self._waiting is None:
+            return False
+        self._waiting.extend(entries)
+        return True
+
+    @contextmanager
+    def one_commit(self) -> Iterator[None]:
+        if self._waiting is not None:  # nested: the outer block commits
+            yield
+            return
+        self._waiting = []
+        try:
+            yield
+        finally:
+            entries, self._waiting = self._waiting, None
+            if entries:
+                self._commit(entries)

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 
 import trio
 
@@ -63,7 +64,7 @@ from ..gossip.store import Digest, Entry, Store
 from ..gossip.transport import Transport
 from ..gossip.wire import Wire
 from ..logs import log
-from .batch import Write, apply_writes
+from .batch import SharedCommit, Write, apply_writes
 from .persist import Persistence
 from .state import ChangeTracker
 
@@ -142,6 +143,7 @@ class Replicator:
         self._wall_clock = wall_clock
         self._nursery: trio.Nursery | None = None
         self.tracker = ChangeTracker(store)
+        self._shared = SharedCommit(self._commit)
         driver.add_stream_handler(STREAM_STORE, self._serve)
 
     # ------------------------------------------------------------------ counters
@@ -205,12 +207,24 @@ class Replicator:
         """
         entries, refused = apply_writes(self.store, writes, self._wall_clock())
         if entries:
-            self.persist.save_store(entries, [], self.store.clock)
-            self._note(entries)
-            self._written(entries)
+            if self._shared.defer(entries):
+                self._note(entries)  # persisted and sent at the end of one_commit()
+            else:
+                self._commit(entries, note=True)
         if refused is not None:
             raise refused
         return entries
+
+    def one_commit(self) -> AbstractContextManager[None]:
+        """The writes of a synchronous block share one commit (store/batch.py `SharedCommit`)."""
+        return self._shared.one_commit()
+
+    def _commit(self, entries: list[Entry], *, note: bool = False) -> None:
+        """Persist applied local entries, then (noting them first if asked) send them."""
+        self.persist.save_store(entries, [], self.store.clock)
+        if note:
+            self._note(entries)
+        self._written(entries)
 
     def _written(self, entries: list[Entry]) -> None:
         """Send what the core asks for after a durable local write: broadcasts, pushes."""

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from ..gossip.store import Entry, Store
-from .batch import Write, apply_writes
+from .batch import SharedCommit, Write, apply_writes
 
 __all__ = [
     "TOPIC_MEMBERS",
@@ -192,8 +193,13 @@ class ReplicatedState(Protocol):
         """Puts and deletes in order, durable together on return (one commit; store/batch.py).
 
         A refused write raises like `put`, after the writes before it were
-        committed; the ones after it are not applied.
+        committed; the ones after it are not applied. Inside `one_commit()`
+        they are durable at the end of that block instead.
         """
+        ...
+
+    def one_commit(self) -> AbstractContextManager[None]:
+        """The writes of a synchronous block (no `await`) share one commit at its end."""
         ...
 
 
@@ -204,6 +210,7 @@ class LocalState:
         self._store = Store(node_name)
         self._tracker = ChangeTracker(self._store)
         self._wall_clock = wall_clock
+        self._shared = SharedCommit(self._make_durable)
 
     @property
     def store(self) -> Store:
@@ -226,11 +233,15 @@ class LocalState:
     def write_many(self, writes: Iterable[Write]) -> list[Entry]:
         entries, refused = apply_writes(self._store, writes, self._wall_clock())
         if entries:
-            self._make_durable(entries)
+            if not self._shared.defer(entries):
+                self._make_durable(entries)
             self._tracker.note(entries)
         if refused is not None:
             raise refused
         return entries
+
+    def one_commit(self) -> AbstractContextManager[None]:
+        return self._shared.one_commit()
 
     def _make_durable(self, entries: list[Entry]) -> None:
         """Persist applied entries (local or merged) before anyone sees them; none in memory."""

@@ -7,6 +7,8 @@ with py-consul (an unmodified Consul client), read back after a restart.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import consul
 import pytest
 
@@ -40,3 +42,27 @@ def test_a_registration_acknowledged_just_before_kill9_is_all_there_after_restar
     owners = [c["ServiceID"] for c in after.agent.checks().values()]
     assert owners.count("web1") == 2
     assert owners.count("web1-sidecar-proxy") >= 1
+
+
+def test_concurrent_registrations_acknowledged_before_kill9_are_all_there(
+    cluster: Cluster,
+) -> None:
+    """Eight clients at once share commits (store/group_commit.py); every 200 is on disk."""
+    (a1,) = cluster.start(1)
+
+    def client_burst(c: int) -> list[str]:
+        client = consul.Consul(host=a1.ip, port=8500)
+        acked = []
+        for i in range(15):
+            service_id = f"c{c}-{i}"
+            if client.agent.service.register("api", service_id=service_id, port=9000 + i):
+                acked.append(service_id)
+        return acked
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        acked = [s for ids in pool.map(client_burst, range(8)) for s in ids]
+    a1.kill9()
+    a1.start()
+    services = consul.Consul(host=a1.ip, port=8500).agent.services()
+    assert len(acked) == 8 * 15
+    assert set(acked) <= set(services)
