@@ -13,9 +13,11 @@ Rules that live here (sans-IO):
   cross-signature was made. The time comes from the cross-signed
   certificate's notBefore, signed by the root's own key, not from a record
   field anyone can rewrite; the leaf TTL from the signed config.
-- A *lost bootstrap*: a generation-1 root this node made, while it has no
-  pin yet (first use), when the trusted config names another cluster: the
-  other node's bootstrap won. Its key and record may go.
+- A *lost bootstrap*: a generation-1 root (this node's own, or one it
+  fetched from a peer's bootstrap), while this node has no pin yet (first
+  use), when the trusted config names another cluster: another bootstrap
+  won. Its key and record may go; kept, the record would be written back
+  and deleted again forever.
 - Anything else keeps the key: a root that is not superseded is written
   back to the store when its record vanished or was made untrusted.
 """
@@ -99,15 +101,12 @@ def finished(held: HeldRoot, now_wall_s: float) -> str | None:
     return None
 
 
-def lost_bootstrap(
-    held: HeldRoot, *, node_name: str, pinned: bool, config: CAConfigRecord | None
-) -> bool:
-    """Whether `held` is this node's bootstrap root and another node's bootstrap won."""
+def lost_bootstrap(held: HeldRoot, *, pinned: bool, config: CAConfigRecord | None) -> bool:
+    """Whether `held` is a bootstrap root (any node's) and another bootstrap won."""
     record = held.record
     return (
         not pinned
         and record.generation == 1
-        and record.created_by == node_name
         and config is not None
         and config.cluster_id != record.cluster_id
     )

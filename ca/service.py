@@ -337,6 +337,10 @@ class CAService:
         if self._pinned is None and self._operator_root_id is None:
             now_s = self._wall_clock()
             if self._first_use_since_s is None:
+                if self._alone():
+                    # A lone agent's pin protects nothing yet, and pinning would
+                    # split the CA when it later joins another lone bootstrap.
+                    return False
                 self._first_use_since_s = now_s
                 log(_log, "info", "trusting the CA root on first use", root=candidate.root_id)
             if now_s - self._first_use_since_s < self.settings.first_use_window_s:
@@ -347,6 +351,10 @@ class CAService:
         self._count("root.pinned")
         log(_log, "info", "pinned the CA root", root=candidate.root_id)
         return True
+
+    def _alone(self) -> bool:
+        """Whether no other member is alive: the first-use window waits for one."""
+        return not any(n.healthy and n.name != self.node_name for n in self.nodes.nodes())
 
     def index(self) -> int:
         """The blocking-query index of CA reads (at least 1)."""
@@ -546,10 +554,8 @@ class CAService:
                 held = replace(held, retire_at_s=retire_at_s(successor, config.leaf_ttl_s))
                 self.keystore.save_record(root_id, encode_held(held))
         why = finished(held, self._wall_clock())
-        if why is None and lost_bootstrap(
-            held, node_name=self.node_name, pinned=bool(self.anchors()), config=config
-        ):
-            why = "another node's bootstrap won"
+        if why is None and lost_bootstrap(held, pinned=bool(self.anchors()), config=config):
+            why = "another bootstrap won"
             self.state.delete_many(KIND, [root_key(root_id)])
         if why is not None:
             self.keystore.delete(root_id)

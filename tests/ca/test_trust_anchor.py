@@ -38,14 +38,16 @@ from meshnode.ca.records import (
     decode_config,
     encode_config,
     encode_root,
+    read_view,
     root_key,
     sign_config,
 )
 from meshnode.ca.service import CASettings, ConfigChange
 from meshnode.ca.spiffe import ServiceID, trust_domain_for
 from meshnode.config import ConfigError, load_config
+from meshnode.store.state import LocalState
 from tests.ca.conftest import NOW, issue_leaf, make_intermediate, openssl_verify
-from tests.ca.test_service import Mesh
+from tests.ca.test_service import Mesh, sync
 
 # Past any trust-on-first-use window the agents open at bootstrap.
 _PAST_FIRST_USE_S = 3600.0
@@ -318,3 +320,57 @@ async def test_a_config_written_before_signed_configs_is_trusted_on_first_use_th
     await mesh.reconcile()
     stored = decode_config(mesh.state.store.get(KIND, CONFIG_KEY).value)  # type: ignore[union-attr]
     assert stored.root_id == mesh.active_root("n2").id and stored.signature
+
+
+async def test_lone_bootstraps_joined_later_converge_and_the_losers_drop_their_keys(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Agents started alone and joined minutes later (the README's tour) end on one CA.
+
+    A lone agent's first-use window waits for a peer: had b pinned its own root
+    while alone, the joined cluster would hold two CAs that refuse each other.
+    c holds a root it fetched from a's bootstrap; if b's bootstrap wins, that
+    key goes too, instead of c writing the losing record back forever.
+    """
+    settings = CASettings(bootstrap_wait_s=0)
+    state_a, state_b = LocalState("a"), LocalState("b")
+    mesh_a = Mesh(tmp_path / "a", nursery, ["a", "c"], {"a", "c"}, state=state_a, settings=settings)
+    mesh_b = Mesh(tmp_path / "b", nursery, ["b"], {"b"}, state=state_b, settings=settings)
+    await mesh_a.start(first="a")
+    mesh_b.ca["b"].bootstrap()
+    await mesh_b.reconcile()
+    mesh_b.clock.now_s += _PAST_FIRST_USE_S
+    await mesh_b.reconcile()
+    assert mesh_b.ca["b"].anchors() == ()  # alone for an hour: nothing pinned
+    roots_a = {r.id for r in mesh_a.ca["c"].view.roots}
+    assert all(mesh_a.ca[n].keystore.load(r) for n in ("a", "c") for r in roots_a)
+
+    # The join: each side learns the other's members and entries.
+    for info in mesh_a.nodes.nodes():
+        mesh_b.nodes.set(info)
+    for info in mesh_b.nodes.nodes():
+        mesh_a.nodes.set(info)
+    meshes = {"a": mesh_a, "c": mesh_a, "b": mesh_b}
+    for _ in range(3):
+        sync(state_a, state_b, "ab")
+        for name, mesh in meshes.items():
+            await mesh.ca[name].reconcile()
+    view_a, _ = read_view(state_a)
+    view_b, _ = read_view(state_b)
+    assert view_a.active is not None and view_b.active is not None
+    assert view_a.active.id == view_b.active.id
+    winner = view_a.active.id
+    bundles = {name: mesh.ca[name].roots() for name, mesh in meshes.items()}
+    assert all(b is not None and b.pems == (view_a.active.cert_pem,) for b in bundles.values())
+    for name, mesh in meshes.items():
+        for root_id in mesh.ca[name].keystore.held():
+            assert root_id == winner, f"{name} kept the key of a losing bootstrap"
+        assert mesh.counters[name].values.get("ca.root.restored", 0) == 0
+
+    # Now with peers, the window opens, and everyone pins the one root.
+    for mesh in (mesh_a, mesh_b):
+        mesh.clock.now_s += _PAST_FIRST_USE_S
+    for name, mesh in meshes.items():
+        await mesh.ca[name].reconcile()
+        await mesh.ca[name].reconcile()
+        assert [a.root_id for a in mesh.ca[name].anchors()] == [winner]
