@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Union
 
 __all__ = [
+    "BOOL",
+    "INT",
     "MAX_DEPTH",
     "MAX_EXPRESSION_CHARS",
     "MAX_REGEX_CHARS",
-    "BOOL",
-    "INT",
     "STR",
     "STR_LIST",
     "STR_MAP",
@@ -118,7 +118,7 @@ def _tokens(text: str) -> list[_Token]:
     while at < len(text):
         m = _TOKEN.match(text, at)
         if m is None:
-            if text[at] in "\"`":
+            if text[at] in '"`':
                 raise FilterError(f"filter: unterminated string at character {at + 1}")
             raise FilterError(f"filter: unexpected {text[at]!r} at character {at + 1}")
         kind = m.lastgroup or ""
@@ -219,7 +219,7 @@ def _match(shape: Shape, selector: _Token, op: str, raw: str | None) -> Node:
 
         return equal if op == "==" else (lambda d: not equal(d))
     if op in ("in", "not in"):
-        if kind == INT or kind == BOOL:
+        if kind in (INT, BOOL):
             raise FilterError(f"filter: 'in' needs text, a list or a map, not {shown!r}")
         assert raw is not None
         needle = raw
@@ -234,7 +234,7 @@ def _match(shape: Shape, selector: _Token, op: str, raw: str | None) -> Node:
 
         return contains if op == "in" else (lambda d: not contains(d))
     if op in ("is empty", "is not empty"):
-        if kind == INT or kind == BOOL:
+        if kind in (INT, BOOL):
             raise FilterError(f"filter: 'is empty' needs text, a list or a map, not {shown!r}")
 
         def empty(datum: Any) -> bool:

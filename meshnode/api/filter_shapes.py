@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Final
 
-from .filter_expr import BOOL, INT, STR, STR_LIST, STR_MAP, ListOf, Shape
+from ..http import HttpError, Request
+from .filter_expr import (
+    BOOL,
+    INT,
+    STR,
+    STR_LIST,
+    STR_MAP,
+    Filter,
+    FilterError,
+    ListOf,
+    Shape,
+    parse_filter,
+)
 
 __all__ = [
     "AGENT_SERVICE",
@@ -17,7 +29,21 @@ __all__ = [
     "HEALTH_ENTRY",
     "INTENTION",
     "NODE",
+    "NODE_SERVICE",
+    "request_filter",
 ]
+
+
+def request_filter(request: Request, shape: Shape) -> Filter | None:
+    """The request's ``?filter=`` parsed against `shape`; None without one; 400 when bad."""
+    expression = request.query_value("filter")
+    if not expression:
+        return None
+    try:
+        return parse_filter(expression, shape)
+    except FilterError as exc:
+        raise HttpError(400, str(exc)) from None
+
 
 _WEIGHTS: Final[Shape] = {"Passing": INT, "Warning": INT}
 _PROXY: Final[Shape] = {
@@ -102,9 +128,11 @@ CHECK: Final[Shape] = {
     **_INDEXES,
 }
 
+NODE_SERVICE: Final[Shape] = {**_SERVICE, **_INDEXES}
+
 HEALTH_ENTRY: Final[Shape] = {
     "Node": NODE,
-    "Service": {**_SERVICE, **_INDEXES},
+    "Service": NODE_SERVICE,
     "Checks": ListOf(CHECK),
 }
 
