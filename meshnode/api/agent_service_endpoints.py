@@ -25,7 +25,7 @@ from ..store.group_commit import GroupCommit
 from .bodies import bounded_json_body, object_body
 from .catalog_json import agent_service_json, check_json
 from .errors import catalog_errors
-from .filter_shapes import AGENT_SERVICE, CHECK, request_filter
+from .filter_shapes import AGENT_SERVICE, CHECK, filtered, request_filter
 
 __all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
 
@@ -46,7 +46,7 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
     async def services(request: Request) -> Response:
         chosen = request_filter(request, AGENT_SERVICE)
         found = {r.service_id: agent_service_json(r, datacenter) for r in catalog.local_services()}
-        return Response.json(found if chosen is None else chosen.apply_map(found))
+        return Response.json(filtered(chosen, found))
 
     async def service(request: Request) -> Response:
         service_id = request.params["id"]
@@ -58,7 +58,7 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
     async def checks(request: Request) -> Response:
         chosen = request_filter(request, CHECK)
         found = {c.record.check_id: check_json(c) for c in catalog.local_checks()}
-        return Response.json(found if chosen is None else chosen.apply_map(found))
+        return Response.json(filtered(chosen, found))
 
     async def register(request: Request) -> Response:
         body = bounded_json_body(request, REGISTER_BODY_MAX_BYTES)

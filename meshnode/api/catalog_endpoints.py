@@ -28,8 +28,16 @@ from .catalog_json import (
     node_json,
     node_service_json,
 )
-from .filter_expr import Filter, Shape
-from .filter_shapes import CATALOG_SERVICE, CHECK, HEALTH_ENTRY, NODE, NODE_SERVICE, request_filter
+from .filter_expr import Filter, FilterError, Shape
+from .filter_shapes import (
+    CATALOG_SERVICE,
+    CHECK,
+    HEALTH_ENTRY,
+    NODE,
+    NODE_SERVICE,
+    filtered,
+    request_filter,
+)
 from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["blocking_index", "register_catalog_routes"]
@@ -72,7 +80,7 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
             index = await blocking_index(request, catalog)
             try:
                 data = read(request, chosen)
-            except DefinitionError as exc:
+            except (DefinitionError, FilterError) as exc:
                 raise HttpError(400, str(exc)) from None
             return Response.json(data, headers=[(_INDEX_HEADER, str(index))])
 
@@ -80,9 +88,6 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
 
     def name(request: Request) -> str:
         return request.params["name"]
-
-    def kept(items: list[Any], chosen: Filter | None) -> list[Any]:
-        return items if chosen is None else chosen.apply(items)
 
     def services(request: Request, chosen: Filter | None) -> Any:
         if chosen is None:
@@ -97,11 +102,11 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
     def service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
         members = catalog.members_index()
         views = catalog.service_nodes(name(request), _tags(request), connect=connect)
-        return kept([catalog_service_json(v, members) for v in views], chosen)
+        return filtered(chosen, [catalog_service_json(v, members) for v in views])
 
     def nodes(request: Request, chosen: Filter | None) -> Any:
         members = catalog.members_index()
-        return kept([node_json(n, members) for n in catalog.nodes()], chosen)
+        return filtered(chosen, [node_json(n, members) for n in catalog.nodes()])
 
     def node(request: Request, chosen: Filter | None) -> Any:
         found = catalog.node_services(name(request))
@@ -111,7 +116,7 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
         services = {v.record.service_id: node_service_json(v) for v in views}
         return {
             "Node": node_json(info, catalog.members_index()),
-            "Services": services if chosen is None else chosen.apply_map(services),
+            "Services": filtered(chosen, services),
         }
 
     def health_service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
@@ -119,16 +124,16 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
         entries = catalog.health_service(
             name(request), _tags(request), passing_only=_flag(request, "passing"), connect=connect
         )
-        return kept([health_entry_json(e, members) for e in entries], chosen)
+        return filtered(chosen, [health_entry_json(e, members) for e in entries])
 
     def health_checks(request: Request, chosen: Filter | None) -> Any:
-        return kept([check_json(c) for c in catalog.health_checks(name(request))], chosen)
+        return filtered(chosen, [check_json(c) for c in catalog.health_checks(name(request))])
 
     def health_node(request: Request, chosen: Filter | None) -> Any:
-        return kept([check_json(c) for c in catalog.health_node(name(request))], chosen)
+        return filtered(chosen, [check_json(c) for c in catalog.health_node(name(request))])
 
     def health_state(request: Request, chosen: Filter | None) -> Any:
-        return kept([check_json(c) for c in catalog.health_state(name(request))], chosen)
+        return filtered(chosen, [check_json(c) for c in catalog.health_state(name(request))])
 
     def connect_of(read: Callable[..., Any]) -> Read:
         return lambda request, chosen: read(request, chosen, connect=True)

@@ -19,6 +19,7 @@ element does; a map key that is missing is an empty value.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Union
@@ -26,6 +27,7 @@ from typing import Any, Final, Literal, Union
 __all__ = [
     "BOOL",
     "INT",
+    "MATCH_BUDGET_S",
     "MAX_DEPTH",
     "MAX_EXPRESSION_CHARS",
     "MAX_REGEX_CHARS",
@@ -42,6 +44,7 @@ __all__ = [
 MAX_EXPRESSION_CHARS: Final = 2048
 MAX_DEPTH: Final = 32
 MAX_REGEX_CHARS: Final = 256
+MATCH_BUDGET_S: Final = 0.05  # regex time per request: the event loop is not held longer
 
 
 class FilterError(ValueError):
@@ -157,8 +160,8 @@ _BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": T
 _BOOLS |= {"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
 
 
-def _leaf_of(shape: Shape, path: tuple[str, ...], shown: str) -> tuple[Leaf, bool]:
-    """The selected field's kind, and whether the path ends on a map key (may be missing)."""
+def _leaf_of(shape: Shape, path: tuple[str, ...], shown: str) -> Leaf:
+    """The selected field's kind (a map's key is text, and may be missing)."""
     current: Leaf | Shape | ListOf = shape
     keyed = False
     for i, part in enumerate(path):
@@ -174,7 +177,7 @@ def _leaf_of(shape: Shape, path: tuple[str, ...], shown: str) -> tuple[Leaf, boo
         current = current[part]
     if not isinstance(current, str):
         raise FilterError(f"filter: field {shown!r} is an object, not a value")
-    return current, keyed
+    return current
 
 
 def _values(datum: Any, path: tuple[str, ...]) -> list[Any]:
@@ -204,10 +207,10 @@ def _coerce(kind: Leaf, raw: str, shown: str) -> Any:
     return raw
 
 
-def _match(shape: Shape, selector: _Token, op: str, raw: str | None) -> Node:
+def _match(shape: Shape, budget: _Budget, selector: _Token, op: str, raw: str | None) -> Node:
     path = _path(selector.text)
     shown = selector.text[:80]
-    kind, keyed = _leaf_of(shape, path, shown)
+    kind = _leaf_of(shape, path, shown)
     if op in ("==", "!="):
         if kind not in (STR, INT, BOOL):
             raise FilterError(f"filter: '{op}' cannot compare {shown!r}; use 'contains'")
@@ -248,25 +251,39 @@ def _match(shape: Shape, selector: _Token, op: str, raw: str | None) -> Node:
     assert raw is not None
     if len(raw) > MAX_REGEX_CHARS:
         raise FilterError(f"filter: regular expression longer than {MAX_REGEX_CHARS} characters")
-    _refuse_backtracking(raw)
+    searched = _without_free_ends(raw)
+    _refuse_backtracking(searched)
     try:
-        pattern = re.compile(raw)
+        pattern = re.compile(searched)
     except (re.error, RecursionError, OverflowError) as exc:
         raise FilterError(f"filter: invalid regular expression: {str(exc)[:80]}") from None
 
     def matches(datum: Any) -> bool:
-        return any(isinstance(v, str) and pattern.search(v) for v in _values(datum, path))
+        started_s = time.perf_counter()
+        found = any(isinstance(v, str) and pattern.search(v) for v in _values(datum, path))
+        budget.spend(time.perf_counter() - started_s)
+        return found
 
-    del keyed  # a missing map key reaches no value: it matches nothing, as an empty one
     return matches if op == "matches" else (lambda d: not matches(d))
+
+
+def _without_free_ends(pattern: str) -> str:
+    """Drop a leading and a trailing ``.*``: the same yes or no for a search, far fewer steps."""
+    while pattern.startswith(".*") and not pattern.startswith((".*?", ".**", ".*+")):
+        pattern = pattern[2:]
+    while pattern.endswith(".*") and not pattern.endswith("\\.*") and len(pattern) > 2:
+        pattern = pattern[:-2]
+    return pattern
 
 
 def _refuse_backtracking(pattern: str) -> None:
     """Refuse what makes Python's backtracking engine slow (Go's RE2 never is).
 
     Backreferences and lookarounds, a quantified group holding a quantifier or
-    an alternation (``(a+)+``, ``(a|a)*``), and more than two quantifiers: the
-    worst case left is quadratic in the value's length.
+    an alternation (``(a+)+``, ``(a|a)*``), and more than one unbounded
+    repetition (``*``, ``+``, ``{}``) once free ``.*`` ends are dropped: what
+    is left is at worst quadratic in the value's length (4 KiB at most, a
+    check's output), and `MATCH_BUDGET_S` bounds the sum over an answer.
     """
     quantifiers = 0
     groups: list[bool] = []  # per open group: holds a quantifier or an alternation
@@ -294,13 +311,30 @@ def _refuse_backtracking(pattern: str) -> None:
                 groups[-1] = groups[-1] or inner
         elif ch == "|" and groups:
             groups[-1] = True
-        elif ch in "*+{" or (ch == "?" and i > 0 and pattern[i - 1] not in "*+?}("):
-            quantifiers += 1
+        elif ch in "*+{?" and i > 0 and pattern[i - 1] not in "*+?}(":
+            quantifiers += ch != "?"
             if groups:
                 groups[-1] = True
         i += 1
-    if quantifiers > 2:
-        raise FilterError("filter: at most 2 repetitions (*, +, ?, {}) in 'matches'")
+    if quantifiers > 1:
+        raise FilterError(
+            "filter: 'matches' allows one repetition (*, +, {}) besides a leading or trailing '.*'"
+        )
+
+
+class _Budget:
+    """Time spent in regular expressions for one request: past `MATCH_BUDGET_S`, a 400."""
+
+    def __init__(self) -> None:
+        self.spent_s = 0.0
+
+    def spend(self, elapsed_s: float) -> None:
+        self.spent_s += elapsed_s
+        if self.spent_s > MATCH_BUDGET_S:
+            raise FilterError(
+                f"filter: 'matches' took over {MATCH_BUDGET_S * 1000:.0f} ms on this answer;"
+                " use a simpler regular expression or a narrower query"
+            )
 
 
 class _Parser:
@@ -310,6 +344,7 @@ class _Parser:
         self.tokens = tokens
         self.at = 0
         self.shape = shape
+        self.budget = _Budget()
 
     def peek(self, offset: int = 0) -> _Token | None:
         i = self.at + offset
@@ -403,11 +438,11 @@ class _Parser:
             self.take()
             if op == "not in":
                 self.take()
-            return _match(self.shape, self.selector(), op, raw)
+            return _match(self.shape, self.budget, self.selector(), op, raw)
         selector = self.selector()
         token = self.take()
         if token.kind == "op" and token.text in ("==", "!="):
-            return _match(self.shape, selector, token.text, self.value())
+            return _match(self.shape, self.budget, selector, token.text, self.value())
         negated = token.text == "not" and token.kind == "word"
         if negated:
             token = self.take()
@@ -418,12 +453,14 @@ class _Parser:
                 self.take()
                 op = "is not empty"
             self.expect("empty")
-            return _match(self.shape, selector, op, None)
+            return _match(self.shape, self.budget, selector, op, None)
         if word == "contains":
-            return _match(self.shape, selector, "not in" if negated else "in", self.value())
+            return _match(
+                self.shape, self.budget, selector, "not in" if negated else "in", self.value()
+            )
         if word == "matches":
             op = "not matches" if negated else "matches"
-            return _match(self.shape, selector, op, self.value())
+            return _match(self.shape, self.budget, selector, op, self.value())
         raise FilterError(
             f"filter: expected an operator after {selector.text[:40]!r} at character {token.at + 1}"
         )
@@ -431,7 +468,10 @@ class _Parser:
 
 @dataclass(frozen=True)
 class Filter:
-    """A parsed expression: call `keep` on an object, or `apply` to a list or map of them."""
+    """A parsed expression: call `keep` on an object, or `apply` to a list or map of them.
+
+    Evaluating may raise FilterError: regular expressions past `MATCH_BUDGET_S`.
+    """
 
     keep: Node
 

@@ -6,7 +6,7 @@ equal to what catalog_json and intention_json build (a test compares them).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from ..http import HttpError, Request
 from .filter_expr import (
@@ -30,8 +30,19 @@ __all__ = [
     "INTENTION",
     "NODE",
     "NODE_SERVICE",
+    "filtered",
     "request_filter",
 ]
+
+
+def filtered(chosen: Filter | None, items: Any) -> Any:
+    """`items` (a list, or a map's values) that `chosen` keeps; a 400 past the regex budget."""
+    if chosen is None:
+        return items
+    try:
+        return chosen.apply_map(items) if isinstance(items, dict) else chosen.apply(items)
+    except FilterError as exc:
+        raise HttpError(400, str(exc)) from None
 
 
 def request_filter(request: Request, shape: Shape) -> Filter | None:

@@ -41,7 +41,7 @@ from ..intentions.replica import (
 )
 from ..intentions.rules import IntentionError, make_intention, plain_name
 from .bodies import string_field
-from .filter_shapes import INTENTION, request_filter
+from .filter_shapes import INTENTION, filtered, request_filter
 from .intention_bodies import (
     AUTHORIZE_FIELDS,
     INTENTION_FIELDS,
@@ -127,9 +127,7 @@ def register_intention_routes(
                 index = 0  # the 1 we reported for "nothing yet": wait for the first write
             await intentions.wait(index, parse_wait(request.query_value("wait")))
         shown = [intention_json(r, intentions.indexes(r)) for r in intentions.list()]
-        if chosen is not None:
-            shown = chosen.apply(shown)
-        return Response.json(shown, headers=index_headers())
+        return Response.json(filtered(chosen, shown), headers=index_headers())
 
     async def create(request: Request) -> Response:
         data = checked_body(
