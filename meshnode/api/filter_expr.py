@@ -373,25 +373,23 @@ class _Parser:
             raise FilterError(f"filter: unexpected {token.text[:40]!r} at character {token.at + 1}")
         return node
 
+    def joined(self, word: str, operand: Callable[[], Node]) -> list[Node]:
+        """Operands separated by `word` (a flat list: no recursion per operand)."""
+        nodes = [operand()]
+        while self.is_word(word):
+            self.take()
+            nodes.append(operand())
+        return nodes
+
     def or_expr(self, depth: int) -> Node:
         if depth > MAX_DEPTH:
             raise FilterError(f"filter: nested deeper than {MAX_DEPTH} levels")
-        nodes = [self.and_expr(depth)]
-        while self.is_word("or"):
-            self.take()
-            nodes.append(self.and_expr(depth))
-        if len(nodes) == 1:
-            return nodes[0]
-        return lambda d: any(n(d) for n in nodes)
+        nodes = self.joined("or", lambda: self.and_expr(depth))
+        return nodes[0] if len(nodes) == 1 else (lambda d: any(n(d) for n in nodes))
 
     def and_expr(self, depth: int) -> Node:
-        nodes = [self.not_expr(depth)]
-        while self.is_word("and"):
-            self.take()
-            nodes.append(self.not_expr(depth))
-        if len(nodes) == 1:
-            return nodes[0]
-        return lambda d: all(n(d) for n in nodes)
+        nodes = self.joined("and", lambda: self.not_expr(depth))
+        return nodes[0] if len(nodes) == 1 else (lambda d: all(n(d) for n in nodes))
 
     def not_expr(self, depth: int) -> Node:
         negations = 0

@@ -74,15 +74,11 @@ _PROXY: Final[Shape] = {
 _CONNECT: Final[Shape] = {"Native": BOOL}
 _INDEXES: Final[Shape] = {"CreateIndex": INT, "ModifyIndex": INT}
 
-NODE: Final[Shape] = {
-    "ID": STR,
-    "Node": STR,
-    "Address": STR,
-    "Datacenter": STR,
+_NODE_FIELDS: Final[Shape] = {
+    **dict.fromkeys(("ID", "Node", "Address", "Datacenter"), STR),
     "TaggedAddresses": STR_MAP,
-    "Meta": STR_MAP,
-    **_INDEXES,
 }
+NODE: Final[Shape] = {**_NODE_FIELDS, "Meta": STR_MAP, **_INDEXES}
 
 _SERVICE: Final[Shape] = {
     "ID": STR,
@@ -101,11 +97,7 @@ _SERVICE: Final[Shape] = {
 AGENT_SERVICE: Final[Shape] = {**_SERVICE, "Datacenter": STR, "ContentHash": STR}
 
 CATALOG_SERVICE: Final[Shape] = {
-    "ID": STR,
-    "Node": STR,
-    "Address": STR,
-    "Datacenter": STR,
-    "TaggedAddresses": STR_MAP,
+    **_NODE_FIELDS,
     "NodeMeta": STR_MAP,
     "ServiceKind": STR,
     "ServiceID": STR,
