@@ -149,6 +149,13 @@ def test_allowed_regexes_stay_fast_on_long_values() -> None:
     assert time.perf_counter() - started < 0.5
 
 
+def test_an_ordinary_regex_over_a_long_answer_stays_within_its_budget() -> None:
+    """100,000 objects: ~0.2 s of searching, under 50 ms + 20 µs per object."""
+    chosen = parse_filter('ServiceID matches "-9+$"', CATALOG_SERVICE)
+    many = [{"ServiceID": f"web-{i}"} for i in range(100_000)]
+    assert len(chosen.apply(many)) == 5  # -9, -99, ..., -99999
+
+
 def test_free_ends_do_not_change_the_answer() -> None:
     for pattern in (".*web.*", ".*web", "web.*", "^web.*", ".*b$", "\\\\.*"):
         expression = f"ServiceName matches `{pattern}`"
@@ -161,7 +168,7 @@ def test_regex_time_over_the_budget_is_a_filter_error() -> None:
     chosen = parse_filter('ServiceName matches "a+$"', CATALOG_SERVICE)
     many = [{"ServiceName": "a" * 4096 + "!"}] * 10_000  # quadratic: ~50 ms each here
     started = time.perf_counter()
-    with pytest.raises(FilterError, match="'matches' took over 50 ms"):
+    with pytest.raises(FilterError, match=r"'matches' took [0-9]+ ms on this answer"):
         chosen.apply(many)
     assert time.perf_counter() - started < 0.5
 
