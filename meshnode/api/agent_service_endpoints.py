@@ -9,6 +9,8 @@
 - ``PUT /v1/agent/check/pass|warn|fail/<id>?note=`` and
   ``PUT /v1/agent/check/update/<id>`` (``{"Status", "Output"}``) set a TTL
   check: 404 for an unknown check, 400 for a check that is not a TTL check.
+- ``GET /v1/agent/services`` and ``/v1/agent/checks`` take ``?filter=``
+  (filter_expr.py), applied to each value of the map they answer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..store.group_commit import GroupCommit
 from .bodies import bounded_json_body, object_body
 from .catalog_json import agent_service_json, check_json
 from .errors import catalog_errors
+from .filter_shapes import AGENT_SERVICE, CHECK, filtered, request_filter
 
 __all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
 
@@ -41,9 +44,9 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
     groups = GroupCommit(catalog.state)
 
     async def services(request: Request) -> Response:
-        return Response.json(
-            {r.service_id: agent_service_json(r, datacenter) for r in catalog.local_services()}
-        )
+        chosen = request_filter(request, AGENT_SERVICE)
+        found = {r.service_id: agent_service_json(r, datacenter) for r in catalog.local_services()}
+        return Response.json(filtered(chosen, found))
 
     async def service(request: Request) -> Response:
         service_id = request.params["id"]
@@ -53,7 +56,9 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
         raise HttpError(404, f"unknown service ID {service_id!r}")
 
     async def checks(request: Request) -> Response:
-        return Response.json({c.record.check_id: check_json(c) for c in catalog.local_checks()})
+        chosen = request_filter(request, CHECK)
+        found = {c.record.check_id: check_json(c) for c in catalog.local_checks()}
+        return Response.json(filtered(chosen, found))
 
     async def register(request: Request) -> Response:
         body = bounded_json_body(request, REGISTER_BODY_MAX_BYTES)

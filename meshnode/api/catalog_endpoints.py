@@ -5,9 +5,12 @@
   query; default wait 5 min, at most 10).
 - ``?tag=`` filters instances (repeat it to need several tags); ``?passing``
   keeps instances whose checks all pass, node's serfHealth included.
+- ``?filter=`` (Consul's go-bexpr expressions, filter_expr.py) keeps the
+  objects of the answer it matches; catalog/services filters the instances
+  before grouping them by name, as Consul does. A bad expression is a 400.
 - ``?node-meta``, ``?near`` and the consistency flags are ignored (every agent
-  answers from its full replica). ``?dc=`` other than ours and ``?filter=``
-  are refused with 400 rather than silently answered for the wrong question.
+  answers from its full replica). ``?dc=`` other than ours is refused with
+  400 rather than silently answered for the wrong question.
 """
 
 from __future__ import annotations
@@ -25,12 +28,22 @@ from .catalog_json import (
     node_json,
     node_service_json,
 )
+from .filter_expr import Filter, FilterError, Shape
+from .filter_shapes import (
+    CATALOG_SERVICE,
+    CHECK,
+    HEALTH_ENTRY,
+    NODE,
+    NODE_SERVICE,
+    filtered,
+    request_filter,
+)
 from .kv_endpoints import parse_index, parse_wait
 
 __all__ = ["blocking_index", "register_catalog_routes"]
 
 _INDEX_HEADER = "X-Consul-Index"
-Read = Callable[[Request], Any]
+Read = Callable[[Request, Filter | None], Any]
 
 
 async def blocking_index(request: Request, catalog: Catalog) -> int:
@@ -45,8 +58,6 @@ def _refuse_unsupported(request: Request, datacenter: str) -> None:
     dc = request.query_value("dc")
     if dc and dc != datacenter:
         raise HttpError(400, f"unknown datacenter {dc[:60]!r}: this cluster is {datacenter!r}")
-    if request.query_value("filter"):
-        raise HttpError(400, "filter expressions are not supported; use ?tag= or ?passing")
 
 
 def _tags(request: Request) -> tuple[str, ...]:
@@ -62,13 +73,14 @@ def _flag(request: Request, name: str) -> bool:
 def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str) -> None:
     """Add the catalog and health reads, answered from `catalog`."""
 
-    def route(pattern: str, read: Read) -> None:
+    def route(pattern: str, read: Read, shape: Shape) -> None:
         async def handler(request: Request) -> Response:
             _refuse_unsupported(request, datacenter)
+            chosen = request_filter(request, shape)  # before waiting: a typo is 400 now
             index = await blocking_index(request, catalog)
             try:
-                data = read(request)
-            except DefinitionError as exc:
+                data = read(request, chosen)
+            except (DefinitionError, FilterError) as exc:
                 raise HttpError(400, str(exc)) from None
             return Response.json(data, headers=[(_INDEX_HEADER, str(index))])
 
@@ -77,56 +89,62 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
     def name(request: Request) -> str:
         return request.params["name"]
 
-    def services(request: Request) -> Any:
-        return catalog.services()
-
-    def service(request: Request, *, connect: bool = False) -> Any:
+    def services(request: Request, chosen: Filter | None) -> Any:
+        if chosen is None:
+            return catalog.services()
         members = catalog.members_index()
-        return [
-            catalog_service_json(v, members)
-            for v in catalog.service_nodes(name(request), _tags(request), connect=connect)
-        ]
+        found: dict[str, set[str]] = {}
+        for view in catalog.service_views():
+            if chosen.keep(catalog_service_json(view, members)):
+                found.setdefault(view.record.name, set()).update(view.record.tags)
+        return {n: sorted(found[n]) for n in sorted(found)}
 
-    def nodes(request: Request) -> Any:
+    def service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
         members = catalog.members_index()
-        return [node_json(n, members) for n in catalog.nodes()]
+        views = catalog.service_nodes(name(request), _tags(request), connect=connect)
+        return filtered(chosen, [catalog_service_json(v, members) for v in views])
 
-    def node(request: Request) -> Any:
+    def nodes(request: Request, chosen: Filter | None) -> Any:
+        members = catalog.members_index()
+        return filtered(chosen, [node_json(n, members) for n in catalog.nodes()])
+
+    def node(request: Request, chosen: Filter | None) -> Any:
         found = catalog.node_services(name(request))
         if found is None:
             return None  # Consul answers an unknown node with 200 and null
         info, views = found
+        services = {v.record.service_id: node_service_json(v) for v in views}
         return {
             "Node": node_json(info, catalog.members_index()),
-            "Services": {v.record.service_id: node_service_json(v) for v in views},
+            "Services": filtered(chosen, services),
         }
 
-    def health_service(request: Request, *, connect: bool = False) -> Any:
+    def health_service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
         members = catalog.members_index()
         entries = catalog.health_service(
             name(request), _tags(request), passing_only=_flag(request, "passing"), connect=connect
         )
-        return [health_entry_json(e, members) for e in entries]
+        return filtered(chosen, [health_entry_json(e, members) for e in entries])
 
-    def health_checks(request: Request) -> Any:
-        return [check_json(c) for c in catalog.health_checks(name(request))]
+    def health_checks(request: Request, chosen: Filter | None) -> Any:
+        return filtered(chosen, [check_json(c) for c in catalog.health_checks(name(request))])
 
-    def health_node(request: Request) -> Any:
-        return [check_json(c) for c in catalog.health_node(name(request))]
+    def health_node(request: Request, chosen: Filter | None) -> Any:
+        return filtered(chosen, [check_json(c) for c in catalog.health_node(name(request))])
 
-    def health_state(request: Request) -> Any:
-        return [check_json(c) for c in catalog.health_state(name(request))]
+    def health_state(request: Request, chosen: Filter | None) -> Any:
+        return filtered(chosen, [check_json(c) for c in catalog.health_state(name(request))])
 
     def connect_of(read: Callable[..., Any]) -> Read:
-        return lambda request: read(request, connect=True)
+        return lambda request, chosen: read(request, chosen, connect=True)
 
-    route("/v1/catalog/services", services)
-    route("/v1/catalog/service/{name}", service)
-    route("/v1/catalog/connect/{name}", connect_of(service))
-    route("/v1/catalog/nodes", nodes)
-    route("/v1/catalog/node/{name}", node)
-    route("/v1/health/service/{name}", health_service)
-    route("/v1/health/connect/{name}", connect_of(health_service))
-    route("/v1/health/checks/{name}", health_checks)
-    route("/v1/health/node/{name}", health_node)
-    route("/v1/health/state/{name}", health_state)
+    route("/v1/catalog/services", services, CATALOG_SERVICE)
+    route("/v1/catalog/service/{name}", service, CATALOG_SERVICE)
+    route("/v1/catalog/connect/{name}", connect_of(service), CATALOG_SERVICE)
+    route("/v1/catalog/nodes", nodes, NODE)
+    route("/v1/catalog/node/{name}", node, NODE_SERVICE)
+    route("/v1/health/service/{name}", health_service, HEALTH_ENTRY)
+    route("/v1/health/connect/{name}", connect_of(health_service), HEALTH_ENTRY)
+    route("/v1/health/checks/{name}", health_checks, CHECK)
+    route("/v1/health/node/{name}", health_node, CHECK)
+    route("/v1/health/state/{name}", health_state, CHECK)

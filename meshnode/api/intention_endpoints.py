@@ -11,8 +11,8 @@
   Go client's ``IntentionGet``, ``IntentionUpdate``, ``IntentionDelete``); 404
   for an ID no intention has. An update answers ``{"ID": ...}`` as Consul does.
 - ``GET /v1/connect/intentions`` lists in evaluation order, as a blocking
-  query (``?index=&wait=``) with ``X-Consul-Index``; ``?filter=`` is refused
-  with 400, as the catalog and health endpoints refuse it.
+  query (``?index=&wait=``) with ``X-Consul-Index``; ``?filter=`` keeps the
+  intentions its expression matches (filter_expr.py; a bad one is 400).
 - ``GET .../check?source=&destination=`` answers ``{"Allowed": bool}``;
   ``GET .../match?by=source|destination&name=X`` answers ``{"X": [...]}``.
 - ``POST`` (or ``PUT``, as py-consul sends it) ``/v1/agent/connect/authorize``
@@ -41,6 +41,7 @@ from ..intentions.replica import (
 )
 from ..intentions.rules import IntentionError, make_intention, plain_name
 from .bodies import string_field
+from .filter_shapes import INTENTION, filtered, request_filter
 from .intention_bodies import (
     AUTHORIZE_FIELDS,
     INTENTION_FIELDS,
@@ -102,13 +103,6 @@ def _same_name(given: str, expected: str, field: str, where: str) -> None:
         raise HttpError(400, f"field {field!r} is {given[:60]!r} but {where} is {expected[:60]!r}")
 
 
-def _refuse_filter(request: Request) -> None:
-    if request.query_value("filter"):
-        raise HttpError(
-            400, "filter expressions are not supported; use /v1/connect/intentions/match"
-        )
-
-
 def register_intention_routes(
     router: Router, intentions: IntentionState, audit: AuditLog | None = None
 ) -> None:
@@ -126,16 +120,14 @@ def register_intention_routes(
         )
 
     async def list_all(request: Request) -> Response:
-        _refuse_filter(request)
+        chosen = request_filter(request, INTENTION)
         index = parse_index(request.query_value("index"))
         if index is not None:
             if index == 1 and intentions.index() == 0:
                 index = 0  # the 1 we reported for "nothing yet": wait for the first write
             await intentions.wait(index, parse_wait(request.query_value("wait")))
-        records = intentions.list()
-        return Response.json(
-            [intention_json(r, intentions.indexes(r)) for r in records], headers=index_headers()
-        )
+        shown = [intention_json(r, intentions.indexes(r)) for r in intentions.list()]
+        return Response.json(filtered(chosen, shown), headers=index_headers())
 
     async def create(request: Request) -> Response:
         data = checked_body(

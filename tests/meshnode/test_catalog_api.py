@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
@@ -13,6 +14,15 @@ import trio
 
 from meshnode.api.agent_service_endpoints import register_agent_service_routes
 from meshnode.api.catalog_endpoints import register_catalog_routes
+from meshnode.api.filter_expr import ListOf, Shape
+from meshnode.api.filter_shapes import (
+    AGENT_SERVICE,
+    CATALOG_SERVICE,
+    CHECK,
+    HEALTH_ENTRY,
+    NODE,
+    NODE_SERVICE,
+)
 from meshnode.catalog.catalog import Catalog
 from meshnode.http import Router, serve_http
 from meshnode.http.testing import fetch, serve_in_thread
@@ -195,7 +205,9 @@ async def test_deregister(port: int) -> None:
 async def test_refused_query_parameters(port: int) -> None:
     assert (await fetch(port, "GET", "/v1/catalog/services?dc=dc2")).status == 400
     assert (await fetch(port, "GET", "/v1/catalog/services?dc=dc1")).status == 200
-    assert (await fetch(port, "GET", "/v1/health/service/web?filter=x")).status == 400
+    assert (
+        await fetch(port, "GET", "/v1/health/service/web?filter=x")
+    ).status == 400  # no operator
     assert (await fetch(port, "GET", "/v1/catalog/services?index=abc")).status == 400
     assert (await fetch(port, "GET", "/v1/catalog/services?index=1&wait=soon")).status == 400
 
@@ -261,3 +273,143 @@ def test_py_consul(threaded: tuple[consul.Consul, Catalog]) -> None:
     assert client.agent.service.deregister("web1")
     with pytest.raises(consul.ConsulException):
         client.agent.service.register("bad_name")
+
+
+# --- ?filter= ------------------------------------------------------------------------------
+
+
+async def get_filtered(port: int, path: str, expression: str) -> Any:
+    reply = await fetch(port, "GET", f"{path}?filter={urllib.parse.quote(expression)}")
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+DB = {"Name": "db", "ID": "db1", "Port": 5432, "Tags": ["primary"], "Check": {"TTL": "30s"}}
+
+
+async def test_filter_on_every_catalog_health_and_agent_list(port: int) -> None:
+    await fetch(port, "PUT", "/v1/agent/service/register", WEB)
+    await fetch(port, "PUT", "/v1/agent/service/register", DB)
+    await fetch(port, "PUT", "/v1/agent/check/pass/service:db1")
+    on = partial(get_filtered, port)
+    assert await on("/v1/catalog/services", '"primary" in ServiceTags') == {"db": ["primary"]}
+    assert await on("/v1/catalog/services", 'ServiceKind == "connect-proxy"') == {
+        "web-sidecar-proxy": ["v1"]
+    }
+    assert await on("/v1/catalog/service/web", "ServicePort == 9") == []
+    [web] = await on("/v1/catalog/service/web", 'ServiceMeta.team == "a" and NodeMeta.rack == a')
+    assert web["ServiceID"] == "web1"
+    [proxy] = await on("/v1/catalog/connect/web", 'ServiceProxy.Upstreams.DestinationName == "db"')
+    assert proxy["ServiceID"] == "web1-sidecar-proxy"
+    assert [n["Node"] for n in await on("/v1/catalog/nodes", 'Meta["rack"] == "a"')] == ["n1"]
+    assert [n["Node"] for n in await on("/v1/catalog/nodes", "Node matches `2$`")] == ["n2"]
+    node = await on("/v1/catalog/node/n1", 'Service == "db"')
+    assert list(node["Services"]) == ["db1"]
+    health = await on(
+        "/v1/health/service/db", 'Checks.Status == "passing" and Service.Port == 5432'
+    )
+    assert [e["Service"]["ID"] for e in health] == ["db1"]
+    assert await on("/v1/health/service/web", 'Checks.Status != "critical"') == []  # any
+    checks = await on("/v1/health/checks/web", 'Status == "critical"')
+    assert [c["CheckID"] for c in checks] == ["service:web1"]
+    passing = await on("/v1/health/state/any", 'ServiceName == "db"')
+    assert [c["CheckID"] for c in passing] == ["service:db1"]
+    assert await on("/v1/health/node/n1", "CheckID == none") == []
+    agent = await on("/v1/agent/services", '"v1" in Tags and Kind is empty')
+    assert list(agent) == ["web1"]
+    local = await on("/v1/agent/checks", 'ServiceID == "db1"')
+    assert list(local) == ["service:db1"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/catalog/services",
+        "/v1/catalog/service/web",
+        "/v1/catalog/nodes",
+        "/v1/catalog/node/n1",
+        "/v1/health/service/web",
+        "/v1/health/checks/web",
+        "/v1/health/state/any",
+        "/v1/agent/services",
+        "/v1/agent/checks",
+    ],
+)
+async def test_bad_filter_is_a_one_line_400_even_with_nothing_to_filter(
+    port: int, path: str
+) -> None:
+    reply = await fetch(port, "GET", f"{path}?filter={urllib.parse.quote('Foo == 1')}")
+    assert reply.status == 400
+    assert reply.json()["error"] == "filter: unknown field 'Foo'"
+    long = await fetch(port, "GET", f"{path}?filter={'x' * 2049}")
+    assert long.status == 400 and "longer than 2048" in long.json()["error"]
+
+
+async def test_blocking_query_with_a_filter_wakes_and_filters(port: int) -> None:
+    first = await fetch(port, "GET", "/v1/catalog/services")
+    index = first.headers["x-consul-index"]
+    expression = urllib.parse.quote('ServiceName == "db"')
+    answers: list[Any] = []
+
+    async def wait() -> None:
+        path = f"/v1/catalog/service/db?index={index}&wait=5s&filter={expression}"
+        answers.append((await fetch(port, "GET", path)).json())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert answers == []
+            await fetch(port, "PUT", "/v1/agent/service/register", DB)
+    assert [a["ServiceID"] for a in answers[0]] == ["db1"]
+
+
+def fields_outside(data: Any, shape: Shape, where: str = "") -> list[str]:
+    """Keys of `data` that `shape` does not name (a selector on them would be refused)."""
+    missing = []
+    for key, value in data.items():
+        kind = shape.get(key)
+        if kind is None:
+            missing.append(where + key)
+        elif isinstance(kind, ListOf):
+            for item in value:
+                missing += fields_outside(item, kind.shape, f"{where}{key}.")
+        elif isinstance(kind, dict) and value:
+            missing += fields_outside(value, kind, f"{where}{key}.")
+    return missing
+
+
+async def test_shapes_name_every_field_the_endpoints_answer(port: int) -> None:
+    await fetch(port, "PUT", "/v1/agent/service/register", WEB)
+    await fetch(port, "PUT", "/v1/agent/service/register", {**DB, "Connect": {"Native": True}})
+    answers: list[tuple[str, Shape]] = [
+        ("/v1/catalog/service/web", CATALOG_SERVICE),
+        ("/v1/catalog/connect/web", CATALOG_SERVICE),
+        ("/v1/catalog/service/db", CATALOG_SERVICE),
+        ("/v1/catalog/nodes", NODE),
+        ("/v1/health/service/web", HEALTH_ENTRY),
+        ("/v1/health/checks/web", CHECK),
+    ]
+    for path, shape in answers:
+        for item in (await fetch(port, "GET", path)).json():
+            assert fields_outside(item, shape) == [], path
+    for path, shape in [("/v1/agent/services", AGENT_SERVICE), ("/v1/agent/checks", CHECK)]:
+        for item in (await fetch(port, "GET", path)).json().values():
+            assert fields_outside(item, shape) == [], path
+    for item in (await fetch(port, "GET", "/v1/catalog/node/n1")).json()["Services"].values():
+        assert fields_outside(item, NODE_SERVICE) == []
+
+
+def test_py_consul_filter_expr(threaded: tuple[consul.Consul, Catalog]) -> None:
+    client, _ = threaded
+    assert client.agent.service.register("web", service_id="web1", port=80, tags=["v1"])
+    assert client.agent.service.register("db", service_id="db1", port=5432, meta={"env": "prod"})
+    assert list(client.agent.services(filter_expr='Meta.env == "prod"')) == ["db1"]
+    _, found = client.catalog.services(filter_expr="ServicePort == 80")
+    assert found == {"web": ["v1"]}
+    _, nodes = client.catalog.nodes(filter_expr='Node == "n2"')
+    assert [n["Node"] for n in nodes] == ["n2"]
+    _, entries = client.health.service("web", filter_expr='"v2" in Service.Tags')
+    assert entries == []
+    with pytest.raises(consul.ConsulException, match="filter: unknown field 'Nod'"):
+        client.catalog.nodes(filter_expr='Nod == "n2"')

@@ -266,21 +266,33 @@ def test_deleting_a_pair_that_has_no_intention_is_true(server: Server) -> None:
     assert server.call("DELETE", EXACT, source="web", destination="d b")[0] == 400
 
 
-def test_filter_is_refused_as_the_catalog_refuses_it(server: Server) -> None:
+def test_filter_keeps_the_matching_intentions(server: Server) -> None:
+    for source, action in (("web", "allow"), ("api", "deny")):
+        assert (
+            server.call("PUT", EXACT, go_intention(Action=action), source=source, destination="db")[
+                0
+            ]
+            == 200
+        )
     status, reply = server.call("GET", BASE, filter='SourceName == "web"')
-    assert status == 400
-    assert reply["error"].startswith("filter expressions are not supported")
+    assert (status, [i["SourceName"] for i in reply]) == (200, ["web"])
+    status, reply = server.call("GET", BASE, filter="Action == deny and Precedence == 9")
+    assert (status, [i["SourceName"] for i in reply]) == (200, ["api"])
+    status, reply = server.call("GET", BASE, filter="Source == web")
+    assert (status, reply["error"]) == (400, "filter: unknown field 'Source'")
 
 
 # --- py-consul and the CLI on the same server ------------------------------------------------
 
 
-def test_py_consul_list_with_a_filter_gets_a_clear_error(server: Server) -> None:
+def test_py_consul_list_with_a_filter(server: Server) -> None:
     ixns = consul.Consul(port=server.port).connect.intentions
     assert ixns.upsert("default/web", "default/default/db", action="deny") is True
     assert [i["SourceName"] for i in ixns.list()] == ["web"]
-    with pytest.raises(consul.ConsulException, match="filter expressions are not supported"):
-        ixns.list(filter_expr='SourceName == "web"')
+    assert ixns.list(filter_expr='SourceName == "api"') == []
+    assert [i["Action"] for i in ixns.list(filter_expr='DestinationName == "db"')] == ["deny"]
+    with pytest.raises(consul.ConsulException, match="filter: unknown field 'Src'"):
+        ixns.list(filter_expr='Src == "web"')
     assert ixns.delete("web", "db") is True
     assert ixns.delete("web", "db") is True  # nothing to delete is still done
 
