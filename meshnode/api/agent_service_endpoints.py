@@ -24,8 +24,9 @@ from ..http import HttpError, Request, Response, Router
 from ..store.group_commit import GroupCommit
 from .bodies import bounded_json_body, object_body
 from .catalog_json import agent_service_json, check_json
+from .cooperative import build_map, json_response
 from .errors import catalog_errors
-from .filter_shapes import AGENT_SERVICE, CHECK, filtered, request_filter
+from .filter_shapes import AGENT_SERVICE, CHECK, request_filter
 
 __all__ = ["REGISTER_BODY_MAX_BYTES", "register_agent_service_routes"]
 
@@ -45,8 +46,11 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
 
     async def services(request: Request) -> Response:
         chosen = request_filter(request, AGENT_SERVICE)
-        found = {r.service_id: agent_service_json(r, datacenter) for r in catalog.local_services()}
-        return Response.json(filtered(chosen, found))
+        records = catalog.local_services()  # immutable records: a snapshot to build in chunks
+        found = await build_map(
+            records, lambda r: r.service_id, lambda r: agent_service_json(r, datacenter), chosen
+        )
+        return await json_response(found)
 
     async def service(request: Request) -> Response:
         service_id = request.params["id"]
@@ -57,8 +61,9 @@ def register_agent_service_routes(router: Router, catalog: Catalog, *, datacente
 
     async def checks(request: Request) -> Response:
         chosen = request_filter(request, CHECK)
-        found = {c.record.check_id: check_json(c) for c in catalog.local_checks()}
-        return Response.json(filtered(chosen, found))
+        views = catalog.local_checks()
+        found = await build_map(views, lambda c: c.record.check_id, check_json, chosen)
+        return await json_response(found)
 
     async def register(request: Request) -> Response:
         body = bounded_json_body(request, REGISTER_BODY_MAX_BYTES)

@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import trio
 
 from ..catalog.catalog import Catalog
 from ..catalog.definitions import DefinitionError
@@ -28,6 +30,7 @@ from .catalog_json import (
     node_json,
     node_service_json,
 )
+from .cooperative import CHUNK_OBJECTS, build_list, build_map, json_response
 from .filter_expr import Filter, FilterError, Shape
 from .filter_shapes import (
     CATALOG_SERVICE,
@@ -35,7 +38,6 @@ from .filter_shapes import (
     HEALTH_ENTRY,
     NODE,
     NODE_SERVICE,
-    filtered,
     request_filter,
 )
 from .kv_endpoints import parse_index, parse_wait
@@ -43,7 +45,7 @@ from .kv_endpoints import parse_index, parse_wait
 __all__ = ["blocking_index", "register_catalog_routes"]
 
 _INDEX_HEADER = "X-Consul-Index"
-Read = Callable[[Request, Filter | None], Any]
+Read = Callable[[Request, Filter | None], Awaitable[Any]]
 
 
 async def blocking_index(request: Request, catalog: Catalog) -> int:
@@ -79,63 +81,70 @@ def register_catalog_routes(router: Router, catalog: Catalog, *, datacenter: str
             chosen = request_filter(request, shape)  # before waiting: a typo is 400 now
             index = await blocking_index(request, catalog)
             try:
-                data = read(request, chosen)
+                data = await read(request, chosen)
             except (DefinitionError, FilterError) as exc:
                 raise HttpError(400, str(exc)) from None
-            return Response.json(data, headers=[(_INDEX_HEADER, str(index))])
+            return await json_response(data, headers=[(_INDEX_HEADER, str(index))])
 
         router.add("GET", pattern, handler)
 
     def name(request: Request) -> str:
         return request.params["name"]
 
-    def services(request: Request, chosen: Filter | None) -> Any:
+    # Each read takes its snapshot (lists of immutable views and records, and
+    # the members index) synchronously, then builds and filters the JSON in
+    # chunks (cooperative.py): changes meanwhile are not mixed in.
+
+    async def services(request: Request, chosen: Filter | None) -> Any:
         if chosen is None:
             return catalog.services()
         members = catalog.members_index()
+        views = catalog.service_views()
         found: dict[str, set[str]] = {}
-        for view in catalog.service_views():
-            if chosen.keep(catalog_service_json(view, members)):
-                found.setdefault(view.record.name, set()).update(view.record.tags)
+        for at in range(0, len(views), CHUNK_OBJECTS):
+            for view in views[at : at + CHUNK_OBJECTS]:
+                if chosen.keep(catalog_service_json(view, members)):
+                    found.setdefault(view.record.name, set()).update(view.record.tags)
+            await trio.lowlevel.checkpoint()
         return {n: sorted(found[n]) for n in sorted(found)}
 
-    def service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
+    async def service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
         members = catalog.members_index()
         views = catalog.service_nodes(name(request), _tags(request), connect=connect)
-        return filtered(chosen, [catalog_service_json(v, members) for v in views])
+        return await build_list(views, lambda v: catalog_service_json(v, members), chosen)
 
-    def nodes(request: Request, chosen: Filter | None) -> Any:
+    async def nodes(request: Request, chosen: Filter | None) -> Any:
         members = catalog.members_index()
-        return filtered(chosen, [node_json(n, members) for n in catalog.nodes()])
+        return await build_list(catalog.nodes(), lambda n: node_json(n, members), chosen)
 
-    def node(request: Request, chosen: Filter | None) -> Any:
+    async def node(request: Request, chosen: Filter | None) -> Any:
         found = catalog.node_services(name(request))
         if found is None:
             return None  # Consul answers an unknown node with 200 and null
         info, views = found
-        services = {v.record.service_id: node_service_json(v) for v in views}
-        return {
-            "Node": node_json(info, catalog.members_index()),
-            "Services": filtered(chosen, services),
-        }
+        members = catalog.members_index()
+        services = await build_map(views, lambda v: v.record.service_id, node_service_json, chosen)
+        return {"Node": node_json(info, members), "Services": services}
 
-    def health_service(request: Request, chosen: Filter | None, *, connect: bool = False) -> Any:
+    async def health_service(
+        request: Request, chosen: Filter | None, *, connect: bool = False
+    ) -> Any:
         members = catalog.members_index()
         entries = catalog.health_service(
             name(request), _tags(request), passing_only=_flag(request, "passing"), connect=connect
         )
-        return filtered(chosen, [health_entry_json(e, members) for e in entries])
+        return await build_list(entries, lambda e: health_entry_json(e, members), chosen)
 
-    def health_checks(request: Request, chosen: Filter | None) -> Any:
-        return filtered(chosen, [check_json(c) for c in catalog.health_checks(name(request))])
+    async def health_checks(request: Request, chosen: Filter | None) -> Any:
+        return await build_list(catalog.health_checks(name(request)), check_json, chosen)
 
-    def health_node(request: Request, chosen: Filter | None) -> Any:
-        return filtered(chosen, [check_json(c) for c in catalog.health_node(name(request))])
+    async def health_node(request: Request, chosen: Filter | None) -> Any:
+        return await build_list(catalog.health_node(name(request)), check_json, chosen)
 
-    def health_state(request: Request, chosen: Filter | None) -> Any:
-        return filtered(chosen, [check_json(c) for c in catalog.health_state(name(request))])
+    async def health_state(request: Request, chosen: Filter | None) -> Any:
+        return await build_list(catalog.health_state(name(request)), check_json, chosen)
 
-    def connect_of(read: Callable[..., Any]) -> Read:
+    def connect_of(read: Callable[..., Awaitable[Any]]) -> Read:
         return lambda request, chosen: read(request, chosen, connect=True)
 
     route("/v1/catalog/services", services, CATALOG_SERVICE)

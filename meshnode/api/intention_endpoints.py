@@ -41,7 +41,8 @@ from ..intentions.replica import (
 )
 from ..intentions.rules import IntentionError, make_intention, plain_name
 from .bodies import string_field
-from .filter_shapes import INTENTION, filtered, request_filter
+from .cooperative import build_list, json_response
+from .filter_shapes import INTENTION, request_filter
 from .intention_bodies import (
     AUTHORIZE_FIELDS,
     INTENTION_FIELDS,
@@ -126,8 +127,11 @@ def register_intention_routes(
             if index == 1 and intentions.index() == 0:
                 index = 0  # the 1 we reported for "nothing yet": wait for the first write
             await intentions.wait(index, parse_wait(request.query_value("wait")))
-        shown = [intention_json(r, intentions.indexes(r)) for r in intentions.list()]
-        return Response.json(filtered(chosen, shown), headers=index_headers())
+        headers = index_headers()  # read with the snapshot: the index the answer reflects
+        # Records with their indexes read now; the JSON is built in chunks after.
+        listed = [(r, intentions.indexes(r)) for r in intentions.list()]
+        shown = await build_list(listed, lambda pair: intention_json(*pair), chosen)
+        return await json_response(shown, headers=headers)
 
     async def create(request: Request) -> Response:
         data = checked_body(
