@@ -70,16 +70,17 @@ async def json_response(data: Any, headers: Iterable[tuple[str, str]] = ()) -> R
     """
     if not isinstance(data, list | dict) or len(data) <= CHUNK_OBJECTS:
         return Response.json(data, headers=headers)
-    pieces: list[str] = []
+    # Each chunk encoded to bytes as it is dumped: the final join is one copy.
+    pieces: list[bytes] = []
     if isinstance(data, list):
         for part in _chunks(data):
-            pieces.append(_dumps(part)[1:-1])
+            pieces.append(_dumps(part)[1:-1].encode("utf-8"))
             await trio.lowlevel.checkpoint()
-        text = "[" + ",".join(pieces) + "]"
+        body = b"[" + b",".join(pieces) + b"]"
     else:
         pairs = list(data.items())
         for pair_part in _chunks(pairs):
-            pieces.append(_dumps(dict(pair_part))[1:-1])
+            pieces.append(_dumps(dict(pair_part))[1:-1].encode("utf-8"))
             await trio.lowlevel.checkpoint()
-        text = "{" + ",".join(pieces) + "}"
-    return Response(body=text.encode("utf-8"), headers=tuple(headers))
+        body = b"{" + b",".join(pieces) + b"}"
+    return Response(body=body, headers=tuple(headers))
