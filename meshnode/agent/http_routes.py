@@ -41,7 +41,7 @@ def _signer_addresses(agent: Agent) -> list[str]:
 
 def _own_names(agent: Agent) -> list[str]:
     """The names a browser may use for this agent (the DNS rebinding check)."""
-    return [agent.config.node_name, socket.gethostname(), socket.getfqdn()]
+    return [agent.config.node_name, socket.gethostname()]
 
 
 def agent_router(agent: Agent) -> Router:

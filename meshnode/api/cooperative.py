@@ -11,13 +11,12 @@ loop for more than one chunk's work (about a millisecond or two).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import trio
 
-from ..http import Response
+from ..http import Response, json_text
 from .filter_expr import Filter
 from .filter_shapes import filtered
 
@@ -58,10 +57,6 @@ async def build_map(
     return found
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
 async def json_response(data: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
     """`data` as `Response.json` encodes it; a long top-level list or map in chunks.
 
@@ -74,13 +69,13 @@ async def json_response(data: Any, headers: Iterable[tuple[str, str]] = ()) -> R
     pieces: list[bytes] = []
     if isinstance(data, list):
         for part in _chunks(data):
-            pieces.append(_dumps(part)[1:-1].encode("utf-8"))
+            pieces.append(json_text(part)[1:-1].encode("utf-8"))
             await trio.lowlevel.checkpoint()
         body = b"[" + b",".join(pieces) + b"]"
     else:
         pairs = list(data.items())
         for pair_part in _chunks(pairs):
-            pieces.append(_dumps(dict(pair_part))[1:-1].encode("utf-8"))
+            pieces.append(json_text(dict(pair_part))[1:-1].encode("utf-8"))
             await trio.lowlevel.checkpoint()
         body = b"{" + b",".join(pieces) + b"}"
     return Response(body=body, headers=tuple(headers))

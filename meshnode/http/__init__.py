@@ -5,7 +5,7 @@
 or any subsystem: it knows requests and responses, not what they mean.
 """
 
-from .router import Guard, Handler, HttpError, Request, Response, Router, parse_uint
+from .router import Guard, Handler, HttpError, Request, Response, Router, json_text, parse_uint
 from .server import HttpBindError, HttpLimits, serve_http
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Request",
     "Response",
     "Router",
+    "json_text",
     "parse_uint",
     "serve_http",
 ]

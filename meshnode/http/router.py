@@ -15,7 +15,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["Guard", "Handler", "HttpError", "Request", "Response", "Router", "parse_uint"]
+__all__ = [
+    "Guard",
+    "Handler",
+    "HttpError",
+    "Request",
+    "Response",
+    "Router",
+    "json_text",
+    "parse_uint",
+]
 
 # Digits of a uint64 and then some: every count and index we take fits, and
 # int() never meets Python's 4,300-digit conversion limit.
@@ -102,6 +111,11 @@ class Request:
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
 
 
+def json_text(data: Any) -> str:
+    """`data` as the API's compact JSON (Consul's spelling: no spaces, UTF-8 kept)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
 def parse_uint(text: str, name: str, *, max_value: int = 2**64 - 1) -> int:
     """`text` as a non-negative integer of ASCII digits up to `max_value`; 400 otherwise.
 
@@ -140,7 +154,7 @@ class Response:
         cls, data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
     ) -> Response:
         """`data` as compact JSON (Consul's default content type)."""
-        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = json_text(data).encode("utf-8")
         return cls(status=status, body=body, headers=tuple(headers))
 
     @classmethod
