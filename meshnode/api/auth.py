@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..http import Guard, HttpError, Request
 
-__all__ = ["READ_METHODS", "request_token", "token_guard"]
+__all__ = ["READ_METHODS", "request_token", "token_accepted", "token_guard"]
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -32,6 +32,11 @@ def request_token(request: Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return request.query_value("token") or None
+
+
+def token_accepted(given: str, expected: str) -> bool:
+    """Whether `given` is the agent's token, compared in constant time."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def token_guard(current_token: Callable[[], str | None]) -> Guard:
@@ -51,7 +56,7 @@ def token_guard(current_token: Callable[[], str | None]) -> Guard:
             raise HttpError(
                 403, f"Permission denied: {what}; this agent requires a token (X-Consul-Token)"
             )
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not token_accepted(given, expected):
             raise HttpError(403, "Permission denied: token not accepted")
 
     return guard

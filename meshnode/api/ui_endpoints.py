@@ -18,14 +18,13 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Iterable
 from importlib import resources
 
 from ..ca.leaf_manager import Leaf
 from ..ca.records import rfc3339
 from ..http import HttpError, Request, Response, Router
-from .auth import request_token
+from .auth import request_token, token_accepted
 
 __all__ = ["UI_CSP", "load_static", "register_ui_routes", "ui_url"]
 
@@ -105,9 +104,7 @@ def register_ui_routes(
     async def settings(request: Request) -> Response:
         expected = current_token()
         given = request_token(request)
-        accepted = expected is None or (
-            given is not None and hmac.compare_digest(given.encode(), expected.encode())
-        )
+        accepted = expected is None or (given is not None and token_accepted(given, expected))
         return Response.json(
             {
                 "NodeName": node_name,
